@@ -1,0 +1,318 @@
+"""The one objective function everything calls: a pure function of a flat parameter vector.
+
+Parameters travel as one flat tensor θ of shape (d,) (or (K, d) for K stacked copies, e.g. an η sweep or
+Monte-Carlo seeds). `ParamSpace.unflatten` turns θ into a dict of *views* for
+`torch.func.functional_call`, so gradients and Hessian-vector products w.r.t. θ come straight out of
+torch.func, and linear algebra (Lanczos, Hutchinson) works on plain vectors.
+
+Loss conventions (recorded in every run file):
+  mse: 0.5 · Σ_outputs (f − onehot)², averaged over loss terms (THEORY.md §6);
+       its λ_max is C/2 times that of `nn.MSELoss(reduction="mean")`.
+  ce:  cross-entropy, averaged over loss terms.
+A loss term is an example (images) or a counted position (sequences; target −1 = not in the loss).
+The loss is written by hand: `F.mse_loss` breaks forward-over-reverse HVPs ("ZeroTensors are immutable").
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.func import functional_call, grad, jvp, vmap
+
+from .errors import UserError
+
+LOSSES = ("mse", "ce")
+HVP_BACKENDS = ("auto", "fwd-rev", "double-backward")
+
+LOSS_CONVENTIONS = {
+    "mse": "0.5*sum_outputs(f-onehot)^2, mean over loss terms (lambda_max = C/2 x nn.MSELoss mean)",
+    "ce": "cross-entropy, mean over loss terms",
+}
+
+
+@dataclass(frozen=True)
+class ParamSpace:
+    """Names, shapes and offsets of a model's parameters inside one flat vector."""
+
+    names: tuple[str, ...]
+    shapes: tuple[torch.Size, ...]
+    offsets: tuple[int, ...]
+    dim: int
+
+    @classmethod
+    def from_module(cls, module: torch.nn.Module) -> "ParamSpace":
+        names, shapes, offsets, n = [], [], [], 0
+        for name, p in module.named_parameters():
+            names.append(name)
+            shapes.append(p.shape)
+            offsets.append(n)
+            n += p.numel()
+        return cls(tuple(names), tuple(shapes), tuple(offsets), n)
+
+    def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
+        """Views of the last dimension of θ, one per parameter (no copy)."""
+        lead = theta.shape[:-1]
+        return {
+            name: theta[..., o : o + math.prod(s)].view(*lead, *s)
+            for name, s, o in zip(self.names, self.shapes, self.offsets)
+        }
+
+    def flatten(self, params: dict[str, Tensor]) -> Tensor:
+        return torch.cat([params[n].reshape(-1) for n in self.names])
+
+
+class Objective:
+    """Full-batch loss of `model` on (x, y), as a function of a flat parameter vector.
+
+    The data stay on the device once. The batch may be processed in micro-batches (`microbatch`
+    examples each); every quantity is a size-weighted sum over chunks, so the result does not depend on
+    the chunking beyond float round-off.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        x: Tensor,
+        y: Tensor,
+        *,
+        loss: str = "mse",
+        num_classes: int,
+        microbatch: int | None = None,
+        hvp_backend: str = "auto",
+    ) -> None:
+        if loss not in LOSSES:
+            raise UserError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+        if hvp_backend not in HVP_BACKENDS:
+            raise UserError(f"unknown HVP backend {hvp_backend!r}; choose one of {', '.join(HVP_BACKENDS)}")
+        if microbatch is not None and microbatch <= 0:
+            raise UserError(f"microbatch must be a positive number of examples, got {microbatch}")
+        self.model = model
+        self.space = ParamSpace.from_module(model)
+        self.loss_name = loss
+        self.num_classes = int(num_classes)
+        self.x, self.y = x, y
+        self.sequence = y.dim() == 2
+        self.n_terms = int((y >= 0).sum()) if self.sequence else int(y.shape[0])
+        if self.n_terms == 0:
+            raise UserError("the training set has no loss terms (empty data or every target masked)")
+        self.microbatch = microbatch
+        mb = microbatch or x.shape[0]
+        self.chunks: list[tuple[Tensor, Tensor]] = list(zip(x.split(mb), y.split(mb)))
+        self.hvp_backend = hvp_backend
+        self.device = x.device
+
+    # ----------------------------------------------------------------- parameters
+    @property
+    def dim(self) -> int:
+        return self.space.dim
+
+    def initial_theta(self) -> Tensor:
+        """The model's current parameters as a fresh flat vector (the model itself is never mutated)."""
+        with torch.no_grad():
+            return self.space.flatten(dict(self.model.named_parameters())).detach().clone()
+
+    # ----------------------------------------------------------------- core functional pieces
+    def _forward(self, theta: Tensor, x: Tensor) -> Tensor:
+        return functional_call(self.model, self.space.unflatten(theta), (x,))
+
+    def _chunk_sum(self, theta: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """(Σ loss terms, Σ correct predictions) over one chunk; θ is a single (d,) vector."""
+        out = self._forward(theta, x)
+        if self.sequence:
+            mask = (y >= 0).to(out.dtype)
+            target = y.clamp(min=0)
+        else:
+            mask = None
+            target = y
+        if self.loss_name == "mse":
+            onehot = torch.nn.functional.one_hot(target, self.num_classes).to(out.dtype)
+            per = 0.5 * ((out - onehot) ** 2).sum(-1)
+        else:
+            per = torch.logsumexp(out, -1) - out.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        correct = (out.argmax(-1) == target).to(out.dtype)
+        if mask is not None:
+            per = per * mask
+            correct = correct * mask
+        return per.sum(), correct.sum()
+
+    def _loss_single(self, theta: Tensor) -> Tensor:
+        total = None
+        for x, y in self.chunks:
+            s, _ = self._chunk_sum(theta, x, y)
+            total = s if total is None else total + s
+        return total / self.n_terms
+
+    # ----------------------------------------------------------------- public API
+    def loss(self, theta: Tensor) -> Tensor:
+        """Mean loss at θ (shape (d,) → scalar; shape (K, d) → (K,)). No autograd state is kept."""
+        with torch.inference_mode():
+            if theta.dim() == 1:
+                return self._loss_single(theta)
+            return vmap(self._loss_single)(theta.reshape(-1, theta.shape[-1])).reshape(theta.shape[:-1])
+
+    def evaluate(self, theta: Tensor, x: Tensor | None = None, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(mean loss, accuracy) at a single θ on the training set, or on (x, y) if given."""
+        if x is None:
+            chunks, n_terms = self.chunks, self.n_terms
+        else:
+            mb = self.microbatch or x.shape[0]
+            chunks = list(zip(x.split(mb), y.split(mb)))
+            n_terms = int((y >= 0).sum()) if y.dim() == 2 else int(y.shape[0])
+        ls, cs = 0.0, 0.0
+        with torch.inference_mode():
+            for xc, yc in chunks:
+                s, c = self._chunk_sum(theta, xc, yc)
+                ls, cs = ls + s, cs + c
+        return ls / n_terms, cs / n_terms
+
+    def value_and_grad(self, theta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(loss, accuracy, ∇L) at a single θ; one forward+backward per chunk."""
+        g_total, l_total, c_total = None, 0.0, 0.0
+        for x, y in self.chunks:
+            g, (l, c) = grad(self._scaled_chunk, has_aux=True)(theta, x, y)
+            g_total = g if g_total is None else g_total + g
+            l_total, c_total = l_total + l, c_total + c
+        return l_total, c_total / self.n_terms, g_total
+
+    def _scaled_chunk(self, theta: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        s, c = self._chunk_sum(theta, x, y)
+        loss = s / self.n_terms
+        return loss, (loss.detach(), c.detach())
+
+    def grad(self, theta: Tensor) -> Tensor:
+        """∇L(θ) as a flat vector."""
+        return self.value_and_grad(theta)[2]
+
+    # ----------------------------------------------------------------- Hessian-vector products
+    def hvp_at(self, theta: Tensor, backend: str | None = None) -> "HVP":
+        """A Hessian-vector-product function at a fixed θ (graph/linearisation reused across calls)."""
+        backend = backend or self.hvp_backend
+        if backend == "auto":
+            backend = self.choose_hvp_backend(theta)
+        if backend == "fwd-rev":
+            return _FwdRevHVP(self, theta)
+        return _DoubleBackwardHVP(self, theta)
+
+    def hvp(self, theta: Tensor, v: Tensor) -> Tensor:
+        """H(θ) v for one flat vector v (convenience; use `hvp_at` for many products at one θ)."""
+        return self.hvp_at(theta).matvec(v)
+
+    def hvp_many(self, theta: Tensor, V: Tensor) -> Tensor:
+        """H(θ) V for the rows of V (shape (m, d))."""
+        return self.hvp_at(theta).matmat(V)
+
+    _backend_choice: str | None = None
+
+    def choose_hvp_backend(self, theta: Tensor, repeats: int = 2) -> str:
+        """Pick the faster HVP back end on this model and device by timing both once (cached).
+
+        Forward-over-reverse is skipped (double backward used) if some op lacks forward-mode AD.
+        """
+        if self._backend_choice is not None:
+            return self._backend_choice
+        v = torch.randn(theta.shape, generator=torch.Generator(theta.device).manual_seed(0),
+                        device=theta.device, dtype=theta.dtype)
+        times = {}
+        for name, cls in (("double-backward", _DoubleBackwardHVP), ("fwd-rev", _FwdRevHVP)):
+            try:
+                op = cls(self, theta)
+                op.matvec(v)  # warm-up (and graph build for double backward)
+                _sync(theta.device)
+                t0 = time.perf_counter()
+                for _ in range(repeats):
+                    op.matvec(v)
+                _sync(theta.device)
+                times[name] = time.perf_counter() - t0
+            except (NotImplementedError, RuntimeError):
+                continue
+        if not times:
+            raise RuntimeError("neither HVP back end works for this model")
+        self._backend_choice = min(times, key=times.get)
+        return self._backend_choice
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class HVP:
+    """Hessian-vector products at a fixed θ; counts the products it has computed."""
+
+    def __init__(self, objective: Objective, theta: Tensor) -> None:
+        self.objective = objective
+        self.theta = theta.detach()
+        self.n_hvp = 0
+
+    def matvec(self, v: Tensor) -> Tensor:
+        self.n_hvp += 1
+        return self._matvec(v)
+
+    def matmat(self, V: Tensor) -> Tensor:
+        """Rows of V (m, d) → rows of H Vᵀ; vmapped where the back end allows it."""
+        self.n_hvp += V.shape[0]
+        return self._matmat(V)
+
+    def _matmat(self, V: Tensor) -> Tensor:
+        return torch.stack([self._matvec(v) for v in V])
+
+    def _matvec(self, v: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class _FwdRevHVP(HVP):
+    name = "fwd-rev"
+
+    def _chunk_hvp(self, v: Tensor) -> Tensor:
+        obj = self.objective
+        total = None
+        for x, y in obj.chunks:
+            g = grad(lambda t: obj._chunk_sum(t, x, y)[0] / obj.n_terms)
+            hv = jvp(g, (self.theta,), (v,))[1]
+            total = hv if total is None else total + hv
+        return total
+
+    def _matvec(self, v: Tensor) -> Tensor:
+        return self._chunk_hvp(v)
+
+    def _matmat(self, V: Tensor) -> Tensor:
+        try:
+            return vmap(self._chunk_hvp)(V)
+        except (NotImplementedError, RuntimeError):
+            return super()._matmat(V)
+
+
+class _DoubleBackwardHVP(HVP):
+    """Double backward through a gradient graph built once per θ (one graph per micro-batch)."""
+
+    name = "double-backward"
+
+    def __init__(self, objective: Objective, theta: Tensor) -> None:
+        super().__init__(objective, theta)
+        self._leaf = self.theta.clone().requires_grad_(True)
+        self._grads = []
+        with torch.enable_grad():
+            for x, y in objective.chunks:
+                s, _ = objective._chunk_sum(self._leaf, x, y)
+                (g,) = torch.autograd.grad(s / objective.n_terms, self._leaf, create_graph=True)
+                self._grads.append(g)
+
+    def _matvec(self, v: Tensor) -> Tensor:
+        total = None
+        for g in self._grads:
+            (hv,) = torch.autograd.grad(g, self._leaf, v, retain_graph=True)
+            total = hv if total is None else total + hv
+        return total.detach()
+
+    def _matmat(self, V: Tensor) -> Tensor:
+        total = None
+        for g in self._grads:
+            try:
+                (hv,) = torch.autograd.grad(g, self._leaf, V, retain_graph=True, is_grads_batched=True)
+            except (NotImplementedError, RuntimeError):
+                return super()._matmat(V)
+            total = hv if total is None else total + hv
+        return total.detach()
