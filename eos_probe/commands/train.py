@@ -1,0 +1,94 @@
+"""`eos-probe train`: train one run full-batch and write its HDF5 file."""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import math
+import sys
+
+import click
+
+from ..config import TrainConfig, load_toml
+from ..errors import DivergedError, UserError
+
+
+def _parse_model_args(items: tuple[str, ...]) -> dict:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"--model-arg expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value
+    return out
+
+
+def _finite(ctx, param, value):
+    if value is not None and isinstance(value, float) and not math.isfinite(value):
+        raise click.BadParameter(f"must be a finite number, got {value}")
+    return value
+
+
+@click.command("train")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file with run settings; flags override it.")
+@click.option("--model", help="mlp | cnn | resnet | vit | lstm | mamba (default cnn).")
+@click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE", help="Model size override, e.g. hidden=64 (repeatable).")
+@click.option("--data", help="fashion4 (embedded, default for images) | fashion-mnist | cifar10 | sort (default for sequences).")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Directory of the dataset files (cifar10, fashion-mnist).")
+@click.option("--n-per-class", type=int, help="Training images per class (default: the reference 250).")
+@click.option("--classes", help="Comma list of class indices (default 0,1,2,3).")
+@click.option("--loss", type=click.Choice(["mse", "ce"]), help="mse (0.5·Σ(f−onehot)², default) or ce.")
+@click.option("--optimizer", help="gd | gdm | adam | zo-gd | zo-gdm | zo-adam (default zo-gd).")
+@click.option("--lr", type=float, callback=_finite, help="Step size η.")
+@click.option("--momentum", type=float, callback=_finite, help="β of gdm, β1 of adam (default 0.9).")
+@click.option("--momentum-style", type=click.Choice(["heavy_ball", "ema"]), help="gdm convention (default heavy_ball).")
+@click.option("--beta2", type=float, callback=_finite, help="Adam β2 (default 0.999).")
+@click.option("--eps", type=float, callback=_finite, help="Adam ε (default 1e-8).")
+@click.option("--queries", type=int, help="ZO two-point queries per step q (default 1).")
+@click.option("--mu", type=float, callback=_finite, help="ZO smoothing radius μ (default 1e-3).")
+@click.option("--directions", type=click.Choice(["gaussian", "sphere", "rademacher"]), help="ZO direction law.")
+@click.option("--difference", type=click.Choice(["central", "forward"]), help="ZO finite difference.")
+@click.option("--steps", type=int, help="Number of updates (default 300). With --resume: extend the run to this many.")
+@click.option("--seed", type=int, help="Run seed: model init, directions, probes (default 0).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Device (default auto).")
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), help="Parameter dtype (default float32).")
+@click.option("--microbatch", type=int, help="Evaluate the full batch in chunks of this many examples.")
+@click.option("--log-every", type=int, help="Log exact loss/accuracy every k steps (default 1 FO, 10 ZO).")
+@click.option("--checkpoint-every", type=int, help="Checkpoint every M steps (default 500).")
+@click.option("--probe-every", type=int, help="Measure curvature every N steps (default 100).")
+@click.option("--probe", "probe_metrics", help="Comma list of probe metrics, or 'none'.")
+@click.option("--divergence-factor", type=float, callback=_finite, help="Stop when loss > factor × initial loss (default 1000).")
+@click.option("--out", type=click.Path(dir_okay=False), help="Run file (default runs/<model>-<optimizer>-lr<lr>-s<seed>.h5).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run file.")
+@click.option("--resume", type=click.Path(dir_okay=False), help="Continue RUN.h5 from its last checkpoint.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def command(config_file, model_args, classes, probe_metrics, overwrite, resume, quiet, **flags) -> None:
+    """Train a model full-batch and write an HDF5 run file (loss every step, curvature every N)."""
+    from ..train import train
+
+    values = load_toml(config_file) if config_file else {}
+    values.update({k: v for k, v in flags.items() if v is not None})
+    if model_args:
+        values["model_args"] = {**values.get("model_args", {}), **_parse_model_args(model_args)}
+    if classes is not None:
+        try:
+            values["classes"] = [int(c) for c in classes.split(",") if c.strip()]
+        except ValueError:
+            raise UserError(f"--classes expects comma-separated integers, got {classes!r}") from None
+    if probe_metrics is not None:
+        values["probe"] = [] if probe_metrics.strip().lower() == "none" else [
+            m.strip() for m in probe_metrics.split(",") if m.strip()]
+    if resume and set(values) - {"steps"}:
+        extra = ", ".join(sorted(set(values) - {"steps"}))
+        raise UserError(f"--resume continues a run with its recorded settings; only --steps may be given (got {extra})")
+    cfg = TrainConfig(**values) if not resume else dataclasses.replace(TrainConfig(), **values)
+    try:
+        res = train(cfg, overwrite=overwrite, resume=resume, progress=not quiet)
+    except DivergedError as e:
+        click.echo(f"error: {e} (run file keeps everything logged before; reason recorded)", err=True)
+        sys.exit(e.exit_code)
+    click.echo(f"{res.path}: {res.status}, {res.steps_done} steps in {res.seconds:.1f} s "
+               f"({res.steps_per_second:.2f} steps/s, probe {res.probe_seconds:.1f} s), "
+               f"final loss {res.final_loss:.4g}, accuracy {res.final_accuracy:.3f}")

@@ -1,0 +1,129 @@
+"""Run configuration: one dataclass, validated with one clear message per mistake, loadable from TOML."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("float32", "float64")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. Field names are the TOML keys and the CLI flags."""
+
+    model: str = "cnn"
+    data: str | None = None  # default: fashion4 for image models, sort for sequence models
+    data_dir: str | None = None
+    n_per_class: int | None = None
+    classes: list[int] | None = None
+    loss: str = "mse"
+    model_args: dict[str, Any] = field(default_factory=dict)
+    optimizer: str = "zo-gd"
+    lr: float = 0.01
+    momentum: float | None = None
+    momentum_style: str = "heavy_ball"
+    beta2: float = 0.999
+    eps: float = 1e-8
+    queries: int = 1
+    mu: float = 1e-3
+    directions: str = "gaussian"
+    difference: str = "central"
+    steps: int = 300
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "float32"
+    microbatch: int | None = None
+    log_every: int | None = None  # default: 1 for first-order (free), 10 for ZO (one extra forward)
+    checkpoint_every: int = 500
+    probe_every: int = 100
+    probe: list[str] | None = None  # default per optimizer (see eos_probe.probe)
+    divergence_factor: float = 1e3
+    out: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_FIELDS = {f.name: f for f in fields(TrainConfig)}
+
+
+def _expected(name: str) -> tuple[type, ...]:
+    ann = str(_FIELDS[name].type)
+    if ann.startswith("list"):
+        return (list,)
+    if ann.startswith("dict"):
+        return (dict,)
+    if "float" in ann:
+        return (float, int)
+    if "int" in ann:
+        return (int,)
+    return (str,)
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config; unknown keys and wrong types are user errors (one line each, first one raised)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file {p} does not exist")
+    try:
+        raw = tomllib.loads(p.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"config file {p} is not valid TOML: {e}") from None
+    raw = raw.get("train", raw)  # accept a [train] table or top-level keys
+    for key, value in raw.items():
+        if key not in _FIELDS:
+            raise UserError(f"config file {p}: unknown key {key!r}; valid keys: {', '.join(sorted(_FIELDS))}")
+        types = _expected(key)
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise UserError(f"config file {p}: key {key!r} must be of type {types[0].__name__}, "
+                            f"got {type(value).__name__} {value!r}")
+    return raw
+
+
+def _positive(name: str, value: float | int | None, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if value is None or not math.isfinite(value) or value <= 0:
+        raise UserError(f"{name} must be a positive finite number, got {value}")
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Check every field that can be checked without loading data or models (those check themselves)."""
+    from .objective import LOSSES
+    from .optim import DIFFERENCES, DIRECTIONS, MOMENTUM_STYLES, PRESETS
+
+    def choice(name: str, value: str, options) -> None:
+        if value not in options:
+            raise UserError(f"unknown {name} {value!r}; choose one of {', '.join(options)}")
+
+    choice("optimizer", cfg.optimizer, PRESETS)
+    choice("loss", cfg.loss, LOSSES)
+    choice("directions", cfg.directions, DIRECTIONS)
+    choice("difference", cfg.difference, DIFFERENCES)
+    choice("momentum style", cfg.momentum_style, MOMENTUM_STYLES)
+    choice("device", cfg.device, DEVICES)
+    choice("dtype", cfg.dtype, DTYPES)
+    _positive("lr", cfg.lr)
+    _positive("mu", cfg.mu)
+    _positive("eps", cfg.eps)
+    _positive("divergence factor", cfg.divergence_factor)
+    for name in ("steps", "queries", "checkpoint_every", "probe_every"):
+        _positive(name, getattr(cfg, name))
+    for name in ("n_per_class", "microbatch", "log_every"):
+        _positive(name, getattr(cfg, name), allow_none=True)
+    if cfg.momentum is not None and not (0.0 <= cfg.momentum < 1.0):
+        raise UserError(f"momentum must lie in [0, 1), got {cfg.momentum}")
+    if not (0.0 <= cfg.beta2 < 1.0):
+        raise UserError(f"beta2 must lie in [0, 1), got {cfg.beta2}")
+    if cfg.seed < 0:
+        raise UserError(f"seed must be a non-negative integer, got {cfg.seed}")
+    if cfg.momentum is not None and cfg.momentum > 0 and cfg.optimizer.removeprefix("zo-") == "gd":
+        raise UserError(f"optimizer {cfg.optimizer} takes no momentum (got {cfg.momentum}); use {cfg.optimizer}m")
+    return cfg
