@@ -23,6 +23,7 @@ class TrainConfig:
     data_dir: str | None = None
     n_per_class: int | None = None
     classes: list[int] | None = None
+    data_args: dict[str, Any] = field(default_factory=dict)  # extra dataset options, e.g. sort n_train
     loss: str = "mse"
     model_args: dict[str, Any] = field(default_factory=dict)
     optimizer: str = "zo-gd"

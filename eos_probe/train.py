@@ -76,7 +76,7 @@ def build(cfg: TrainConfig) -> Setup:
     device = resolve_device(cfg.device)
     dtype = getattr(torch, cfg.dtype)
     ds = load_dataset(data_name, data_dir=cfg.data_dir, n_per_class=cfg.n_per_class, classes=cfg.classes,
-                      seed=cfg.seed)
+                      seed=cfg.seed, **cfg.data_args)
     if ds.kind != kind:
         raise UserError(f"model {cfg.model!r} takes {kind} data but dataset {data_name!r} is {ds.kind} data")
     model = build_model(cfg.model, input_shape=tuple(ds.input_shape), num_classes=ds.num_classes,

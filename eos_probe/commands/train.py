@@ -12,11 +12,11 @@ from ..config import TrainConfig, load_toml
 from ..errors import DivergedError, UserError
 
 
-def _parse_model_args(items: tuple[str, ...]) -> dict:
+def _parse_kv(flag: str, items: tuple[str, ...]) -> dict:
     out = {}
     for item in items:
         if "=" not in item:
-            raise UserError(f"--model-arg expects KEY=VALUE, got {item!r}")
+            raise UserError(f"{flag} expects KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         try:
             out[key.strip()] = ast.literal_eval(value)
@@ -37,6 +37,7 @@ def _finite(ctx, param, value):
 @click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE", help="Model size override, e.g. hidden=64 (repeatable).")
 @click.option("--data", help="fashion4 (embedded, default for images) | fashion-mnist | cifar10 | sort (default for sequences).")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Directory of the dataset files (cifar10, fashion-mnist).")
+@click.option("--data-arg", "data_args", multiple=True, metavar="KEY=VALUE", help="Dataset option, e.g. n_train=200 for sort (repeatable).")
 @click.option("--n-per-class", type=int, help="Training images per class (default: the reference 250).")
 @click.option("--classes", help="Comma list of class indices (default 0,1,2,3).")
 @click.option("--loss", type=click.Choice(["mse", "ce"]), help="mse (0.5·Σ(f−onehot)², default) or ce.")
@@ -64,14 +65,16 @@ def _finite(ctx, param, value):
 @click.option("--overwrite", is_flag=True, help="Replace an existing run file.")
 @click.option("--resume", type=click.Path(dir_okay=False), help="Continue RUN.h5 from its last checkpoint.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def command(config_file, model_args, classes, probe_metrics, overwrite, resume, quiet, **flags) -> None:
+def command(config_file, model_args, data_args, classes, probe_metrics, overwrite, resume, quiet, **flags) -> None:
     """Train a model full-batch and write an HDF5 run file (loss every step, curvature every N)."""
     from ..train import train
 
     values = load_toml(config_file) if config_file else {}
     values.update({k: v for k, v in flags.items() if v is not None})
     if model_args:
-        values["model_args"] = {**values.get("model_args", {}), **_parse_model_args(model_args)}
+        values["model_args"] = {**values.get("model_args", {}), **_parse_kv("--model-arg", model_args)}
+    if data_args:
+        values["data_args"] = {**values.get("data_args", {}), **_parse_kv("--data-arg", data_args)}
     if classes is not None:
         try:
             values["classes"] = [int(c) for c in classes.split(",") if c.strip()]
