@@ -8,6 +8,7 @@ Every random draw is seeded from (seed, step, purpose), so probing or resuming n
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
@@ -20,7 +21,7 @@ import torch
 
 from . import __version__
 from .config import TrainConfig, validate
-from .errors import DivergedError, UserError
+from .errors import CorruptFileError, DivergedError, UserError
 from .objective import LOSS_CONVENTIONS, Objective
 from .optim import Optimizer, make_optimizer
 from .store import RunWriter, check_writable, fsync_path, open_run
@@ -128,20 +129,33 @@ def default_out(cfg: TrainConfig) -> Path:
     return Path("runs") / f"{cfg.model}-{cfg.optimizer}-lr{cfg.lr:g}-s{cfg.seed}.h5"
 
 
-def train(cfg: TrainConfig, *, overwrite: bool = False, resume: str | Path | None = None,
-          progress: bool = True, probe: Any = "default") -> RunResult:
+def train(cfg: TrainConfig | None, *, overwrite: bool = False, resume: str | Path | None = None,
+          steps: int | None = None, progress: bool = True, probe: Any = "default") -> RunResult:
     """Train a run (or continue one with `resume`) and write its HDF5 file; returns a summary.
 
-    Raises `DivergedError` (after recording the reason in the file) if the loss blows up.
+    With `resume`, the run's recorded config is used (`cfg` is ignored) and `steps` may extend it; the
+    run continues from its last checkpoint, or from step 0 if it was killed before the first one
+    (everything is seeded, so that is the same run). Raises `DivergedError` (after recording the
+    reason in the file) if the loss blows up.
     """
     ckpt = None
-    if resume is not None:
+    resuming = resume is not None
+    if resuming:
         path = Path(resume)
-        ckpt = load_checkpoint(checkpoint_path(path))
-        with open_run(path) as f:
-            import json
-            stored = json.loads(f.attrs["config"])
-        stored["steps"] = max(cfg.steps, stored["steps"]) if cfg.steps != TrainConfig.steps else stored["steps"]
+        try:
+            with open_run(path) as f:
+                if "config" not in f.attrs:
+                    raise UserError(f"{path} has no recorded config; it cannot be resumed")
+                stored = json.loads(f.attrs["config"])
+        except (OSError, RuntimeError, KeyError, ValueError) as e:
+            raise CorruptFileError(f"{path}: run file is damaged, cannot resume it ({e})") from None
+        if checkpoint_path(path).exists():
+            ckpt = load_checkpoint(checkpoint_path(path))
+        if steps is not None:
+            done = int(ckpt["step"]) if ckpt else 0
+            if steps < done:
+                raise UserError(f"--steps {steps} is fewer than the {done} steps {path} has already done")
+            stored["steps"] = steps
         cfg = TrainConfig(**stored)
     else:
         path = Path(cfg.out) if cfg.out else default_out(cfg)
@@ -163,7 +177,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: str | Path | Non
     if probe == "default":
         probe = _default_probe(cfg, setup)
 
-    if ckpt is None:
+    if not resuming:
         loss0 = float(obj.evaluate(theta)[0])
         attrs = {"config": cfg.to_dict(), "seed": cfg.seed, "loss_convention": LOSS_CONVENTIONS[cfg.loss],
                  "optimizer_config": opt.config(), "dataset": setup.dataset.meta, "n_params": obj.dim,
@@ -172,7 +186,11 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: str | Path | Non
         writer = RunWriter.create(path, attrs, overwrite=overwrite)
         wall_offset = 0.0
     else:
-        writer = RunWriter.resume(path, start)
+        try:
+            writer = RunWriter.resume(path, start)
+        except (OSError, RuntimeError, KeyError, ValueError) as e:
+            raise CorruptFileError(f"{path}: run file is damaged, cannot resume it ({e}); "
+                                   "the file was left as it was") from None
         loss0 = float(writer.f.attrs["initial_loss"])
         wt = writer.f["train/wall_time"]
         wall_offset = float(wt[-1]) if wt.shape[0] else 0.0

@@ -62,7 +62,7 @@ def test_same_seed_same_trajectory_and_resume_extends_identically(tmp_path) -> N
     again = train(TrainConfig(**base, steps=12, out=str(tmp_path / "again.h5")), progress=False)
     assert torch.equal(_final_theta(full.path), _final_theta(again.path))
     short = train(TrainConfig(**base, steps=7, out=str(tmp_path / "short.h5")), progress=False)
-    train(TrainConfig(steps=12), resume=short.path, progress=False)
+    train(None, resume=short.path, steps=12, progress=False)
     assert torch.equal(_final_theta(full.path), _final_theta(short.path))
     with h5py.File(full.path, "r") as a, h5py.File(short.path, "r") as b:
         assert np.array_equal(a["train/step"][()], b["train/step"][()])

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import ast
-import dataclasses
 import math
 import sys
 
@@ -86,9 +85,11 @@ def command(config_file, model_args, data_args, classes, probe_metrics, overwrit
     if resume and set(values) - {"steps"}:
         extra = ", ".join(sorted(set(values) - {"steps"}))
         raise UserError(f"--resume continues a run with its recorded settings; only --steps may be given (got {extra})")
-    cfg = TrainConfig(**values) if not resume else dataclasses.replace(TrainConfig(), **values)
     try:
-        res = train(cfg, overwrite=overwrite, resume=resume, progress=not quiet)
+        if resume:
+            res = train(None, resume=resume, steps=values.get("steps"), progress=not quiet)
+        else:
+            res = train(TrainConfig(**values), overwrite=overwrite, progress=not quiet)
     except DivergedError as e:
         click.echo(f"error: {e} (run file keeps everything logged before; reason recorded)", err=True)
         sys.exit(e.exit_code)
