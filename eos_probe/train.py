@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from . import __version__
-from .config import TrainConfig, validate
+from .config import DEFAULT_LR, TrainConfig, validate
 from .errors import CorruptFileError, DivergedError, UserError
 from .objective import LOSS_CONVENTIONS, Objective
 from .optim import Optimizer, make_optimizer
@@ -64,6 +64,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def exact_float32() -> None:
+    """Turn off TF32 on CUDA: its ~1e-3 relative precision would swamp μ = 1e-3 finite differences."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+
+
 def build(cfg: TrainConfig) -> Setup:
     """Data, model, objective and optimizer for a config (validates what it touches)."""
     from .data import load_dataset
@@ -75,6 +82,8 @@ def build(cfg: TrainConfig) -> Setup:
     kind = MODELS[cfg.model].kind
     data_name = cfg.data or ("sort" if kind == "sequence" else "fashion4")
     device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        exact_float32()
     dtype = getattr(torch, cfg.dtype)
     ds = load_dataset(data_name, data_dir=cfg.data_dir, n_per_class=cfg.n_per_class, classes=cfg.classes,
                       seed=cfg.seed, **cfg.data_args)
@@ -126,7 +135,8 @@ def load_checkpoint(path: Path) -> dict:
 
 
 def default_out(cfg: TrainConfig) -> Path:
-    return Path("runs") / f"{cfg.model}-{cfg.optimizer}-lr{cfg.lr:g}-s{cfg.seed}.h5"
+    lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.optimizer]
+    return Path("runs") / f"{cfg.model}-{cfg.optimizer}-lr{lr:g}-s{cfg.seed}.h5"
 
 
 def train(cfg: TrainConfig | None, *, overwrite: bool = False, resume: str | Path | None = None,
@@ -158,6 +168,7 @@ def train(cfg: TrainConfig | None, *, overwrite: bool = False, resume: str | Pat
             stored["steps"] = steps
         cfg = TrainConfig(**stored)
     else:
+        validate(cfg)
         path = Path(cfg.out) if cfg.out else default_out(cfg)
         if cfg.out is None:
             path.parent.mkdir(parents=True, exist_ok=True)
