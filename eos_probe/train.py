@@ -170,10 +170,12 @@ def train(cfg: TrainConfig | None, *, overwrite: bool = False, resume: str | Pat
     else:
         validate(cfg)
         path = Path(cfg.out) if cfg.out else default_out(cfg)
-        if cfg.out is None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        check_writable(path, overwrite)
+        if cfg.out is None and not path.parent.exists():
+            check_writable(path.parent, overwrite=False)  # runs/ is made once the run is known to be valid
+        else:
+            check_writable(path, overwrite)
     setup = build(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
     cfg = setup.config
     obj, opt, theta = setup.objective, setup.optimizer, setup.theta
     state = opt.init(theta)
