@@ -321,6 +321,8 @@ def test_cli_bands_text_and_json(capsys, tmp_path):
     ["--optimizer", "zo-gd", "--lr", "1e-3", "--directions", "sphere"],
     ["--optimizer", "zo-sgd", "--lr", "1e-3"],
     ["--optimizer", "zo-gd", "--lr", "nan"],
+    ["--optimizer", "zo-gd", "--lr", "0.1", "--trace", "-3", "--lambda-max", "1"],
+    ["--optimizer", "zo-gd", "--lr", "0.1", "--trace", "3", "--lambda-max", "1", "--spectrum", "x.npy"],
 ])
 def test_cli_bands_bad_input_exits_2(capsys, argv):
     code, out, err = _run(capsys, *argv)

@@ -69,6 +69,9 @@ def compute(optimizer: str, lr: float, momentum, momentum_style, queries: int, d
         raise UserError("give either --spectrum or --trace/--lambda-max, not both")
     if (trace is None) != (lambda_max is None):
         raise UserError("--trace and --lambda-max go together; give both (or --spectrum)")
+    if trace is not None and (trace < 0 or lambda_max < 0):
+        raise UserError(f"--trace ({trace:g}) and --lambda-max ({lambda_max:g}) must be non-negative: the "
+                        "bands bound the curvature of a minimum")
     if spectrum is not None:
         lam = spectrum[spectrum >= 0] if negative == "ignore" else spectrum
         if lam.size == 0:

@@ -231,6 +231,7 @@ def ms_terms(eigenvalues: np.ndarray | float, lr: float, optimizer: str, queries
     Vectorised over ``eigenvalues``: the function SLQ needs for ``Tr f(H)``.
     """
     s = resolve(optimizer, queries, momentum, momentum_style, directions, dim)
+    _warn(s)
     return _terms(np.asarray(eigenvalues, dtype=float), _check_lr(lr), s)
 
 
@@ -519,7 +520,8 @@ def ms_spectral_radius(spectrum: Sequence[float] | np.ndarray, lr: float, optimi
     Exact on the quadratic (Gaussian/sphere directions, commuting P for Adam): each mode's (x, m)
     second moments evolve by a 4×4 map ``G_i`` and the modes couple only through the rank-one noise
     ``(b/q) Σ_j λ_j² E x_j²``, so ρ is the largest root of ``Σ_i (bλ_i²/q) e_xᵀ(ρI − G_i)⁻¹ e_ξ = 1``
-    above ``max_i ρ(G_i)`` (or ``max_i ρ(G_i)`` if there is none). ``ρ < 1 ⇔ S(η) < 1``.
+    above ``max_i ρ(G_i)`` (or ``max_i ρ(G_i)`` if there is none). For a positive definite spectrum
+    ``ρ < 1 ⇔ S(η) < 1``; a zero eigenvalue is a neutral mode and pins ρ ≥ 1.
     """
     lam, w = _spectrum(spectrum, None, "unstable")
     s = _setting_for_spectrum(optimizer, queries, momentum, momentum_style, directions, dim, lam, w)
