@@ -156,7 +156,7 @@ def render(out: dict) -> str:
               help="gdm convention: heavy_ball (default, torch SGD) or ema; adam is always ema.")
 @click.option("--queries", type=int, default=1, show_default=True, help="ZO two-point queries per step q.")
 @click.option("--directions", type=click.Choice(list(st.DIRECTIONS)), default="gaussian", show_default=True,
-              help="ZO direction law (sphere/rademacher need the dimension: --dim or --spectrum).")
+              help="ZO direction law (sphere needs the dimension, rademacher uses it: --dim or --spectrum).")
 @click.option("--dim", type=int, help="Parameter count d (sphere/rademacher directions).")
 @click.option("--trace", type=float, callback=_finite, help="Tr(H) (Adam: Tr(P^-1 H)); give with --lambda-max.")
 @click.option("--lambda-max", "lambda_max", type=float, callback=_finite, help="λ_max(H) (Adam: of P^-1 H).")
