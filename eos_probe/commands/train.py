@@ -41,7 +41,7 @@ def _finite(ctx, param, value):
 @click.option("--classes", help="Comma list of class indices (default 0,1,2,3).")
 @click.option("--loss", type=click.Choice(["mse", "ce"]), help="mse (0.5·Σ(f−onehot)², default) or ce.")
 @click.option("--optimizer", help="gd | gdm | adam | zo-gd | zo-gdm | zo-adam (default zo-gd).")
-@click.option("--lr", type=float, callback=_finite, help="Step size η (default per optimizer: gd, zo-gd 0.05; gdm, zo-gdm 0.005; adam 1e-3; zo-adam 1e-4).")
+@click.option("--lr", type=float, callback=_finite, help="Step size η (default per optimizer: gd 0.05, gdm 0.005, adam 1e-3, zo-gd 1e-3, zo-gdm 1e-4, zo-adam 1e-4).")
 @click.option("--momentum", type=float, callback=_finite, help="β of gdm, β1 of adam (default 0.9).")
 @click.option("--momentum-style", type=click.Choice(["heavy_ball", "ema"]), help="gdm convention (default heavy_ball).")
 @click.option("--beta2", type=float, callback=_finite, help="Adam β2 (default 0.999).")
