@@ -1,0 +1,221 @@
+"""Lanczos with full re-orthogonalisation: λ_max and the top-k eigenpairs of a symmetric operator.
+
+Stopping rule. After each product the tridiagonal T_j is diagonalised; Ritz pair (θ_i, y_i) has residual
+‖H y_i − θ_i y_i‖ = β_j |s_{j,i}| (exact up to round-off thanks to the full re-orthogonalisation). An
+eigenvalue lies within that residual of θ_i, and within residual²/gap when the Ritz value is separated by
+``gap`` from the others (Kato–Temple); ``error`` is the smaller of the two, with the gap measured between
+Ritz values minus their residuals. A pair is converged when error ≤ tol·|θ_i|. When ``max_iter`` is
+reached first the result says ``converged=False``.
+
+Limits of any single-vector Krylov method: it finds one copy of a repeated eigenvalue (a restart after an
+exact breakdown finds the others), and a start vector with no component along the top eigenvector cannot
+find it — a warm start therefore gets a small random admixture.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.linalg import eigh_tridiagonal
+from torch import Tensor
+
+from ..errors import UserError
+from ._probes import default_generator, gaussian
+from .estimate import Estimate
+from .operators import CurvatureOperator
+
+__all__ = ["lambda_max", "top_k", "lanczos_tridiagonal"]
+
+#: relative size of the random component mixed into a warm start (guards against a stale vector that is
+#: exactly orthogonal to the new top eigenvector; small enough to keep the warm start's head start)
+WARM_NOISE = 1e-2
+
+
+class _Basis:
+    """Orthonormal Lanczos vectors stored row-wise in a tensor that grows in chunks."""
+
+    def __init__(self, d: int, dtype: torch.dtype, device: torch.device, chunk: int = 32) -> None:
+        self.buf = torch.empty((chunk, d), dtype=dtype, device=device)
+        self.n = 0
+
+    def append(self, q: Tensor) -> None:
+        if self.n == self.buf.shape[0]:
+            self.buf = torch.cat([self.buf, torch.empty_like(self.buf[: max(32, self.n // 2)])])
+        self.buf[self.n] = q
+        self.n += 1
+
+    @property
+    def Q(self) -> Tensor:
+        return self.buf[: self.n]
+
+    def orthogonalize(self, w: Tensor) -> Tensor:
+        """w minus its projection on the basis, classical Gram–Schmidt applied twice ("twice is enough")."""
+        Q = self.Q
+        for _ in range(2):
+            w = w - Q.T @ (Q @ w)
+        return w
+
+
+def _start_vector(op: CurvatureOperator, v0, gen: torch.Generator) -> tuple[Tensor, bool]:
+    r = gaussian(1, op.dim, gen, op.dtype, op.device)[0]
+    r = r / r.norm()
+    if v0 is None:
+        return r, False
+    if isinstance(v0, Estimate):
+        v0 = v0.extra.get("vectors", v0.extra.get("vector"))
+        if v0 is None:
+            raise UserError("the warm-start Estimate carries no eigenvector (extra['vector'/'vectors'])")
+    v = torch.as_tensor(v0).to(device=op.device, dtype=op.dtype)
+    if v.dim() == 2:  # several previous eigenvectors: start from their sum, which touches each of them
+        v = v.sum(0)
+    if v.shape != (op.dim,):
+        raise UserError(f"warm-start vector has shape {tuple(v.shape)}, expected ({op.dim},)")
+    nv = v.norm()
+    if not torch.isfinite(nv) or nv == 0:
+        return r, False
+    v = v / nv + WARM_NOISE * r
+    return v / v.norm(), True
+
+
+def _ritz_errors(theta: np.ndarray, res: np.ndarray) -> np.ndarray:
+    """min(residual, residual²/gap) per Ritz value, gap to the nearest other Ritz value less both residuals."""
+    n = theta.shape[0]
+    if n == 1:
+        return res.copy()
+    diff = np.abs(theta[:, None] - theta[None, :]) - res[:, None] - res[None, :]
+    np.fill_diagonal(diff, np.inf)
+    gap = diff.min(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        quad = np.where(gap > 0, res**2 / np.where(gap > 0, gap, 1.0), np.inf)
+    return np.minimum(res, quad)
+
+
+def _lanczos_top(op: CurvatureOperator, k: int, tol: float, v0, max_iter: int,
+                 generator: torch.Generator | None) -> Estimate:
+    if k < 1:
+        raise UserError(f"k must be at least 1, got {k}")
+    if k > op.dim:
+        raise UserError(f"asked for {k} eigenvalues of a {op.dim}-dimensional operator")
+    if not tol > 0:
+        raise UserError(f"tol must be positive, got {tol}")
+    gen = default_generator(generator)
+    max_iter = int(min(max(max_iter, k), op.dim))
+    q, warm = _start_vector(op, v0, gen)
+    basis = _Basis(op.dim, op.dtype, op.device)
+    alphas: list[float] = []
+    betas: list[float] = []
+    n0 = op.n_hvp
+    norm_est = 0.0
+    restarts = 0
+    converged = False
+    theta = res = err = S = None
+    # a couple of steps before trusting the residual test: a stale warm vector can be a wrong eigenvector
+    min_steps = min(op.dim, k + 2)
+    for j in range(max_iter):
+        basis.append(q)
+        w = op.matvec(q)
+        a = float(torch.dot(q, w))
+        w = basis.orthogonalize(w)
+        b = float(w.norm())
+        alphas.append(a)
+        norm_est = max(norm_est, abs(a) + b + (betas[-1] if betas else 0.0))
+        if len(alphas) == 1:
+            theta, S = np.array([a]), np.ones((1, 1))
+        else:
+            theta, S = eigh_tridiagonal(np.array(alphas), np.array(betas))
+        order = np.argsort(theta)[::-1]
+        theta, S = theta[order], S[:, order]
+        res = b * np.abs(S[-1, :])
+        err = _ritz_errors(theta, res)
+        m = min(k, theta.shape[0])
+        scale = np.maximum(np.abs(theta[:m]), 1e-14 * max(norm_est, 1e-300))
+        done = bool(np.all(err[:m] <= tol * scale)) and m == k and j + 1 >= min_steps
+        breakdown = b <= 1e-12 * max(norm_est, 1e-300)
+        if done or (breakdown and basis.n >= op.dim):
+            converged = done or basis.n >= op.dim
+            break
+        if breakdown:
+            # invariant subspace found: continue from a fresh random direction (finds repeated eigenvalues)
+            restarts += 1
+            w = basis.orthogonalize(gaussian(1, op.dim, gen, op.dtype, op.device)[0])
+            betas.append(0.0)
+            q = w / w.norm()
+            continue
+        betas.append(b)
+        q = w / b
+    m = min(k, theta.shape[0])
+    coeff = torch.as_tensor(np.ascontiguousarray(S[:, :m].T), dtype=op.dtype, device=op.device)
+    Y = coeff @ basis.Q[: S.shape[0]]
+    Y = Y / Y.norm(dim=1, keepdim=True)
+    extra = {"vectors": Y, "ritz_residual": res[:m].copy(), "n_iter": len(alphas),
+             "ritz_values": theta.copy(), "warm_start": warm, "restarts": restarts}
+    return Estimate(value=theta[:m].copy(), error=err[:m].copy(), n_hvp=op.n_hvp - n0,
+                    converged=converged, extra=extra)
+
+
+def top_k(op: CurvatureOperator, k: int, tol: float = 1e-3, v0=None, max_iter: int = 200,
+          generator: torch.Generator | None = None) -> Estimate:
+    """The k algebraically largest eigenvalues (descending) with error bounds; ``extra["vectors"]`` (k, d).
+
+    ``v0``: warm start — a flat vector, a (k', d) stack of previous eigenvectors, or a previous Estimate.
+    """
+    return _lanczos_top(op, k, tol, v0, max_iter, generator)
+
+
+def lambda_max(op: CurvatureOperator, tol: float = 1e-3, v0=None, max_iter: int = 200,
+               generator: torch.Generator | None = None) -> Estimate:
+    """The largest eigenvalue (algebraic) with its error bound; ``extra["vector"]`` is its Ritz vector."""
+    est = _lanczos_top(op, 1, tol, v0, max_iter, generator)
+    extra = dict(est.extra)
+    extra["vector"] = extra["vectors"][0]
+    return Estimate(value=float(est.value[0]), error=float(est.error[0]), n_hvp=est.n_hvp,
+                    converged=est.converged, extra=extra)
+
+
+def lanczos_tridiagonal(op: CurvatureOperator, V0: Tensor, n_steps: int,
+                        reorthogonalize: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Run n_steps of Lanczos from each row of V0 in lockstep (one batched product per step).
+
+    Returns, per start vector, the (alphas, betas) of its tridiagonal; a run whose Krylov space closes
+    early (breakdown) stops there, so its tridiagonal is shorter. Used by stochastic Lanczos quadrature.
+    """
+    p, d = V0.shape
+    n_steps = int(min(n_steps, d))
+    Q = torch.empty((p, n_steps, d), dtype=op.dtype, device=op.device)
+    q = V0.to(device=op.device, dtype=op.dtype)
+    q = q / q.norm(dim=1, keepdim=True)
+    alphas = [[] for _ in range(p)]
+    betas = [[] for _ in range(p)]
+    active = list(range(p))
+    q_prev = torch.zeros_like(q)
+    b_prev = torch.zeros(p, dtype=op.dtype, device=op.device)
+    norm_est = np.zeros(p)
+    for j in range(n_steps):
+        idx = torch.tensor(active, device=op.device)
+        Q[idx, j] = q[idx]
+        W = op.matmat(q[idx])
+        a = (W * q[idx]).sum(1)
+        W = W - a[:, None] * q[idx] - b_prev[idx][:, None] * q_prev[idx]
+        if reorthogonalize:
+            Qa = Q[idx, : j + 1]
+            for _ in range(2):
+                W = W - torch.einsum("pjd,pj->pd", Qa, torch.einsum("pjd,pd->pj", Qa, W))
+        b = W.norm(dim=1)
+        still = []
+        for r, i in enumerate(active):
+            ai, bi = float(a[r]), float(b[r])
+            alphas[i].append(ai)
+            norm_est[i] = max(norm_est[i], abs(ai) + bi + float(b_prev[i]))
+            if j + 1 < n_steps and bi > 1e-10 * max(norm_est[i], 1e-300):
+                betas[i].append(bi)
+                still.append(r)
+        q_prev = q.clone()
+        new_q = q.clone()
+        for r in still:
+            i = active[r]
+            new_q[i] = W[r] / b[r]
+            b_prev[i] = b[r]
+        q = new_q
+        active = [active[r] for r in still]
+        if not active:
+            break
+    return [(np.array(alphas[i]), np.array(betas[i][: len(alphas[i]) - 1])) for i in range(p)]

@@ -1,0 +1,83 @@
+"""Stochastic Lanczos quadrature (Ubaru, Chen & Saad 2017): spectral density and Tr f(H).
+
+For a probe z with ‖z‖² = d, zᵀ f(H) z ≈ d · Σ_k τ_k f(θ_k), where θ_k are the Ritz values of the
+n_steps-step Lanczos tridiagonal started at z/‖z‖ and τ_k the squared first components of its eigenvectors
+(a Gauss quadrature rule for the spectral measure seen from z). Averaging over Rademacher probes gives an
+unbiased-in-the-probe estimate of Tr f(H); its standard error over probes is reported (the quadrature error
+is negligible for smooth f once n_steps resolves the spectrum's edges).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from scipy.linalg import eigh_tridiagonal
+
+from ..errors import UserError
+from ._probes import default_generator, rademacher
+from .estimate import Density, Estimate
+from .lanczos import lanczos_tridiagonal
+from .operators import CurvatureOperator
+
+__all__ = ["spectral_density", "trace_fn", "quadrature"]
+
+
+def quadrature(op: CurvatureOperator, n_probes: int, n_steps: int,
+               generator: torch.Generator | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """(nodes, weights, n_hvp), both arrays (n_probes, n_steps); rows shorter than n_steps padded with weight 0."""
+    if n_probes < 1 or n_steps < 1:
+        raise UserError(f"n_probes and n_steps must be positive, got {n_probes} and {n_steps}")
+    gen = default_generator(generator)
+    n0 = op.n_hvp
+    Z = rademacher(n_probes, op.dim, gen, op.dtype, op.device)
+    runs = lanczos_tridiagonal(op, Z, n_steps)
+    width = min(n_steps, op.dim)
+    nodes = np.zeros((n_probes, width))
+    weights = np.zeros((n_probes, width))
+    for i, (a, b) in enumerate(runs):
+        if a.shape[0] == 1:
+            theta, S = a.copy(), np.ones((1, 1))
+        else:
+            theta, S = eigh_tridiagonal(a, b)
+        m = theta.shape[0]
+        nodes[i, :m] = theta
+        nodes[i, m:] = theta[0]  # harmless padding: weight 0, and a value f is defined at
+        weights[i, :m] = S[0, :] ** 2
+    return nodes, weights, op.n_hvp - n0
+
+
+def spectral_density(op: CurvatureOperator, n_probes: int = 4, n_steps: int = 40,
+                     generator: torch.Generator | None = None, grid: np.ndarray | int | None = None,
+                     sigma: float | None = None) -> Density:
+    """SLQ nodes and weights, and a Gaussian-smoothed density on ``grid`` (array, or a number of points).
+
+    Default grid: 512 points spanning the nodes ± 5σ; default σ: 1% of the node range.
+    """
+    nodes, weights, n_hvp = quadrature(op, n_probes, n_steps, generator)
+    lo, hi = float(nodes.min()), float(nodes.max())
+    span = max(hi - lo, 1e-12 * max(abs(lo), abs(hi), 1.0))
+    sigma = float(sigma) if sigma is not None else 0.01 * span
+    if not sigma > 0:
+        raise UserError(f"sigma must be positive, got {sigma}")
+    if grid is None or isinstance(grid, (int, np.integer)):
+        grid = np.linspace(lo - 5 * sigma, hi + 5 * sigma, int(grid or 512))
+    grid = np.asarray(grid, dtype=float)
+    kern = np.exp(-0.5 * ((grid[None, None, :] - nodes[:, :, None]) / sigma) ** 2) / (sigma * np.sqrt(2 * np.pi))
+    density = (weights[:, :, None] * kern).sum(axis=1).mean(axis=0)
+    return Density(nodes=nodes, weights=weights, grid=grid, density=density, n_hvp=n_hvp, dim=op.dim, sigma=sigma)
+
+
+def trace_fn(op: CurvatureOperator, f: Callable[[np.ndarray], np.ndarray], n_probes: int = 8, n_steps: int = 40,
+             generator: torch.Generator | None = None) -> Estimate:
+    """SLQ estimate of Tr f(op) with its standard error over probes; f must accept numpy arrays.
+
+    ``extra``: "nodes", "weights" (reusable for other f via ``Density.trace_fn``), "samples".
+    """
+    if n_probes < 2:
+        raise UserError(f"trace_fn needs at least 2 probes for a standard error, got {n_probes}")
+    nodes, weights, n_hvp = quadrature(op, n_probes, n_steps, generator)
+    per_probe = op.dim * (weights * np.asarray(f(nodes), dtype=float)).sum(axis=1)
+    se = float(per_probe.std(ddof=1) / np.sqrt(n_probes))
+    return Estimate(value=float(per_probe.mean()), error=se, n_hvp=n_hvp,
+                    extra={"nodes": nodes, "weights": weights, "samples": per_probe})
