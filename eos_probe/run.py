@@ -1,8 +1,13 @@
-"""`Run`: a run file loaded for analysis (`eos_probe.load(path)`)."""
+"""`Run`: a run file loaded for analysis (`eos_probe.load(path)`).
+
+A `Run` is a snapshot: reading a live run (SWMR) gives every row written so far, cut to the rows whose
+`step` is present (the writer writes `step` last), so all columns of a group have the same length.
+"""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -16,26 +21,75 @@ from .store import open_run
 def _decode(v: Any) -> Any:
     if isinstance(v, bytes):
         v = v.decode()
-    if isinstance(v, str) and v[:1] in "[{" :
+    if isinstance(v, str) and v[:1] in "[{":
         try:
             return json.loads(v)
         except json.JSONDecodeError:
             return v
+    if isinstance(v, str) and v == "null":
+        return None
+    if isinstance(v, np.ndarray) and v.dtype.kind in "SO":
+        return [_decode(x) for x in v.tolist()]
     if isinstance(v, np.generic):
         return v.item()
     return v
 
 
+def band_settings(config: dict[str, Any], dim: int | None = None) -> dict[str, Any]:
+    """Keyword arguments of `eos_probe.theory.band` for a run's config (the run's optimizer settings).
+
+    Adam runs use the EMA convention (the only one that applies to them); gd runs have no momentum.
+    """
+    optimizer = config.get("optimizer", "zo-gd")
+    base = optimizer.removeprefix("zo-")
+    momentum = config.get("momentum")
+    style = config.get("momentum_style") or "heavy_ball"
+    if base == "gd":
+        momentum, style = None, None
+    elif base == "adam":
+        style = None
+    lr = config.get("lr")
+    if lr is None:  # a config as written, before validation filled the per-optimizer default
+        from .config import DEFAULT_LR
+
+        lr = DEFAULT_LR.get(optimizer, math.nan)
+    return {"lr": float(lr), "optimizer": optimizer, "queries": int(config.get("queries", 1)),
+            "momentum": momentum, "momentum_style": style, "directions": config.get("directions", "gaussian"),
+            "dim": dim}
+
+
+def band_for(config: dict[str, Any], dim: int | None = None):
+    """The theory module's `Band` (T, c, conventions, warnings) for a run's config; warnings not re-emitted."""
+    import warnings
+
+    from .theory import band
+
+    kw = band_settings(config, dim)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # they are kept in Band.warnings and shown beside every band
+        return band(kw.pop("lr"), kw.pop("optimizer"), **kw)
+
+
 @dataclass
 class Run:
-    """A run file in memory: `config` (dict), `attrs`, `train` and `probe` (DataFrames), spectra arrays."""
+    """A run file in memory.
+
+    `config` (dict), `attrs` (every root attribute, JSON decoded), `train` and `probe` (DataFrames with
+    one column per 1-D series; multi-dimensional probe series via `probe_array`), spectra via `spectra`,
+    the stability band via `band()` and the band verdict per probe via `verdicts()`.
+    """
 
     path: Path
     attrs: dict[str, Any]
     train: pd.DataFrame
     probe: pd.DataFrame
     _spectra: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
+    _arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    _bands: dict[str, Any] = field(default_factory=dict, repr=False)
+    _probe_attrs: dict[str, Any] = field(default_factory=dict, repr=False)
+    _series_attrs: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
 
+    # ------------------------------------------------------------------ description
     @property
     def config(self) -> dict[str, Any]:
         return self.attrs.get("config", {})
@@ -46,15 +100,128 @@ class Run:
         return self.attrs.get("status", "interrupted")
 
     @property
+    def stop_reason(self) -> str:
+        return self.attrs.get("stop_reason", "")
+
+    @property
+    def optimizer(self) -> str:
+        return self.config.get("optimizer", "?")
+
+    @property
+    def lr(self) -> float:
+        return float(self.config.get("lr", math.nan))
+
+    @property
+    def preconditioned(self) -> bool:
+        """Adam runs: the band is about P⁻¹H, so plots and verdicts use the `precond_*` series."""
+        return self.optimizer.removeprefix("zo-") == "adam"
+
+    @property
+    def steps_done(self) -> int:
+        """Last logged step (-1 if nothing was logged yet)."""
+        steps = self.train["step"] if "step" in self.train else []
+        return int(steps.iloc[-1]) if len(steps) else -1
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    @property
+    def metrics(self) -> list[str]:
+        """Names of the probe metrics in the file (value columns, without _err/_nhvp/... companions)."""
+        return list(self._probe_attrs.get("metrics", []))
+
+    def series_attrs(self, name: str) -> dict[str, Any]:
+        """Attributes of /probe/<name> (description, operator, method, ...)."""
+        return dict(self._series_attrs.get(name, {}))
+
+    def label(self) -> str:
+        """Short legend label: optimizer and step size (with β, q where they are not the defaults)."""
+        cfg = self.config
+        parts = [self.optimizer, f"η={self.lr:g}"]
+        if self.optimizer.removeprefix("zo-") in ("gdm", "adam"):
+            beta = cfg.get("momentum")
+            beta = 0.9 if beta is None else beta
+            parts.append(f"β={beta:g}" if not self.preconditioned else f"β₁={beta:g}")
+        if self.optimizer.startswith("zo-") and int(cfg.get("queries", 1)) != 1:
+            parts.append(f"q={int(cfg['queries'])}")
+        return ", ".join(parts)
+
+    # ------------------------------------------------------------------ data
+    @property
     def spectra_names(self) -> list[str]:
         return sorted(self._spectra)
 
     def spectra(self, name: str) -> dict[str, np.ndarray]:
-        """{"step": (n,), "nodes": (n, k), "weights": (n, k)} of a logged spectrum (e.g. "density")."""
+        """{"step": (n,), "nodes": (n, p, k), "weights": (n, p, k), ...} of a logged spectrum ("density")."""
         if name not in self._spectra:
-            raise UserError(f"{self.path}: no spectrum {name!r}; available: {', '.join(self.spectra_names) or 'none'}")
+            raise UserError(f"{self.path}: no spectrum {name!r}; available: {', '.join(self.spectra_names) or 'none'}"
+                            f" (train with --probe density to log one)")
         return self._spectra[name]
 
+    def probe_array(self, name: str) -> np.ndarray:
+        """A probe series as an array with one row per probe step (also multi-dimensional ones: top_k)."""
+        if name in self._arrays:
+            return self._arrays[name]
+        if name in self.probe:
+            return self.probe[name].to_numpy()
+        raise UserError(f"{self.path}: no probe series {name!r}; available: "
+                        f"{', '.join(sorted(set(self.probe.columns) | set(self._arrays))) or 'none'}")
+
+    def has(self, *names: str) -> bool:
+        """Whether every named probe series exists and has at least one row."""
+        return all((n in self.probe or n in self._arrays) for n in names) and len(self.probe) > 0
+
+    # ------------------------------------------------------------------ theory
+    def band(self):
+        """The stability band of this run (`eos_probe.theory.Band`): as stored in /bands, else from the config."""
+        from .theory import Band
+
+        stored = self._bands
+        if stored and {f.name for f in fields(Band)} <= set(stored):
+            kw = {f.name: stored[f.name] for f in fields(Band)}
+            kw["warnings"] = tuple(kw["warnings"] or ())
+            kw["c"] = None if kw["c"] is None or (isinstance(kw["c"], float) and math.isnan(kw["c"])) else kw["c"]
+            return Band(**kw)
+        return band_for(self.config, self.attrs.get("n_params"))
+
+    def curvature(self) -> pd.DataFrame:
+        """step, trace, trace_err, lambda_max, lambda_max_err of the operator the band is about
+        (P^-1/2 H P^-1/2 for Adam runs, H otherwise); missing series are NaN."""
+        prefix = "precond_" if self.preconditioned else ""
+        out = pd.DataFrame({"step": self.probe["step"].to_numpy()})
+        for col in ("trace", "trace_err", "lambda_max", "lambda_max_err"):
+            name = prefix + col
+            out[col] = self.probe[name].to_numpy() if name in self.probe else np.full(len(out), np.nan)
+        return out
+
+    def verdicts(self) -> pd.DataFrame:
+        """Per probe step: the band verdict ("stable" | "band" | "unstable") and the margins to T.
+
+        Rows where trace or λ_max was not measured (or is not finite) have verdict "".
+        """
+        import warnings
+
+        from .theory import verdict
+
+        classical = self.band().kind == "classical"
+        cur = self.curvature()
+        kw = band_settings(self.config, self.attrs.get("n_params"))
+        lr, opt = kw.pop("lr"), kw.pop("optimizer")
+        rows = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # approximation warnings live in band().warnings
+            for tr, lm in zip(cur["trace"], cur["lambda_max"]):
+                if not (math.isfinite(lm) and (math.isfinite(tr) or classical)):
+                    rows.append(("", math.nan, math.nan))
+                    continue
+                v = verdict(tr if math.isfinite(tr) else 0.0, lm, lr, opt, **kw)
+                rows.append((v.verdict, v.necessary_margin, v.sufficient_margin))
+        out = pd.DataFrame(rows, columns=["verdict", "necessary_margin", "sufficient_margin"])
+        out.insert(0, "step", cur["step"].to_numpy())
+        return out
+
+    # ------------------------------------------------------------------ loading
     @classmethod
     def from_file(cls, path: str | Path) -> "Run":
         path = Path(path)
@@ -62,16 +229,27 @@ class Run:
         try:
             attrs = {k: _decode(v) for k, v in f.attrs.items()}
             train = _frame(f, "train", path)
-            probe = _frame(f, "probe", path) if "probe" in f else pd.DataFrame({"step": np.zeros(0, int)})
+            arrays: dict[str, np.ndarray] = {}
+            probe_attrs: dict[str, Any] = {}
+            series_attrs: dict[str, dict[str, Any]] = {}
+            if "probe" in f and "step" in f["probe"]:
+                probe = _frame(f, "probe", path)
+                cols = _consistent_rows({k: ds[()] for k, ds in f["probe"].items()}, path, "probe")
+                arrays = {k: v for k, v in cols.items() if v.ndim > 1}
+                probe_attrs = {k: _decode(v) for k, v in f["probe"].attrs.items()}
+                series_attrs = {k: {a: _decode(v) for a, v in ds.attrs.items()} for k, ds in f["probe"].items()}
+            else:
+                probe = pd.DataFrame({"step": np.zeros(0, np.int64)})
             spectra = {}
             if "spectra" in f:
                 for name, grp in f["spectra"].items():
                     spectra[name] = _consistent_rows({k: ds[()] for k, ds in grp.items()}, path, f"spectra/{name}")
-        except (OSError, KeyError, ValueError) as e:
+            bands = {k: _decode(v) for k, v in f["bands"].attrs.items()} if "bands" in f else {}
+        except (OSError, KeyError, ValueError, RuntimeError) as e:
             raise CorruptFileError(f"{path}: run file is damaged and cannot be read completely ({e})") from None
         finally:
             f.close()
-        return cls(path, attrs, train, probe, spectra)
+        return cls(path, attrs, train, probe, spectra, arrays, bands, probe_attrs, series_attrs)
 
 
 def _consistent_rows(cols: dict[str, np.ndarray], path: Path, group: str) -> dict[str, np.ndarray]:
@@ -83,5 +261,5 @@ def _consistent_rows(cols: dict[str, np.ndarray], path: Path, group: str) -> dic
 
 
 def _frame(f, group: str, path: Path) -> pd.DataFrame:
-    cols = _consistent_rows({k: ds[()] for k, ds in f[group].items() if ds.ndim == 1}, path, group)
-    return pd.DataFrame(cols)
+    cols = _consistent_rows({k: ds[()] for k, ds in f[group].items()}, path, group)
+    return pd.DataFrame({k: v for k, v in cols.items() if v.ndim == 1})

@@ -158,7 +158,7 @@ class RunWriter:
         """Flush, leave SWMR mode and record how the run ended."""
         self.flush()
         self.f.close()
-        with h5py.File(self.path, "r+", libver="latest") as f:
+        with _open_for_update(self.path) as f:
             f.attrs["status"] = status
             f.attrs["stop_reason"] = reason
             if step is not None:
@@ -171,6 +171,21 @@ class RunWriter:
             self.flush()
         finally:
             self.f.close()
+
+
+def _open_for_update(path: Path, wait_seconds: float = 60.0) -> h5py.File:
+    """Open r+ once no reader holds the file: a reader (a notebook watching the run, `eos-probe plot`)
+    keeps a shared lock for the moment it reads, which makes an exclusive open fail with EAGAIN."""
+    deadline = time.monotonic() + wait_seconds
+    delay = 0.01
+    while True:
+        try:
+            return h5py.File(path, "r+", libver="latest")
+        except OSError as e:
+            if "lock" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(2 * delay, 0.5)
 
 
 def fsync_path(path: Path) -> None:
@@ -213,15 +228,23 @@ def open_run(path: str | Path) -> h5py.File:
         raise UserError(f"run file {path} does not exist")
     if path.is_dir():
         raise UserError(f"{path} is a directory, not a run file")
-    errors = []
-    for kwargs in ({"swmr": True}, {}):
+    errors: list[str] = []
+    f = None
+    # A plain open first: it rejects a truncated file at once, whereas an SWMR open of one succeeds and
+    # then retries every metadata read for minutes. A file held by a live (or killed) SWMR writer refuses
+    # the plain open (lock / consistency flags); only then is it opened as an SWMR reader.
+    for kwargs in ({}, {"swmr": True}):
         try:
             f = h5py.File(path, "r", libver="latest", **kwargs)
             break
         except OSError as e:
-            errors.append(str(e).split("(")[0].strip())
-    else:
-        raise CorruptFileError(f"{path} cannot be read as HDF5 (truncated or corrupt file?): {errors[-1]}")
+            errors.append(str(e))
+            if "truncated file" in str(e) or "file signature not found" in str(e):
+                break
+    if f is None:
+        msg = errors[-1].split("(")[0].strip() if errors else "unknown error"
+        detail = errors[-1][errors[-1].find("(") + 1:].rstrip(")") if "(" in errors[-1] else ""
+        raise CorruptFileError(f"{path} cannot be read as HDF5 (truncated or corrupt file?): {detail or msg}")
     if "schema_version" not in f.attrs or "train" not in f:
         f.close()
         raise CorruptFileError(f"{path} is an HDF5 file but not an eos-probe run (no schema_version or /train)")
