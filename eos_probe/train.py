@@ -5,6 +5,10 @@ Per step t (θ_t = parameters before update t):
   probe θ_t (every `probe_every`) → update θ_t → θ_{t+1}.
 The final θ_T is logged, probed (when due) and checkpointed, so `--resume --steps T'` can extend a run.
 Every random draw is seeded from (seed, step, purpose), so probing or resuming never changes the trajectory.
+
+The same loop trains K ≥ 1 copies: a sweep over lr/momentum (`train_sweep`) stacks θ as (K, d), draws one
+direction per query for all copies (as K separate runs of one seed would) and gives each copy its own run
+file, probe and checkpoint; a copy that diverges is recorded in its file and dropped from the stack.
 """
 from __future__ import annotations
 
@@ -50,10 +54,16 @@ class RunResult:
     seconds: float
     probe_seconds: float
     reason: str = ""
+    error: DivergedError | None = None
 
     @property
     def steps_per_second(self) -> float:
         return self.steps_done / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def probe_share(self) -> float:
+        """Fraction of the wall time spent in the probe."""
+        return self.probe_seconds / self.seconds if self.seconds > 0 else 0.0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -93,10 +103,10 @@ def build(cfg: TrainConfig) -> Setup:
                         seed=cfg.seed, dtype=dtype, **cfg.model_args).to(device)
     x = ds.x_train.to(device=device, dtype=dtype if ds.kind == "image" else None)
     y = ds.y_train.to(device)
-    objective = Objective(model, x, y, loss=cfg.loss, num_classes=ds.num_classes, microbatch=cfg.microbatch)
-    optimizer = make_optimizer(cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum, momentum_style=cfg.momentum_style,
-                               beta2=cfg.beta2, eps=cfg.eps, queries=cfg.queries, mu=cfg.mu,
-                               directions=cfg.directions, difference=cfg.difference, seed=cfg.seed)
+    # no --microbatch: chunk by a shape-only rule (faster on CPU, same chunks on every run of a config)
+    objective = Objective(model, x, y, loss=cfg.loss, num_classes=ds.num_classes,
+                          microbatch=cfg.microbatch or "auto")
+    optimizer = _make_optimizer(cfg)
     return Setup(replace(cfg, data=data_name), device, ds, model, objective, optimizer, objective.initial_theta())
 
 
@@ -170,107 +180,301 @@ def train(cfg: TrainConfig | None, *, overwrite: bool = False, resume: str | Pat
     else:
         validate(cfg)
         path = Path(cfg.out) if cfg.out else default_out(cfg)
-        if cfg.out is None and not path.parent.exists():
-            check_writable(path.parent, overwrite=False)  # runs/ is made once the run is known to be valid
-        else:
-            check_writable(path, overwrite)
-    setup = build(cfg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cfg = setup.config
-    obj, opt, theta = setup.objective, setup.optimizer, setup.theta
+        _check_out(cfg, path, overwrite)
+    (result,) = _train([cfg], [path], overwrite=overwrite, resume_ckpt=ckpt, resuming=resuming,
+                       progress=progress, probe=probe)
+    if result.status == "diverged":
+        raise result.error
+    return result
+
+
+#: the hyper-parameters an in-process sweep may vary between its copies
+SWEEP_FIELDS = ("lr", "momentum")
+
+
+def sweep_configs(cfg: TrainConfig, lrs: list[float] | None = None,
+                  momenta: list[float] | None = None) -> list[TrainConfig]:
+    """The configs of a sweep: every combination of `lrs` × `momenta` (None = the value of `cfg`).
+
+    Each copy writes its own file, named from `cfg.out` (or the default name) by inserting the swept
+    values before the suffix: runs/x.h5 → runs/x-lr0.001.h5, runs/x-lr0.001-m0.9.h5.
+    """
+    validate(cfg)
+    lr_values = list(lrs) if lrs else [cfg.lr]
+    mom_values = list(momenta) if momenta else [cfg.momentum]
+    for name, values in (("lr", lr_values), ("momentum", mom_values)):
+        if len(set(values)) != len(values):
+            raise UserError(f"--{name} lists a value twice ({values}); give each value once")
+    base = Path(cfg.out) if cfg.out else None
+    out = []
+    for lr in lr_values:
+        for mom in mom_values:
+            c = validate(replace(cfg, lr=lr, momentum=mom, out=None))
+            tag = (f"-lr{lr:g}" if lrs and len(lr_values) > 1 else "") + \
+                  (f"-m{mom:g}" if momenta and len(mom_values) > 1 else "")
+            p = default_out(c) if base is None else base
+            if tag and base is not None:
+                p = base.with_name(f"{base.stem}{tag}{base.suffix or '.h5'}")
+            elif tag and momenta and len(mom_values) > 1:  # the default name carries lr, not momentum
+                p = p.with_name(f"{p.stem}{f'-m{mom:g}'}{p.suffix}")
+            out.append(replace(c, out=str(p)))
+    return out
+
+
+def train_sweep(cfgs: list[TrainConfig], *, overwrite: bool = False, progress: bool = True,
+                probe: Any = "default") -> list[RunResult]:
+    """Train K copies that differ only in lr/momentum together in one process (θ stacked as (K, d)).
+
+    Each copy sees the same data, initialisation and direction stream as a separate run of its config
+    (one u per query is drawn and shared by all copies) and writes its own run file (its config is that
+    of the equivalent single run, so each file can be resumed alone). A copy that diverges is recorded
+    as diverged in its file and dropped; the others go on. Returns one `RunResult` per copy, in order.
+    """
+    if not cfgs:
+        raise UserError("a sweep needs at least one configuration")
+    for c in cfgs:
+        validate(c)
+    ref = {k: v for k, v in cfgs[0].to_dict().items() if k not in (*SWEEP_FIELDS, "out")}
+    for c in cfgs[1:]:
+        diff = sorted(k for k, v in c.to_dict().items() if k not in (*SWEEP_FIELDS, "out") and ref[k] != v)
+        if diff:
+            raise UserError(f"the copies of a sweep may differ only in {', '.join(SWEEP_FIELDS)}; "
+                            f"they also differ in {', '.join(diff)}")
+    paths = [Path(c.out) if c.out else default_out(c) for c in cfgs]
+    if len(set(paths)) != len(paths):
+        raise UserError("two copies of the sweep would write the same file; give each copy its own --out")
+    for c, p in zip(cfgs, paths):
+        _check_out(c, p, overwrite)
+    if len(cfgs) > 1 and probe not in ("default", None):
+        raise UserError("a sweep builds one probe per copy; pass probe='default' or None")
+    return _train(list(cfgs), paths, overwrite=overwrite, resume_ckpt=None, resuming=False,
+                  progress=progress, probe=probe)
+
+
+def _check_out(cfg: TrainConfig, path: Path, overwrite: bool) -> None:
+    if cfg.out is None and not path.parent.exists():
+        check_writable(path.parent, overwrite=False)  # runs/ is made once the run is known to be valid
+    else:
+        check_writable(path, overwrite)
+
+
+@dataclass
+class _Copy:
+    """One trained copy of a (possibly one-copy) run: its config, file, writer, probe and bookkeeping."""
+
+    cfg: TrainConfig
+    path: Path
+    optimizer: Optimizer  # scalar hyper-parameters: what the probe and the file describe
+    writer: Any = None
+    probe: Any = None
+    loss0: float = float("nan")
+    wall_offset: float = 0.0
+    last: tuple[float, float] = (float("nan"), float("nan"))
+    probe_seconds: float = 0.0
+    error: DivergedError | None = None
+
+
+def _train(cfgs: list[TrainConfig], paths: list[Path], *, overwrite: bool, resume_ckpt: dict | None,
+           resuming: bool, progress: bool, probe: Any) -> list[RunResult]:
+    """The one training loop, for K ≥ 1 copies. K = 1 keeps θ of shape (d,); K > 1 stacks (K, d)."""
+    setup = build(cfgs[0])
+    obj = setup.objective
+    stacked = len(cfgs) > 1
+    copies = [_Copy(replace(setup.config, lr=c.lr, momentum=c.momentum, out=c.out), p,
+                    setup.optimizer if not stacked else _make_optimizer(c))
+              for c, p in zip(cfgs, paths)]
+    for c in copies:
+        c.path.parent.mkdir(parents=True, exist_ok=True)
+    cfg = copies[0].cfg
+    if stacked:
+        theta = setup.theta.expand(len(copies), -1).clone()
+        opt = _stack_optimizers([c.optimizer for c in copies])
+    else:
+        theta, opt = setup.theta, setup.optimizer
     state = opt.init(theta)
     log_every = cfg.log_every or (1 if not opt.zeroth_order else 10)
     start = 0
+    ckpt = resume_ckpt
     if ckpt is not None:
         start = int(ckpt["step"])
         theta.copy_(ckpt["theta"].to(theta.device))
         for part, tensors in ckpt["state"].items():
             for name, t in tensors.items():
                 state[part][name].copy_(t.to(theta.device))
-    if probe == "default":
-        probe = _default_probe(cfg, setup)
 
-    if not resuming:
-        loss0 = float(obj.evaluate(theta)[0])
-        attrs = {"config": cfg.to_dict(), "seed": cfg.seed, "loss_convention": LOSS_CONVENTIONS[cfg.loss],
-                 "optimizer_config": opt.config(), "dataset": setup.dataset.meta, "n_params": obj.dim,
-                 "n_train": int(setup.dataset.x_train.shape[0]), "initial_loss": loss0, "log_every": log_every,
-                 **environment(setup.device)}
-        writer = RunWriter.create(path, attrs, overwrite=overwrite)
-        wall_offset = 0.0
-    else:
-        try:
-            writer = RunWriter.resume(path, start)
-        except (OSError, RuntimeError, KeyError, ValueError) as e:
-            raise CorruptFileError(f"{path}: run file is damaged, cannot resume it ({e}); "
-                                   "the file was left as it was") from None
-        loss0 = float(writer.f.attrs["initial_loss"])
-        wt = writer.f["train/wall_time"]
-        wall_offset = float(wt[-1]) if wt.shape[0] else 0.0
-        writer.set_attrs("/", environment(setup.device))
-    for name, dtype in (("step", "i8"), ("loss", "f8"), ("accuracy", "f8"), ("wall_time", "f8")):
-        writer.declare("train", name, dtype)
-    if probe is not None:
-        probe.declare(writer)
-        if ckpt is not None and "probe" in ckpt:
-            probe.load_state_dict(ckpt["probe"])
-    writer.start_swmr()
+    alive = list(range(len(copies)))  # copy index of each row of θ
 
-    ckpt_file = checkpoint_path(path)
+    def view(i: int) -> tuple[torch.Tensor, dict]:
+        """θ and optimizer state of copy alive[i] (views: they follow the updates)."""
+        if not stacked:
+            return theta, state
+        return theta[i], {part: {n: t[i] for n, t in v.items()} for part, v in state.items()}
 
-    def checkpoint(step: int) -> None:
-        writer.flush()  # the file holds every row before `step` when the checkpoint names `step`
-        extra = {"config": cfg.to_dict()}
-        if probe is not None:
-            extra["probe"] = probe.state_dict()
-        save_checkpoint(ckpt_file, step, theta, state, extra)
+    loss0_all = obj.evaluate(theta)[0] if not resuming else None
+    writers_open: list[Any] = []
+    try:
+        for i, c in enumerate(copies):
+            th_i, _ = view(i)
+            c.probe = _default_probe(c.cfg, setup, c.optimizer, th_i) if probe == "default" else probe
+            if not resuming:
+                c.loss0 = float(loss0_all[i] if stacked else loss0_all)
+                attrs = {"config": c.cfg.to_dict(), "seed": c.cfg.seed,
+                         "loss_convention": LOSS_CONVENTIONS[c.cfg.loss],
+                         "optimizer_config": c.optimizer.config(), "dataset": setup.dataset.meta,
+                         "n_params": obj.dim, "n_train": int(setup.dataset.x_train.shape[0]),
+                         "initial_loss": c.loss0, "log_every": log_every, "microbatch_used": obj.microbatch or 0,
+                         "query_mode": _query_mode(opt, obj, theta), **environment(setup.device)}
+                if stacked:
+                    attrs["sweep"] = {"copies": [str(x.path) for x in copies], "index": i}
+                c.writer = RunWriter.create(c.path, attrs, overwrite=overwrite)
+            else:
+                try:
+                    c.writer = RunWriter.resume(c.path, start)
+                except (OSError, RuntimeError, KeyError, ValueError) as e:
+                    raise CorruptFileError(f"{c.path}: run file is damaged, cannot resume it ({e}); "
+                                           "the file was left as it was") from None
+                c.loss0 = float(c.writer.f.attrs["initial_loss"])
+                wt = c.writer.f["train/wall_time"]
+                c.wall_offset = float(wt[-1]) if wt.shape[0] else 0.0
+                c.writer.set_attrs("/", environment(setup.device))
+            writers_open.append(c.writer)
+            for name, dtype in (("step", "i8"), ("loss", "f8"), ("accuracy", "f8"), ("wall_time", "f8")):
+                c.writer.declare("train", name, dtype)
+            if c.probe is not None:
+                c.probe.declare(c.writer)
+                if ckpt is not None and "probe" in ckpt:
+                    c.probe.load_state_dict(ckpt["probe"])
+            c.writer.start_swmr()
+    except BaseException:
+        for w in writers_open:
+            w.close()
+        raise
+
+    def checkpoint(step: int, i: int) -> None:
+        c = copies[alive[i]]
+        c.writer.flush()  # the file holds every row before `step` when the checkpoint names `step`
+        extra = {"config": c.cfg.to_dict()}
+        if c.probe is not None:
+            extra["probe"] = c.probe.state_dict()
+        th_i, st_i = view(i)
+        save_checkpoint(checkpoint_path(c.path), step, th_i, st_i, extra)
+
+    def drop(rows: list[int]) -> None:
+        """Remove diverged copies from the stack; the others continue unchanged."""
+        nonlocal theta, state, opt
+        keep = [i for i in range(len(alive)) if i not in rows]
+        for i in sorted(rows, reverse=True):
+            del alive[i]
+        if not alive:
+            return
+        idx = torch.tensor(keep, device=theta.device)
+        theta = theta.index_select(0, idx)
+        state = {part: {n: t.index_select(0, idx) for n, t in v.items()} for part, v in state.items()}
+        last = opt.last_direction
+        opt = _stack_optimizers([copies[j].optimizer for j in alive], source=opt.source)
+        opt.last_direction = None if last is None else last.index_select(0, idx)
 
     bar = _progress(progress, start, cfg.steps)
     t0 = time.perf_counter()
-    probe_seconds = 0.0
-    last = (float("nan"), float("nan"))
     step = start
     try:
         for step in range(start, cfg.steps + 1):
             if step % cfg.checkpoint_every == 0 and step != start:
-                checkpoint(step)
+                for i in range(len(alive)):
+                    checkpoint(step, i)
             final = step == cfg.steps
             log_due = step % log_every == 0 or final
             metrics = None
             if log_due and (final or not opt.source.evaluates_loss):
                 metrics = obj.evaluate(theta)
-            if probe is not None and probe.due(step, final):
-                tp = time.perf_counter()
-                probe.run(step=step, theta=theta, state=state, optimizer=opt, objective=obj, writer=writer,
-                          config=cfg)
-                writer.flush()
-                probe_seconds += time.perf_counter() - tp
+            for i, j in enumerate(alive):
+                c = copies[j]
+                if c.probe is not None and c.probe.due(step, final):
+                    tp = time.perf_counter()
+                    th_i, st_i = view(i)
+                    if stacked and opt.last_direction is not None:
+                        c.optimizer.last_direction = opt.last_direction[i]
+                    c.probe.run(step=step, theta=th_i, state=st_i, optimizer=c.optimizer, objective=obj,
+                                writer=c.writer, config=c.cfg)
+                    c.writer.flush()
+                    c.probe_seconds += time.perf_counter() - tp
             if not final:
                 info = opt.step(obj, theta, state, step)
                 if log_due and metrics is None:
                     metrics = (info["loss"], info["accuracy"])
             if log_due:
-                loss, acc = float(metrics[0]), float(metrics[1])
-                last = (loss, acc)
-                writer.append("train", {"step": step, "loss": loss, "accuracy": acc,
-                                        "wall_time": wall_offset + time.perf_counter() - t0})
-                _check_divergence(loss, loss0, cfg.divergence_factor, step)
-                bar.set_postfix_str(f"loss {loss:.4g} acc {acc:.3f}", refresh=False)
+                losses = metrics[0].tolist() if stacked else [float(metrics[0])]
+                accs = metrics[1].tolist() if stacked else [float(metrics[1])]
+                wall = time.perf_counter() - t0
+                diverged = []
+                for i, j in enumerate(alive):
+                    c = copies[j]
+                    c.last = (losses[i], accs[i])
+                    c.writer.append("train", {"step": step, "loss": losses[i], "accuracy": accs[i],
+                                              "wall_time": c.wall_offset + wall})
+                    try:
+                        _check_divergence(losses[i], c.loss0, c.cfg.divergence_factor, step)
+                    except DivergedError as e:
+                        c.error = e
+                        c.writer.finish("diverged", e.reason, e.step, _timing(wall, c.probe_seconds))
+                        diverged.append(i)
+                if diverged:
+                    drop(diverged)
+                    if not alive:
+                        break
+                first = copies[alive[0]].last
+                bar.set_postfix_str(f"loss {first[0]:.4g} acc {first[1]:.3f}" +
+                                    (f" ({len(alive)} copies)" if stacked else ""), refresh=False)
             if not final:
                 bar.update(1)
-        checkpoint(cfg.steps)
-    except DivergedError as e:
-        bar.close()
-        writer.finish("diverged", e.reason, e.step)
-        raise
+        for i in range(len(alive)):
+            checkpoint(cfg.steps, i)
     except BaseException:
         bar.close()
-        writer.close()  # keep what was measured; the run stays resumable from its last checkpoint
+        for j in alive:  # keep what was measured; each run stays resumable from its last checkpoint
+            copies[j].writer.close()
         raise
     bar.close()
     seconds = time.perf_counter() - t0
-    writer.finish("finished", "", cfg.steps, {"train_seconds": seconds, "probe_seconds": probe_seconds})
-    return RunResult(path, "finished", cfg.steps - start, last[0], last[1], seconds, probe_seconds)
+    results = []
+    for j, c in enumerate(copies):
+        if c.error is None:
+            c.writer.finish("finished", "", cfg.steps, _timing(seconds, c.probe_seconds))
+            results.append(RunResult(c.path, "finished", cfg.steps - start, c.last[0], c.last[1], seconds,
+                                     c.probe_seconds))
+        else:
+            results.append(RunResult(c.path, "diverged", c.error.step - start, c.last[0], c.last[1], seconds,
+                                     c.probe_seconds, c.error.reason, c.error))
+    return results
+
+
+def _timing(seconds: float, probe_seconds: float) -> dict[str, float]:
+    return {"train_seconds": seconds, "probe_seconds": probe_seconds,
+            "probe_share": probe_seconds / seconds if seconds > 0 else 0.0}
+
+
+def _query_mode(opt: Optimizer, obj: Objective, theta: torch.Tensor) -> str:
+    src = opt.source
+    if not hasattr(src, "batch_queries"):
+        return "none"
+    return "batched" if src.batch_queries(obj, theta) else "loop"
+
+
+def _make_optimizer(cfg: TrainConfig) -> Optimizer:
+    return make_optimizer(cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum, momentum_style=cfg.momentum_style,
+                          beta2=cfg.beta2, eps=cfg.eps, queries=cfg.queries, mu=cfg.mu,
+                          directions=cfg.directions, difference=cfg.difference, seed=cfg.seed)
+
+
+def _stack_optimizers(opts: list[Optimizer], source: Any = None) -> Optimizer:
+    """One optimizer for stacked copies: the first copy's source (directions shared by all copies, as K
+    separate runs of one seed draw them) and the copies' rules stacked row by row."""
+    from .optim.rules import stack_rules
+
+    source = source if source is not None else opts[0].source
+    if hasattr(source, "shared_directions"):
+        source.shared_directions = True
+    return Optimizer(opts[0].preset, source, stack_rules([o.rule for o in opts]))
 
 
 def _check_divergence(loss: float, loss0: float, factor: float, step: int) -> None:
@@ -281,12 +485,14 @@ def _check_divergence(loss: float, loss0: float, factor: float, step: int) -> No
                             step, f"loss exceeded {factor:g} x initial loss")
 
 
-def _default_probe(cfg: TrainConfig, setup: Setup):
+def _default_probe(cfg: TrainConfig, setup: Setup, optimizer: Optimizer | None = None,
+                   theta: torch.Tensor | None = None):
     try:
         from .probe import build_probe
     except ImportError:  # the probe module is optional for the bare trainer
         return None
-    return build_probe(cfg, setup)
+    return build_probe(cfg, objective=setup.objective, optimizer=optimizer or setup.optimizer,
+                       theta=setup.theta if theta is None else theta)
 
 
 class _NoBar:

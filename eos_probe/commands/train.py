@@ -24,6 +24,23 @@ def _parse_kv(flag: str, items: tuple[str, ...]) -> dict:
     return out
 
 
+def _float_list(ctx, param, value):
+    """A float, or a comma list of floats (a sweep trained in one process): float | list[float] | None."""
+    if value is None:
+        return None
+    items = [v.strip() for v in str(value).split(",") if v.strip()]
+    try:
+        floats = [float(v) for v in items]
+    except ValueError:
+        raise click.BadParameter(f"expects a number or a comma list of numbers, got {value!r}") from None
+    if not floats:
+        raise click.BadParameter(f"expects a number or a comma list of numbers, got {value!r}")
+    for f in floats:
+        if not math.isfinite(f):
+            raise click.BadParameter(f"must be a finite number, got {f}")
+    return floats[0] if len(floats) == 1 else floats
+
+
 def _finite(ctx, param, value):
     if value is not None and isinstance(value, float) and not math.isfinite(value):
         raise click.BadParameter(f"must be a finite number, got {value}")
@@ -41,8 +58,8 @@ def _finite(ctx, param, value):
 @click.option("--classes", help="Comma list of class indices (default 0,1,2,3).")
 @click.option("--loss", type=click.Choice(["mse", "ce"]), help="mse (0.5·Σ(f−onehot)², default) or ce.")
 @click.option("--optimizer", help="gd | gdm | adam | zo-gd | zo-gdm | zo-adam (default zo-gd).")
-@click.option("--lr", type=float, callback=_finite, help="Step size η (default per optimizer: gd 0.05, gdm 0.005, adam 1e-3, zo-gd 1e-3, zo-gdm 1e-4, zo-adam 1e-4).")
-@click.option("--momentum", type=float, callback=_finite, help="β of gdm, β1 of adam (default 0.9).")
+@click.option("--lr", callback=_float_list, help="Step size η, or a comma list to train a sweep of copies together, one file each (default per optimizer: gd 0.05, gdm 0.005, adam 1e-3, zo-gd 1e-3, zo-gdm 1e-4, zo-adam 1e-4).")
+@click.option("--momentum", callback=_float_list, help="β of gdm, β1 of adam (default 0.9); a comma list sweeps it.")
 @click.option("--momentum-style", type=click.Choice(["heavy_ball", "ema"]), help="gdm convention (default heavy_ball).")
 @click.option("--beta2", type=float, callback=_finite, help="Adam β2 (default 0.999).")
 @click.option("--eps", type=float, callback=_finite, help="Adam ε (default 1e-8).")
@@ -85,14 +102,35 @@ def command(config_file, model_args, data_args, classes, probe_metrics, overwrit
     if resume and set(values) - {"steps"}:
         extra = ", ".join(sorted(set(values) - {"steps"}))
         raise UserError(f"--resume continues a run with its recorded settings; only --steps may be given (got {extra})")
+    sweep = {k: values.pop(k) for k in ("lr", "momentum") if isinstance(values.get(k), list)}
+    if resume and sweep:
+        raise UserError("--resume continues one run file; resume the files of a sweep one at a time")
     try:
         if resume:
             res = train(None, resume=resume, steps=values.get("steps"), progress=not quiet)
+        elif sweep:
+            from ..train import sweep_configs, train_sweep
+
+            cfgs = sweep_configs(TrainConfig(**values), sweep.get("lr"), sweep.get("momentum"))
+            results = train_sweep(cfgs, overwrite=overwrite, progress=not quiet)
         else:
             res = train(TrainConfig(**values), overwrite=overwrite, progress=not quiet)
     except DivergedError as e:
         click.echo(f"error: {e} (run file keeps everything logged before; reason recorded)", err=True)
         sys.exit(e.exit_code)
-    click.echo(f"{res.path}: {res.status}, {res.steps_done} steps in {res.seconds:.1f} s "
-               f"({res.steps_per_second:.2f} steps/s, probe {res.probe_seconds:.1f} s), "
-               f"final loss {res.final_loss:.4g}, accuracy {res.final_accuracy:.3f}")
+    if sweep:
+        for r in results:
+            click.echo(_summary(r) if r.status == "finished" else
+                       f"{r.path}: diverged: {r.error} (the file keeps everything logged before)")
+        click.echo(f"sweep of {len(results)} copies in one process: {results[0].seconds:.1f} s")
+        if all(r.status == "diverged" for r in results):
+            sys.exit(DivergedError.exit_code)
+        return
+    click.echo(_summary(res))
+
+
+def _summary(res) -> str:
+    return (f"{res.path}: {res.status}, {res.steps_done} steps in {res.seconds:.1f} s "
+            f"({res.steps_per_second:.2f} steps/s, probe {res.probe_seconds:.1f} s = "
+            f"{100 * res.probe_share:.0f}% of wall time), "
+            f"final loss {res.final_loss:.4g}, accuracy {res.final_accuracy:.3f}")

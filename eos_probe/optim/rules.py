@@ -1,7 +1,10 @@
 """Update rules: turn a direction g into a step on θ, in place (DESIGN.md, "source × rule").
 
-All rules are elementwise, so they work for θ of shape (d,) or (K, d); `lr` may be a float or a tensor
-of shape (K, 1) (one step size per stacked copy, for η sweeps in one process).
+All rules are elementwise, so they work for θ of shape (d,) or (K, d). Per stacked copy, `lr` may be
+  - a tensor of shape (K, 1): one vectorised update (Monte Carlo over many rows), or
+  - a list/tuple of K floats — and so may the momentum β and Adam's β1: each row is updated by a scalar
+    rule of its own, so a copy rounds exactly as a separate run with those values does (η/β sweeps in
+    one process reproduce separate runs bitwise, given the same directions).
 """
 from __future__ import annotations
 
@@ -15,9 +18,33 @@ from ..errors import UserError
 MOMENTUM_STYLES = ("heavy_ball", "ema")
 
 
-def _check_beta(name: str, beta: float) -> None:
-    if not (0.0 <= beta < 1.0):
-        raise UserError(f"{name} must lie in [0, 1), got {beta}")
+def _check_beta(name: str, beta) -> None:
+    for b in beta if isinstance(beta, (list, tuple)) else (beta,):
+        if not (0.0 <= b < 1.0):
+            raise UserError(f"{name} must lie in [0, 1), got {b}")
+
+
+def _row_rules(make, **params) -> list | None:
+    """Scalar rules, one per copy, if any hyper-parameter is a list/tuple of per-copy values; else None."""
+    lengths = {len(v) for v in params.values() if isinstance(v, (list, tuple))}
+    if not lengths:
+        return None
+    if len(lengths) > 1:
+        raise UserError(f"per-copy hyper-parameters have different lengths {sorted(lengths)}; give one value per copy")
+    (k,) = lengths
+    rows = [{n: (v[i] if isinstance(v, (list, tuple)) else v) for n, v in params.items()} for i in range(k)]
+    return [make(**r) for r in rows]
+
+
+def _apply_rows(rows: list, theta: Tensor, g: Tensor, state: dict, step: int) -> None:
+    if theta.dim() != 2 or theta.shape[0] != len(rows):
+        raise ValueError(f"{len(rows)} per-copy rules need θ of shape ({len(rows)}, d), got {tuple(theta.shape)}")
+    for k, rule in enumerate(rows):
+        rule.apply(theta[k], g[k], {n: t[k] for n, t in state.items()}, step)
+
+
+def _listed(v):
+    return list(v) if isinstance(v, (list, tuple)) else v
 
 
 def _axpy(theta: Tensor, lr, direction: Tensor) -> None:
@@ -35,11 +62,15 @@ class GD:
 
     def __init__(self, lr) -> None:
         self.lr = lr
+        self._params = {"lr": lr}
+        self._rows = _row_rules(GD, **self._params)
 
     def init(self, theta: Tensor) -> dict[str, Tensor]:
         return {}
 
     def apply(self, theta: Tensor, g: Tensor, state: dict, step: int) -> None:
+        if self._rows is not None:
+            return _apply_rows(self._rows, theta, g, state, step)
         _axpy(theta, self.lr, g)
 
     def config(self) -> dict:
@@ -49,17 +80,21 @@ class GD:
 class HeavyBall:
     """Momentum. heavy_ball (torch.optim.SGD): m ← βm + g, θ ← θ − ηm.  ema: m ← βm + (1−β)g, θ ← θ − ηm."""
 
-    def __init__(self, lr, momentum: float = 0.9, style: str = "heavy_ball") -> None:
+    def __init__(self, lr, momentum=0.9, style: str = "heavy_ball") -> None:
         _check_beta("momentum", momentum)
         if style not in MOMENTUM_STYLES:
             raise UserError(f"unknown momentum style {style!r}; choose one of {', '.join(MOMENTUM_STYLES)}")
         self.lr, self.momentum, self.style = lr, momentum, style
         self.name = style
+        self._params = {"lr": lr, "momentum": momentum, "style": style}
+        self._rows = _row_rules(HeavyBall, **self._params)
 
     def init(self, theta: Tensor) -> dict[str, Tensor]:
         return {"m": torch.zeros_like(theta)}
 
     def apply(self, theta: Tensor, g: Tensor, state: dict, step: int) -> None:
+        if self._rows is not None:
+            return _apply_rows(self._rows, theta, g, state, step)
         m = state["m"]
         if self.style == "heavy_ball":
             m.mul_(self.momentum).add_(g)
@@ -68,7 +103,7 @@ class HeavyBall:
         _axpy(theta, self.lr, m)
 
     def config(self) -> dict:
-        return {"rule": self.name, "momentum": self.momentum, "momentum_style": self.style}
+        return {"rule": self.name, "momentum": _listed(self.momentum), "momentum_style": self.style}
 
 
 class Adam:
@@ -83,7 +118,7 @@ class Adam:
 
     name = "adam"
 
-    def __init__(self, lr, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+    def __init__(self, lr, beta1=0.9, beta2: float = 0.999, eps: float = 1e-8,
                  frozen_preconditioner: Tensor | None = None) -> None:
         _check_beta("beta1 (momentum)", beta1)
         _check_beta("beta2", beta2)
@@ -91,6 +126,9 @@ class Adam:
             raise UserError(f"eps must be a positive finite number, got {eps}")
         self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
         self.frozen = frozen_preconditioner
+        self._params = {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps,
+                        "frozen_preconditioner": frozen_preconditioner}
+        self._rows = _row_rules(Adam, **self._params)
 
     def init(self, theta: Tensor) -> dict[str, Tensor]:
         state = {"m": torch.zeros_like(theta)}
@@ -100,6 +138,8 @@ class Adam:
         return state
 
     def apply(self, theta: Tensor, g: Tensor, state: dict, step: int) -> None:
+        if self._rows is not None:
+            return _apply_rows(self._rows, theta, g, state, step)
         m = state["m"]
         m.mul_(self.beta1).add_(g, alpha=1 - self.beta1)
         if self.frozen is not None:
@@ -117,5 +157,25 @@ class Adam:
         return self.frozen if self.frozen is not None else state["P"]
 
     def config(self) -> dict:
-        return {"rule": self.name, "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps,
+        return {"rule": self.name, "beta1": _listed(self.beta1), "beta2": self.beta2, "eps": self.eps,
                 "frozen_preconditioner": self.frozen is not None}
+
+
+def stack_rules(rules: list):
+    """One rule for K stacked copies from K scalar rules of one kind (e.g. one per η of a sweep).
+
+    Hyper-parameters that differ between the copies become per-copy lists, so each row is updated by
+    its own scalar rule and rounds exactly as that copy would in a separate run.
+    """
+    kinds = {type(r) for r in rules}
+    if len(kinds) != 1:
+        raise ValueError(f"cannot stack rules of different kinds: {sorted(k.__name__ for k in kinds)}")
+    params = {}
+    for name, first in rules[0]._params.items():
+        values = [r._params[name] for r in rules]
+        same = all(v is first or (not isinstance(v, Tensor) and v == first) for v in values)
+        params[name] = first if same else list(values)
+    rule = type(rules[0])(**params)
+    if rule._rows is None and len(rules) > 1:  # identical copies: still one scalar rule per row
+        rule._rows = list(rules)
+    return rule

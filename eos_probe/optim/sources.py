@@ -64,6 +64,9 @@ def _batched_value_and_grad(objective, theta: Tensor):
         return tuple(torch.stack([p[i] for p in parts]) for i in range(3))
 
 
+QUERY_MODES = ("auto", "loop", "batched")
+
+
 class TwoPointSource:
     """Zeroth-order two-point estimator (THEORY.md §1).
 
@@ -71,14 +74,24 @@ class TwoPointSource:
     Directions are regenerated from a per-step seed of a dedicated generator (no stored list), and θ is
     never modified: perturbed points are written out of place into a fixed scratch buffer, so θ comes
     back bitwise (the ±μ in-place trick does not, and adds a random walk to the trajectory).
+
+    Stacked θ (K, d): by default every row draws its own directions (K independent estimates, as Monte
+    Carlo wants); with `shared_directions` one u of shape (d,) is drawn per query and broadcast to all
+    rows, which is what K separate runs of one seed see (an η sweep) and is K times cheaper to draw.
+
+    `query_mode`: "loop" evaluates the 2q points one after another; "batched" stacks them into one
+    (2q, …, d) tensor and evaluates it in one vmapped call; "auto" batches where that is no slower
+    (see `batch_queries`). Both modes draw the same directions from the same stream, so they differ
+    only by float round-off in the losses.
     """
 
     name = "two_point"
     evaluates_loss = False
 
     def __init__(self, queries: int = 1, mu: float = 1e-3, directions: str = "gaussian",
-                 difference: str = "central", seed: int = 0) -> None:
-        if queries < 1:
+                 difference: str = "central", seed: int = 0, shared_directions: bool = False,
+                 query_mode: str = "auto") -> None:
+        if isinstance(queries, bool) or not isinstance(queries, int) or queries < 1:
             raise UserError(f"queries must be a positive integer, got {queries}")
         if not (mu > 0 and math.isfinite(mu)):
             raise UserError(f"mu (smoothing radius) must be a positive finite number, got {mu}")
@@ -86,9 +99,14 @@ class TwoPointSource:
             raise UserError(f"unknown direction distribution {directions!r}; choose one of {', '.join(DIRECTIONS)}")
         if difference not in DIFFERENCES:
             raise UserError(f"unknown finite difference {difference!r}; choose one of {', '.join(DIFFERENCES)}")
+        if query_mode not in QUERY_MODES:
+            raise UserError(f"unknown query mode {query_mode!r}; choose one of {', '.join(QUERY_MODES)}")
         self.queries, self.mu, self.directions, self.difference, self.seed = queries, mu, directions, difference, seed
+        self.shared_directions = shared_directions
+        self.query_mode = query_mode
         self._buffers: dict[str, Tensor] | None = None
         self._gen: torch.Generator | None = None
+        self._batched: dict[tuple, bool] = {}
 
     def config(self) -> dict:
         return {"source": self.name, "queries": self.queries, "mu": self.mu,
@@ -97,11 +115,21 @@ class TwoPointSource:
     def init(self, theta: Tensor) -> dict[str, Tensor]:
         return {}
 
-    def _scratch(self, theta: Tensor) -> dict[str, Tensor]:
+    def _direction_shape(self, theta: Tensor) -> tuple[int, ...]:
+        return tuple(theta.shape[-1:]) if self.shared_directions else tuple(theta.shape)
+
+    def _scratch(self, theta: Tensor, batched: bool) -> dict[str, Tensor]:
+        """Fixed buffers, reallocated only when θ's shape/dtype/device or the query mode changes."""
+        n_dirs = self.queries if batched else 1
+        n_points = (2 * self.queries if self.difference == "central" else self.queries) if batched else 1
+        key = (tuple(theta.shape), theta.dtype, theta.device, batched)
         b = self._buffers
-        if b is None or b["u"].shape != theta.shape or b["u"].dtype != theta.dtype or b["u"].device != theta.device:
-            b = {k: torch.empty_like(theta) for k in ("u", "point", "g")}
+        if b is None or b["key"] != key:
+            like = dict(dtype=theta.dtype, device=theta.device)
+            b = {"key": key, "u": torch.empty(n_dirs, *self._direction_shape(theta), **like),
+                 "point": torch.empty(n_points, *theta.shape, **like), "g": torch.empty_like(theta)}
             self._buffers = b
+        if self._gen is None or self._gen.device != theta.device:
             self._gen = torch.Generator(device=theta.device)
         return b
 
@@ -115,21 +143,44 @@ class TwoPointSource:
                 out.mul_(math.sqrt(out.shape[-1]) / out.norm(dim=-1, keepdim=True))
         return out
 
+    def batch_queries(self, objective, theta: Tensor) -> bool:
+        """Whether this step evaluates its perturbed points in one batched call (decided once per shape).
+
+        The rule uses sizes only, never timings, so a config always takes the same path (the two paths
+        round differently). Objectives without a network (e.g. the quadratic) always batch. For a
+        network, the batched call holds `width` = (#points × #copies) activations at once: on CPU that
+        is allowed while width × (largest activation of one micro-batch) stays in the micro-batch budget,
+        the regime where the wider call is faster than a loop (larger ones thrash the caches that
+        micro-batching protects); on CUDA while width × (all activations of the batch) fits in a quarter
+        of the device memory. q = 1 forward differences have one point: nothing to batch.
+        """
+        n_points = 2 * self.queries if self.difference == "central" else self.queries
+        if self.query_mode != "auto" or n_points == 1:
+            return self.query_mode == "batched"
+        key = (tuple(theta.shape), theta.device)
+        if key not in self._batched:
+            self._batched[key] = _fits_batched(objective, theta, n_points)
+        return self._batched[key]
+
     def __call__(self, objective, theta: Tensor, state: dict, step: int) -> tuple[Tensor, dict]:
-        b = self._scratch(theta)
+        batched = self.batch_queries(objective, theta)
+        b = self._scratch(theta, batched)
         u, point, g = b["u"], b["point"], b["g"]
         gen = self._gen
         gen.manual_seed(stream_seed(self.seed, step, PURPOSE_DIRECTIONS))
         mu, q = self.mu, self.queries
-        g.zero_()
         f0 = objective.loss(theta) if self.difference == "forward" else None
+        if batched:
+            return self._batched_step(objective, theta, u, point, g, gen, f0)
+        g.zero_()
+        u = u[0]
         for _ in range(q):
             self.sample(u, gen)
-            torch.add(theta, u, alpha=mu, out=point)
-            lp = objective.loss(point)
+            torch.add(theta, u, alpha=mu, out=point[0])
+            lp = objective.loss(point[0])
             if f0 is None:
-                torch.add(theta, u, alpha=-mu, out=point)
-                lm = objective.loss(point)
+                torch.add(theta, u, alpha=-mu, out=point[0])
+                lm = objective.loss(point[0])
                 coef = (lp - lm) / (2 * mu * q)
             else:
                 lm = f0
@@ -138,3 +189,40 @@ class TwoPointSource:
             g.addcmul_(u, coef.unsqueeze(-1) if coef.dim() else coef)
         # the mean of the last pair is a free O(μ²)-biased loss reading, used for divergence checks
         return g, {"loss_pm": 0.5 * (lp + lm)}
+
+    def _batched_step(self, objective, theta: Tensor, u: Tensor, point: Tensor, g: Tensor,
+                      gen: torch.Generator, f0: Tensor | None) -> tuple[Tensor, dict]:
+        mu, q = self.mu, self.queries
+        for k in range(q):  # one draw per query, in loop order: the same stream as the loop mode
+            self.sample(u[k], gen)
+        # u (q, d) against θ (K, d): broadcast each shared direction over the copies
+        ub = u.view(q, *([1] * (theta.dim() - u.dim() + 1)), *u.shape[1:])
+        torch.add(theta, ub, alpha=mu, out=point[:q])
+        if f0 is None:
+            torch.add(theta, ub, alpha=-mu, out=point[q:])
+        losses = objective.loss(point)  # (n_points, *θ.shape[:-1])
+        lp = losses[:q]
+        if f0 is None:
+            lm = losses[q:]
+            coef = (lp - lm) / (2 * mu * q)
+        else:
+            lm = f0.expand_as(lp)
+            coef = (lp - f0) / (mu * q)
+        torch.sum(coef.unsqueeze(-1) * ub, dim=0, out=g)
+        return g, {"loss_pm": 0.5 * (lp[-1] + lm[-1])}
+
+
+def _fits_batched(objective, theta: Tensor, n_points: int) -> bool:
+    model, x = getattr(objective, "model", None), getattr(objective, "x", None)
+    if model is None or x is None:
+        return True
+    from ..objective import AUTO_CHUNK_BYTES, activation_bytes
+
+    largest, total = activation_bytes(model, x)
+    width = n_points * math.prod(theta.shape[:-1])
+    n = int(x.shape[0])
+    if theta.device.type == "cuda":
+        memory = torch.cuda.get_device_properties(theta.device).total_memory
+        return width * total * n <= memory // 4
+    chunk = getattr(objective, "microbatch", None) or n
+    return width * largest * chunk <= AUTO_CHUNK_BYTES
