@@ -131,6 +131,11 @@ class Run:
         """Names of the probe metrics in the file (value columns, without _err/_nhvp/... companions)."""
         return list(self._probe_attrs.get("metrics", []))
 
+    @property
+    def probe_info(self) -> dict[str, Any]:
+        """Attributes of /probe: metrics, specs (options), probe_every, hvp_backend, seeding."""
+        return dict(self._probe_attrs)
+
     def series_attrs(self, name: str) -> dict[str, Any]:
         """Attributes of /probe/<name> (description, operator, method, ...)."""
         return dict(self._series_attrs.get(name, {}))

@@ -1,0 +1,123 @@
+"""`eos-probe inspect`: a summary of a run file (config, progress, last metrics, band verdict)."""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import click
+
+
+def _fmt(x: Any) -> str:
+    if isinstance(x, float):
+        return "nan" if math.isnan(x) else f"{x:.5g}"
+    return str(x)
+
+
+def summary(run) -> dict[str, Any]:
+    """Everything `inspect` prints, as plain data (also what `--json` writes)."""
+    cfg = run.config
+    out: dict[str, Any] = {
+        "path": str(run.path), "schema_version": run.attrs.get("schema_version"), "status": run.status,
+        "stop_reason": run.attrs.get("stop_reason", ""), "stop_step": run.attrs.get("stop_step"),
+        "config": cfg, "n_params": run.attrs.get("n_params"), "n_train": run.attrs.get("n_train"),
+        "device": run.attrs.get("device"), "versions": run.attrs.get("versions"),
+        "resumed": run.attrs.get("resumed", 0), "steps_done": run.steps_done, "train_rows": len(run.train),
+    }
+    if len(run.train):
+        last = run.train.iloc[-1]
+        out["last_train"] = {"step": int(last["step"]), "loss": float(last["loss"]),
+                             "accuracy": float(last["accuracy"]), "wall_time": float(last["wall_time"])}
+    out["probe_rows"] = len(run.probe)
+    out["metrics"] = run.metrics
+    out["spectra"] = run.spectra_names
+    if len(run.probe):
+        last = run.probe.iloc[-1]
+        vals = {}
+        for m in run.metrics:
+            if m in run.probe:
+                vals[m] = {"value": float(last[m]), "err": float(last.get(f"{m}_err", math.nan)),
+                           "nhvp": int(last.get(f"{m}_nhvp", 0))}
+        out["last_probe"] = {"step": int(last["step"]), "values": vals}
+        nh = [c for c in run.probe.columns if c.endswith("_nhvp")]
+        out["total_hvp"] = int(run.probe[nh].to_numpy().sum()) if nh else 0
+    try:
+        b = run.band()
+        out["band"] = b.as_dict()
+    except Exception as e:  # noqa: BLE001 - a summary must not fail on an unknown optimizer
+        out["band"] = {"error": str(e)}
+    if len(run.probe):
+        v = run.verdicts()
+        done = v[v["verdict"] != ""]
+        if len(done):
+            row = done.iloc[-1]
+            out["verdict"] = {"step": int(row["step"]), "verdict": row["verdict"],
+                              "necessary_margin": float(row["necessary_margin"]),
+                              "sufficient_margin": float(row["sufficient_margin"]),
+                              "counts": {k: int(n) for k, n in done["verdict"].value_counts().items()}}
+    return out
+
+
+def render(s: dict[str, Any]) -> str:
+    cfg = s["config"]
+    lines = [f"{s['path']}  (run file schema {s['schema_version']})"]
+    if s["status"] == "finished":
+        st = f"finished at step {s['stop_step']}"
+    elif s["status"] == "diverged":
+        st = f"DIVERGED at step {s['stop_step']}: {s['stop_reason']}"
+    else:
+        st = f"no end recorded (still running, or killed) - last logged step {s['steps_done']}"
+    if s.get("resumed"):
+        st += f"; resumed {s['resumed']}x"
+    lines.append(f"status      {st}")
+    keys = ("model", "data", "optimizer", "lr", "momentum", "queries", "mu", "directions", "loss", "steps", "seed")
+    conf = " ".join(f"{k}={cfg.get(k)}" for k in keys if cfg.get(k) is not None)
+    if cfg.get("model_args"):
+        conf += f" model_args={json.dumps(cfg['model_args'])}"
+    lines.append(f"config      {conf}")
+    lines.append(f"size        {s['n_params']:,} parameters, {s.get('n_train') or '?'} training examples"
+                 if isinstance(s.get("n_params"), int) else "size        ?")
+    ver = s.get("versions") or {}
+    lines.append(f"machine     {s.get('device')}; eos-probe {ver.get('eos_probe', '?')}, torch {ver.get('torch', '?')}")
+    if "last_train" in s:
+        t = s["last_train"]
+        lines.append(f"train       {s['train_rows']} rows up to step {t['step']}: loss {_fmt(t['loss'])}, "
+                     f"accuracy {_fmt(t['accuracy'])}, {t['wall_time']:.1f} s")
+    else:
+        lines.append("train       no rows yet")
+    if s["probe_rows"]:
+        p = s["last_probe"]
+        lines.append(f"probe       {s['probe_rows']} probes ({', '.join(s['metrics'] + s['spectra'])}); "
+                     f"{s['total_hvp']:,} Hessian-vector products in all")
+        lines.append(f"last probe  step {p['step']}:")
+        for m, v in p["values"].items():
+            lines.append(f"              {m:<20} {_fmt(v['value']):>12} ± {_fmt(v['err']):<10} ({v['nhvp']} HVP)")
+    else:
+        lines.append("probe       no probe data (trained with --probe none, or before the first probe)")
+    b = s.get("band", {})
+    if "error" in b:
+        lines.append(f"band        unavailable: {b['error']}")
+    elif b:
+        c = "" if b.get("c") is None else f", c = {b['c']:.4g}"
+        lines.append(f"band        {b['quantity']} < T = {b['threshold']:.5g}{c}  ({b['kind']})")
+        lines.append(f"convention  {b['convention']}")
+        for w in b.get("warnings", []):
+            lines.append(f"warning     {w}")
+    if "verdict" in s:
+        v = s["verdict"]
+        counts = ", ".join(f"{k} {n}" for k, n in v["counts"].items())
+        margins = (f"margins to T: necessary {_fmt(v['necessary_margin'])}, sufficient {_fmt(v['sufficient_margin'])}"
+                   if not math.isnan(v["necessary_margin"]) else f"margin {_fmt(v['sufficient_margin'])}")
+        lines.append(f"verdict     {v['verdict']} at step {v['step']} ({margins}); over all probes: {counts}")
+    return "\n".join(lines)
+
+
+@click.command("inspect")
+@click.argument("run", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def command(run: str, as_json: bool) -> None:
+    """Summarise RUN.h5: config, steps done, last metrics, band verdict, divergence reason."""
+    from ..run import Run
+
+    s = summary(Run.from_file(run))
+    click.echo(json.dumps(s, indent=2, default=str) if as_json else render(s))

@@ -1,0 +1,24 @@
+"""`eos-probe plot`: figures from run files (never trains)."""
+from __future__ import annotations
+
+import click
+
+KINDS = ("bands", "lambda", "loss", "spectrum", "commutator", "all")
+
+
+@click.command("plot")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--kind", type=click.Choice(KINDS), default="bands", show_default=True,
+              help="bands: Tr(H) and Tr(H)+c·λ_max against the threshold T (Adam: P⁻¹H); lambda: λ_max against "
+                   "2/η-type first-order thresholds; loss: training loss; spectrum: SLQ density heat map; "
+                   "commutator: ‖PH−HP‖/‖PH‖ of Adam runs; all: every panel the files have data for.")
+@click.option("--out", type=click.Path(dir_okay=False),
+              help="Output file (.png 300 dpi, .pdf or .svg vector). Default figures/<run>-<kind>.png.")
+@click.option("--normalize", is_flag=True, help="bands: divide each run's curvature by its threshold T (all T at 1).")
+@click.option("--title", help="Figure title.")
+def command(runs: tuple[str, ...], kind: str, out: str | None, normalize: bool, title: str | None) -> None:
+    """Plot one or several RUN.h5 files (e.g. an η sweep on one axis)."""
+    from ..plot.figures import make_figure
+
+    path = make_figure(list(runs), kind, out, normalize=normalize, title=title)
+    click.echo(str(path))
