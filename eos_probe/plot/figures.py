@@ -82,9 +82,9 @@ def _tex_quantity(q: str) -> str:
 
 
 def _band_label(run: Run, band) -> str:
-    parts = [f"{run.optimizer}", rf"$\eta$={run.lr:g}"]
+    parts = [f"{run.optimizer}", f"η={run.lr:g}"]
     if band.momentum:
-        parts.append((r"$\beta_1$" if run.preconditioned else r"$\beta$") + f"={band.momentum:g}")
+        parts.append(("β₁" if run.preconditioned else "β") + f"={band.momentum:g}")
     if run.optimizer.startswith("zo-"):
         parts.append(f"q={band.queries}")
     return ", ".join(parts) + f"  (T={_threshold_text(band)})"
@@ -377,12 +377,16 @@ def draw_commutator(ax, runs: Sequence[Run], *, colors: dict[str, str] | None = 
         col = colors[_key(r)]
         s = _steps(r)
         y, e = r.probe["commutator_ratio"].to_numpy(), r.probe["commutator_ratio_err"].to_numpy()
+        # r = 0 exactly while P is still its initial constant (before the first update): no point on log axes
+        pos = np.isfinite(y) & (y > 0)
+        s, y, e = s[pos], y[pos], e[pos]
         ax.plot(s, y, color=col, marker="o", ms=2.5, label=r.label())
-        ax.fill_between(s, np.maximum(y - e, 1e-6), y + e, color=col, alpha=0.18, lw=0)
+        ax.fill_between(s, np.where(y - e > 0, y - e, y / 2), y + e, color=col, alpha=0.18, lw=0)
         _mark_divergence(ax, r, col)
     ax.axhline(COMMUTATOR_REFERENCE, color="0.2", ls=":", lw=1.0,
                label=f"{COMMUTATOR_REFERENCE:g} (level observed under ZO-Adam; not a threshold)")
     ax.set_yscale("log")
+    _plain_log_ticks(ax)
     ax.set_xlabel("step (updates)")
     ax.set_ylabel(r"$\|PH-HP\|_F\,/\,\|PH\|_F$")
     if legend != "none":
