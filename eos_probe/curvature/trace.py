@@ -13,6 +13,15 @@ of the per-probe values over √n). With ``rtol`` the probes are drawn in blocks
 * ``ggn+residual``: Tr G exactly from per-example output Jacobians (see ``ggn.py``) plus Hutchinson on
   R = H − G (one Hessian-vector product and one forward-mode product per probe). R vanishes at an exact
   fit and is zero-mean across examples near one, so its probes have far smaller spread than H's.
+
+Stratification by layers (``blocks=``, default "layers" for ggn+residual): Tr H = Σ_b Tr H_bb over a
+partition of the parameters, each term estimated with probes supported on its block only, so the
+cross-layer entries — the bulk of a network Hessian's off-diagonal mass at initialisation, and all of the
+residual R's largest entries — add no variance. After a pilot of ``PILOT`` probes per block, each new probe
+goes to the block with the largest expected variance reduction (Neyman allocation);
+error² = Σ_b s_b²/n_b. "layers" groups the parameter tensors by module and deals the modules round-robin
+(in registration order) into at most ``MAX_STRATA`` blocks, so neighbouring layers — the most strongly
+coupled — land in different blocks.
 """
 from __future__ import annotations
 
@@ -35,6 +44,9 @@ METHODS = ("hutchinson", "hutch++", "ggn+residual")
 MIN_PROBES = 10
 #: probes per batched product
 BLOCK = 8
+#: probes per stratum before the allocation starts, and the most strata "layers" makes
+PILOT = 3
+MAX_STRATA = 8
 
 
 def _stats(samples: np.ndarray) -> tuple[float, float]:
@@ -72,15 +84,6 @@ def _project_out(Z: Tensor, Q: Tensor | None) -> Tensor:
     return Z
 
 
-def _complement_sampler(op: CurvatureOperator, Q: Tensor | None, gen: torch.Generator):
-    def block(m: int) -> np.ndarray:
-        Z = _project_out(rademacher(m, op.dim, gen, op.dtype, op.device), Q)
-        HZ = op.matmat(Z)
-        return (Z * HZ).sum(1).double().cpu().numpy()
-
-    return block
-
-
 def _deflation_basis(op: CurvatureOperator, deflate: Estimate | None) -> tuple[Tensor | None, float]:
     if deflate is None:
         return None, 0.0
@@ -100,15 +103,106 @@ def _deflation_basis(op: CurvatureOperator, deflate: Estimate | None) -> tuple[T
     return V, float(theta.sum())
 
 
+
+def layer_strata(objective, n_strata: int | None = None) -> list[Tensor]:
+    """Boolean masks (d,) partitioning the parameters: modules dealt round-robin into ≤ n_strata blocks."""
+    modules: list[list[int]] = []
+    prefixes: dict[str, int] = {}
+    for name, off, shape in zip(objective.space.names, objective.space.offsets, objective.space.shapes):
+        prefix = name.rsplit(".", 1)[0] if "." in name else ""
+        if prefix not in prefixes:
+            prefixes[prefix] = len(modules)
+            modules.append([])
+        modules[prefixes[prefix]].append((off, off + int(np.prod(shape, dtype=np.int64))))
+    n = min(len(modules), n_strata or MAX_STRATA)
+    masks = [torch.zeros(objective.dim, dtype=torch.bool) for _ in range(n)]
+    for i, ranges in enumerate(modules):
+        for a, b in ranges:
+            masks[i % n][a:b] = True
+    return [m for m in masks if bool(m.any())]
+
+
+def _resolve_strata(op: CurvatureOperator, blocks, objective) -> list[Tensor] | None:
+    if blocks is None:
+        return None
+    if isinstance(blocks, str) or (isinstance(blocks, int) and not isinstance(blocks, bool)):
+        if isinstance(blocks, str) and blocks != "layers":
+            raise UserError(f"unknown blocks {blocks!r}; use 'layers', a number of strata, or a list of masks")
+        objective = objective if objective is not None else getattr(op, "objective", None)
+        if objective is None:
+            raise UserError("blocks='layers' needs the model's parameter layout: pass a HessianOperator or objective=")
+        if isinstance(blocks, int) and blocks < 1:
+            raise UserError(f"the number of strata must be positive, got {blocks}")
+        masks = layer_strata(objective, None if isinstance(blocks, str) else blocks)
+    else:
+        masks = []
+        for blk in blocks:
+            t = torch.as_tensor(blk)
+            if t.dtype != torch.bool:
+                m = torch.zeros(op.dim, dtype=torch.bool)
+                m[t.long()] = True
+                t = m
+            masks.append(t.reshape(-1))
+        cover = torch.stack(masks).sum(0)
+        if cover.shape[0] != op.dim or not bool((cover == 1).all()):
+            raise UserError("blocks must partition the parameters: every index in exactly one block")
+    return [m.to(op.device) for m in masks]
+
+
+def _stratified_loop(sample_rows, masks: list[Tensor], n_max: int, rtol: float | None,
+                     offset: float) -> tuple[list[np.ndarray], bool]:
+    """Pilot then Neyman-greedy allocation of probes over strata; sample_rows(list of stratum ids) → values."""
+    S = len(masks)
+    if n_max < PILOT * S:
+        raise UserError(f"stratified trace needs n_matvec >= {PILOT * S} ({PILOT} pilot probes for each of "
+                        f"{S} blocks), got {n_max}")
+    samples: list[list[float]] = [[] for _ in range(S)]
+
+    def draw(ids: list[int]) -> None:
+        for start in range(0, len(ids), BLOCK):
+            chunk = ids[start:start + BLOCK]
+            for b, v in zip(chunk, sample_rows(chunk)):
+                samples[b].append(float(v))
+
+    draw([b for b in range(S) for _ in range(PILOT)])
+
+    def state() -> tuple[float, float, np.ndarray, np.ndarray]:
+        n = np.array([len(x) for x in samples], dtype=float)
+        var = np.array([np.var(x, ddof=1) for x in samples])
+        mean = float(sum(np.mean(x) for x in samples))
+        return mean, float(np.sqrt((var / n).sum())), var, n
+
+    met = rtol is None
+    while True:
+        mean, se, var, n = state()
+        total = int(n.sum())
+        if rtol is not None and total >= MIN_PROBES and se <= rtol * abs(offset + mean):
+            met = True
+            break
+        if total >= n_max or not np.any(var > 0):
+            met = met or (rtol is not None and se <= rtol * abs(offset + mean))
+            break
+        m = min(BLOCK, n_max - total)
+        ids = []
+        for _ in range(m):  # greedy Neyman: the probe that cuts Σ s_b²/n_b the most
+            b = int(np.argmax(var / (n * (n + 1))))
+            ids.append(b)
+            n[b] += 1
+        draw(ids)
+    return [np.asarray(x) for x in samples], met
+
 def trace(op: CurvatureOperator, method: str = "hutchinson", n_matvec: int = 100, rtol: float | None = None,
           deflate: Estimate | None = None, generator: torch.Generator | None = None,
-          objective=None, theta: Tensor | None = None, ggn_path: str = "auto") -> Estimate:
+          objective=None, theta: Tensor | None = None, blocks="auto", ggn_path: str = "auto") -> Estimate:
     """Estimate Tr(op) with a standard error (see the module docstring for the methods).
 
     ``n_matvec`` is the budget of operator products (the cap when ``rtol`` is given). ``objective`` and
     ``theta`` are needed by "ggn+residual" unless ``op`` is a HessianOperator (then they are taken from it).
-    ``extra``: "samples" (per-probe values), "n_probes", and per method "exact_part" (Σθ_i, Tr(QᵀHQ) or
-    Tr G), "ggn_seconds", "n_jvp".
+    ``blocks``: None (plain probes), "layers", a number of strata, or a list of index arrays / boolean
+    masks partitioning the parameters; "auto" = "layers" for ggn+residual, None otherwise. Stratification
+    combines with hutchinson and ggn+residual, not with hutch++ or deflate.
+    ``extra``: "samples" (per-probe values; a list per stratum when stratified), "n_probes", "exact_part"
+    (Σθ_i, Tr(QᵀHQ) or Tr G), and for ggn+residual "ggn_seconds", "ggn_path", "n_jvp".
     """
     if method not in METHODS:
         raise UserError(f"unknown trace method {method!r}; choose one of {', '.join(METHODS)}")
@@ -116,10 +210,15 @@ def trace(op: CurvatureOperator, method: str = "hutchinson", n_matvec: int = 100
         raise UserError(f"n_matvec must be at least 2 (a standard error needs two probes), got {n_matvec}")
     if rtol is not None and not rtol > 0:
         raise UserError(f"rtol must be positive, got {rtol}")
+    if isinstance(blocks, str) and blocks == "auto":
+        blocks = "layers" if method == "ggn+residual" else None
+    if blocks is not None and (method == "hutch++" or deflate is not None):
+        raise UserError("blocks= (stratified probes) does not combine with hutch++ or deflate=; pass blocks=None")
     gen = default_generator(generator)
     n0 = op.n_hvp
     t0 = time.perf_counter()
     extra: dict = {"method": method}
+    masks = _resolve_strata(op, blocks, objective)
 
     if method == "ggn+residual":
         if deflate is not None:
@@ -132,41 +231,56 @@ def trace(op: CurvatureOperator, method: str = "hutchinson", n_matvec: int = 100
             raise UserError("ggn+residual applies to the Hessian itself, not to a preconditioned or dense operator")
         from .ggn import ggn_quadratic, ggn_trace
 
-        tr_g, info = ggn_trace(objective, theta, path=ggn_path)
-        extra.update(exact_part=tr_g, ggn_path=info["path"], ggn_seconds=info["seconds"])
+        exact, info = ggn_trace(objective, theta, path=ggn_path)
+        extra.update(exact_part=exact, ggn_path=info["path"], ggn_seconds=info["seconds"])
         n_jvp = [0]
 
-        def block(m: int) -> np.ndarray:
-            Z = rademacher(m, op.dim, gen, op.dtype, op.device)
+        def quad(Z: Tensor) -> np.ndarray:
             zhz = (Z * op.matmat(Z)).sum(1)
-            zgz = ggn_quadratic(objective, theta, Z)
-            n_jvp[0] += m
-            return (zhz - zgz).double().cpu().numpy()
+            n_jvp[0] += Z.shape[0]
+            return (zhz - ggn_quadratic(objective, theta, Z)).double().cpu().numpy()
 
-        samples, met = _hutchinson_loop(block, n_matvec, rtol, tr_g)
-        extra["n_jvp"] = n_jvp[0]
-        exact = tr_g
+        V = None
     else:
         V, exact = _deflation_basis(op, deflate)
-        budget = n_matvec
-        if method == "hutch++":
-            n_sketch = max(1, n_matvec // 3)
-            if 2 * n_sketch + 2 > n_matvec:
-                raise UserError(f"hutch++ needs n_matvec >= 5 (sketch, projection and 2 probes), got {n_matvec}")
-            S = _project_out(rademacher(n_sketch, op.dim, gen, op.dtype, op.device), V)
-            Y = _project_out(op.matmat(S), V)
-            Qs, _ = torch.linalg.qr(Y.T)
-            Qs = Qs.T.contiguous()
-            exact += float((Qs * op.matmat(Qs)).sum())
-            V = Qs if V is None else torch.cat([V, Qs])
-            budget = n_matvec - 2 * n_sketch
-            extra["sketch_size"] = n_sketch
+
+        def quad(Z: Tensor) -> np.ndarray:
+            return (Z * op.matmat(Z)).sum(1).double().cpu().numpy()
+
+    budget = n_matvec
+    if method == "hutch++":
+        n_sketch = max(1, n_matvec // 3)
+        if 2 * n_sketch + 2 > n_matvec:
+            raise UserError(f"hutch++ needs n_matvec >= 5 (sketch, projection and 2 probes), got {n_matvec}")
+        S = _project_out(rademacher(n_sketch, op.dim, gen, op.dtype, op.device), V)
+        Y = _project_out(op.matmat(S), V)
+        Qs, _ = torch.linalg.qr(Y.T)
+        Qs = Qs.T.contiguous()
+        exact += float((Qs * op.matmat(Qs)).sum())
+        V = Qs if V is None else torch.cat([V, Qs])
+        budget = n_matvec - 2 * n_sketch
+        extra["sketch_size"] = n_sketch
+
+    if masks is not None:
+        def rows(ids: list[int]) -> np.ndarray:
+            Z = rademacher(len(ids), op.dim, gen, op.dtype, op.device)
+            return quad(Z * torch.stack([masks[b] for b in ids]).to(Z.dtype))
+
+        per, met = _stratified_loop(rows, masks, budget, rtol, exact)
+        mean = float(sum(x.mean() for x in per))
+        se = float(np.sqrt(sum(x.var(ddof=1) / x.shape[0] for x in per)))
+        extra.update(samples=per, n_probes=int(sum(x.shape[0] for x in per)),
+                     strata_sizes=[int(m.sum()) for m in masks])
+    else:
         if V is not None and V.shape[0] >= op.dim:
             samples, met = np.zeros(2), True  # the basis spans everything: the exact part is the trace
         else:
-            samples, met = _hutchinson_loop(_complement_sampler(op, V, gen), budget, rtol, exact)
-        extra["exact_part"] = exact
-
-    mean, se = _stats(samples)
-    extra.update(samples=samples, n_probes=int(samples.shape[0]), seconds=time.perf_counter() - t0)
+            samples, met = _hutchinson_loop(
+                lambda m: quad(_project_out(rademacher(m, op.dim, gen, op.dtype, op.device), V)), budget, rtol, exact)
+        mean, se = _stats(samples)
+        extra.update(samples=samples, n_probes=int(samples.shape[0]))
+    if method == "ggn+residual":
+        extra["n_jvp"] = n_jvp[0]
+    extra["exact_part"] = exact
+    extra["seconds"] = time.perf_counter() - t0
     return Estimate(value=exact + mean, error=se, n_hvp=op.n_hvp - n0, converged=bool(met), extra=extra)
