@@ -136,6 +136,19 @@ def test_loss_commutator_and_spectrum_panels(runs) -> None:
     _close(fig)
 
 
+def test_margin_panel_draws_s_against_one(runs) -> None:
+    fig = build_figure([runs["zo1"], runs["zo2"]], "margin")
+    ax = fig.axes[0]
+    assert _hline(ax, 1.0) and "S" in ax.get_ylabel()
+    for r in (runs["zo1"], runs["zo2"]):
+        s, err = r.probe["ms_margin"].to_numpy(), r.probe["ms_margin_err"].to_numpy()
+        assert _has_line(ax, s)
+        # ηλ_max ≈ 0.1 here, so S = Tr(H)/T up to the small O((ηλ)²) remainder (THEORY.md §2, slope 1/T at 0)
+        tr_over_t = r.probe["trace"].to_numpy() * r.lr / 2
+        assert np.all(np.abs(s - tr_over_t) <= 5 * err + 0.2 * np.abs(tr_over_t))
+    _close(fig)
+
+
 def test_density_grid_is_a_probability_density() -> None:
     rng = np.random.default_rng(0)
     nodes = rng.normal(size=(3, 2, 7))
@@ -150,7 +163,8 @@ def test_density_grid_is_a_probability_density() -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_kind_writes_a_non_empty_image(runs, kind, tmp_path) -> None:
-    sel = {"commutator": [runs["adam"]], "spectrum": [runs["zo1"]]}.get(kind, [runs["zo1"], runs["zo2"], runs["adam"]])
+    sel = {"commutator": [runs["adam"]], "spectrum": [runs["zo1"]], "margin": [runs["zo1"], runs["zo2"]]
+           }.get(kind, [runs["zo1"], runs["zo2"], runs["adam"]])
     out = make_figure([r.path for r in sel], kind, tmp_path / f"{kind}.png")
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
@@ -171,7 +185,7 @@ def test_vector_formats_and_default_output(runs, tmp_path, monkeypatch) -> None:
     assert str(path) == "figures/zo1+1-bands.png" and (tmp_path / path).stat().st_size > 20_000
 
 
-@pytest.mark.parametrize("kind", ["bands", "lambda", "spectrum", "commutator", "all"])
+@pytest.mark.parametrize("kind", ["bands", "lambda", "margin", "spectrum", "commutator", "all"])
 def test_plotting_a_file_without_probe_data_is_a_clear_error(runs, kind, tmp_path) -> None:
     with pytest.raises(UserError, match="no probe data|no spectral density"):
         make_figure([runs["bare"]], kind, tmp_path / "x.png")

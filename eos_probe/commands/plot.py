@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import click
 
-KINDS = ("bands", "lambda", "loss", "spectrum", "commutator", "all")
+KINDS = ("bands", "lambda", "loss", "margin", "spectrum", "commutator", "all")
 
 
 @click.command("plot")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--kind", type=click.Choice(KINDS), default="bands", show_default=True,
               help="bands: Tr(H) and Tr(H)+c·λ_max against the threshold T (Adam: P⁻¹H); lambda: λ_max against "
-                   "2/η-type first-order thresholds; loss: training loss; spectrum: SLQ density heat map; "
+                   "2/η-type first-order thresholds; loss: training loss; margin: the exact mean-square sum S(η) against 1; spectrum: SLQ density heat map; "
                    "commutator: ‖PH−HP‖/‖PH‖ of Adam runs; all: every panel the files have data for.")
 @click.option("--out", type=click.Path(dir_okay=False),
               help="Output file (.png 300 dpi, .pdf or .svg vector). Default figures/<run>-<kind>.png.")

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import UserError
 from ..run import Run, band_for
 
-KINDS = ("bands", "lambda", "loss", "spectrum", "commutator", "all")
+KINDS = ("bands", "lambda", "loss", "margin", "spectrum", "commutator", "all")
 FORMATS = (".png", ".pdf", ".svg")
 
 #: Okabe–Ito colour-blind-safe palette (black last: reserved for references)
@@ -87,7 +87,12 @@ def _band_label(run: Run, band) -> str:
         parts.append(("β₁" if run.preconditioned else "β") + f"={band.momentum:g}")
     if run.optimizer.startswith("zo-"):
         parts.append(f"q={band.queries}")
-    return ", ".join(parts) + f"  (T={_threshold_text(band)})"
+    label = ", ".join(parts) + f"  (T={_threshold_text(band)})"
+    return label + _diverged_note(run)
+
+
+def _diverged_note(run: Run) -> str:
+    return f", diverged at step {run.attrs.get('stop_step')}" if run.status == "diverged" else ""
 
 
 def _threshold_text(band) -> str:
@@ -182,6 +187,8 @@ def draw_bands(ax, runs: Sequence[Run], normalize: bool = False, *, colors: dict
         c_text = f"c={next(iter(cs)):.3g}" if len(cs) == 1 else "c per run"
         style.append(Line2D([], [], color="0.3", ls="-.", label=f"{q} + c·{lam}  ({c_text})"))
     style.append(Line2D([], [], color="0.3", ls="--", label="threshold T" + (" (= 1)" if normalize else "")))
+    if any(r.status == "diverged" for r in runs):
+        style.append(Line2D([], [], color="0.3", ls=":", lw=0.9, label="run diverged"))
     ax.set_xlabel("step (updates)")
     ax.set_ylabel(f"{q} / T" if normalize else (q if len(quantities) == 1 else "curvature"))
     # linear axes show the approach to T best; an η sweep spans several T's, and curvature far below T
@@ -250,7 +257,7 @@ def draw_lambda(ax, runs: Sequence[Run], *, colors: dict[str, str] | None = None
         thresholds.append(fo.threshold)
         quantities.add(fo.quantity)
         handles.append(Line2D([], [], color=col, marker="o", ms=3,
-                              label=f"{r.label()}  (first-order edge {_threshold_text(fo)})"))
+                              label=f"{r.label()}  (first-order edge {_threshold_text(fo)}){_diverged_note(r)}"))
         _mark_divergence(ax, r, col)
     q = " / ".join(sorted(_tex_quantity(x) for x in quantities))
     log = _log_if_wide(ax, plotted + [np.array(thresholds)], ratio=8.0)
@@ -275,13 +282,24 @@ def draw_loss(ax, runs: Sequence[Run], *, colors: dict[str, str] | None = None, 
         col = colors[_key(r)]
         s, loss = r.train["step"].to_numpy(), r.train["loss"].to_numpy()
         ok = np.isfinite(loss) & (loss > 0)
-        ax.plot(s[ok], loss[ok], color=col, label=r.label(), lw=1.2)
+        ax.plot(s[ok], loss[ok], color=col, label=r.label() + _diverged_note(r), lw=1.2)
         if r.status == "diverged" and ok.any():
             ax.plot(s[ok][-1], loss[ok][-1], marker="x", color=col, ms=6, mew=1.5)
         conventions.add(r.config.get("loss", "mse"))
     if not any_rows:
         raise UserError(f"{runs[0].path}: no training rows logged yet; nothing to plot")
     ax.set_yscale("log")
+    # a diverged run's last loss (up to 1000× the start, or inf) would flatten every other curve
+    finite = np.concatenate([_finite_pos(r.train["loss"].to_numpy()) for r in runs if len(r.train)])
+    start = max(float(r.train["loss"].iloc[0]) for r in runs if len(r.train))
+    if finite.size and finite.max() > 30 * start:
+        ax.set_ylim(finite.min() / 1.5, 30 * start)
+        for ln in ax.get_lines():
+            ln.set_clip_on(True)
+        for r in runs:
+            if r.status == "diverged" and len(r.train):
+                ax.plot(r.train["step"].iloc[-1], 30 * start, marker="^", color=colors[_key(r)], ms=6,
+                        clip_on=False)
     _plain_log_ticks(ax)
     ax.set_xlabel("step (updates)")
     name = {"mse": r"train loss  ($\frac{1}{2}\Sigma(f-y)^2$, mean)", "ce": "train loss (cross-entropy)"}
@@ -301,6 +319,33 @@ def _plain_log_ticks(ax) -> None:
         fmt = FuncFormatter(lambda v, _: f"{v:.3g}")
         ax.yaxis.set_major_formatter(fmt)
         ax.yaxis.set_minor_formatter(fmt if hi / lo < 3 else FuncFormatter(lambda v, _: ""))
+
+
+def draw_margin(ax, runs: Sequence[Run], *, colors: dict[str, str] | None = None, legend: str = "outside") -> None:
+    """The exact mean-square sum S(η) (probe `ms_margin`, THEORY.md §2) against the step: stable iff S < 1."""
+    from matplotlib.lines import Line2D
+
+    runs = _by_lr(runs)
+    _require(runs, "margin", lambda r: "ms_margin" in r.probe, "ms_margin")
+    colors = colors or run_colors(runs)
+    handles, plotted = [], []
+    for r in runs:
+        col = colors[_key(r)]
+        s = _steps(r)
+        y, e = r.probe["ms_margin"].to_numpy(), r.probe["ms_margin_err"].to_numpy()
+        ax.plot(s, y, color=col, marker="o", ms=2.5)
+        ax.fill_between(s, y - e, y + e, color=col, alpha=0.18, lw=0)
+        plotted.append(y)
+        handles.append(Line2D([], [], color=col, marker="o", ms=3, label=r.label() + _diverged_note(r)))
+        _mark_divergence(ax, r, col)
+    ax.axhline(1.0, color="0.2", ls="--", lw=1.0)
+    log = _log_if_wide(ax, plotted + [np.array([1.0])], ratio=30.0)
+    _clip_y(ax, plotted, [1.0], log)
+    ax.set_xlabel("step (updates)")
+    ax.set_ylabel(r"$S(\eta)=\mathrm{Tr}\,f(H)$")
+    _legend(ax, legend, handles, [Line2D([], [], color="0.3", marker="o", ms=3, label="S(η) (±1 s.e.)"),
+                                  Line2D([], [], color="0.2", ls="--", label="S = 1: mean-square edge")])
+    ax.set_title("exact mean-square stability sum (stable iff S < 1)")
 
 
 def density_grid(nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray, sigma: float) -> np.ndarray:
@@ -515,6 +560,7 @@ def build_figure(runs: Sequence[Run | str | Path], kind: str, *, normalize: bool
                     draw_spectrum(ax, r)
             else:
                 {"bands": lambda: draw_bands(ax, runs, normalize), "lambda": lambda: draw_lambda(ax, runs),
+                 "margin": lambda: draw_margin(ax, runs),
                  "loss": lambda: draw_loss(ax, runs), "commutator": lambda: draw_commutator(ax, runs)}[kind]()
         except BaseException:
             plt.close(fig)
@@ -547,6 +593,9 @@ def _all_figure(runs: Sequence[Run], normalize: bool):
                 r.band().kind == "classical" or r.curvature()["trace"].notna().any() for r in probed):
             panels.append(("bands", lambda ax: draw_bands(ax, probed, normalize, **kw)))
         panels.append(("lambda", lambda ax: draw_lambda(ax, probed, **kw)))
+    margin = [r for r in probed if "ms_margin" in r.probe and r.probe["ms_margin"].notna().any()]
+    if margin:
+        panels.append(("margin", lambda ax: draw_margin(ax, margin, **kw)))
     adam = [r for r in probed if "commutator_ratio" in r.probe]
     if adam:
         panels.append(("commutator", lambda ax: draw_commutator(ax, adam, **kw)))
