@@ -14,7 +14,8 @@ from eos_probe.objective import AUTO_CHUNK_BYTES, Objective, activation_bytes, a
 from eos_probe.optim import TwoPointSource
 from eos_probe.train import checkpoint_path, sweep_configs, train, train_sweep
 
-TINY_CNN = {"widths": [4, 8], "hidden": 16}
+#: 8 x 28 x 28 float32 = 25 KB per example: above VMAP_MAX_ACTIVATION, so on CPU stacked rows are looped
+TINY_CNN = {"widths": [8, 8], "hidden": 16}
 TINY_MLP = {"hidden": [16]}
 
 
@@ -36,15 +37,19 @@ def _series(path, group: str, name: str) -> np.ndarray:
         return f[f"{group}/{name}"][()]
 
 
-def _assert_same_run(a, b, probe_cols: tuple[str, ...] = ()) -> None:
+def _assert_same_run(a, b, probe_cols: tuple[str, ...] = (), exact: bool = False) -> None:
+    """Same steps, losses, final θ (and probe values). vmapped copies round differently from a single
+    evaluation and ZO steps amplify that, hence the tolerances; `exact` demands bitwise equality."""
+    rtol, atol = (0.0, 0.0) if exact else (1e-4, 1e-5)
     assert np.array_equal(_series(a, "train", "step"), _series(b, "train", "step"))
-    np.testing.assert_allclose(_series(a, "train", "loss"), _series(b, "train", "loss"), rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(_theta(a), _theta(b), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(_series(a, "train", "loss"), _series(b, "train", "loss"), rtol=rtol, atol=atol * 1e-2)
+    torch.testing.assert_close(_theta(a), _theta(b), rtol=rtol, atol=atol)
     for col in probe_cols:
-        np.testing.assert_allclose(_series(a, "probe", col), _series(b, "probe", col), rtol=1e-4)
+        np.testing.assert_allclose(_series(a, "probe", col), _series(b, "probe", col), rtol=max(rtol, 1e-6))
 
 
 def test_lr_sweep_equals_separate_runs_with_per_copy_probes(tmp_path) -> None:
+    """Conv model on CPU: rows are looped and each copy's rule is scalar, so ZO copies are bitwise equal."""
     base = TrainConfig(model="cnn", model_args=TINY_CNN, optimizer="zo-gd", n_per_class=5, steps=12, log_every=1,
                        probe=["lambda_max"], probe_every=6, checkpoint_every=100, out=str(tmp_path / "run.h5"))
     lrs = [0.002, 0.005, 0.01]
@@ -56,7 +61,7 @@ def test_lr_sweep_equals_separate_runs_with_per_copy_probes(tmp_path) -> None:
     for lr, res in zip(lrs, results):
         single = train(TrainConfig(**{**base.to_dict(), "lr": lr, "out": str(tmp_path / f"single-{lr}.h5")}),
                        progress=False)
-        _assert_same_run(res.path, single.path, ("lambda_max",))
+        _assert_same_run(res.path, single.path, ("lambda_max",), exact=True)
         with h5py.File(res.path, "r") as f:
             assert f.attrs["status"] == "finished"
             assert '"lr": %r' % lr in f.attrs["config"] or f'"lr": {lr}' in f.attrs["config"]

@@ -122,9 +122,14 @@ def layer_strata(objective, n_strata: int | None = None) -> list[Tensor]:
     return [m for m in masks if bool(m.any())]
 
 
-def _resolve_strata(op: CurvatureOperator, blocks, objective) -> list[Tensor] | None:
+def _resolve_strata(op: CurvatureOperator, blocks, objective, budget: int) -> list[Tensor] | None:
     if blocks is None:
         return None
+    if isinstance(blocks, str) and blocks == "layers":
+        # as many strata as the budget affords pilots for; a single stratum is plain Hutchinson
+        blocks = min(MAX_STRATA, budget // PILOT)
+        if blocks < 2:
+            return None
     if isinstance(blocks, str) or (isinstance(blocks, int) and not isinstance(blocks, bool)):
         if isinstance(blocks, str) and blocks != "layers":
             raise UserError(f"unknown blocks {blocks!r}; use 'layers', a number of strata, or a list of masks")
@@ -218,7 +223,6 @@ def trace(op: CurvatureOperator, method: str = "hutchinson", n_matvec: int = 100
     n0 = op.n_hvp
     t0 = time.perf_counter()
     extra: dict = {"method": method}
-    masks = _resolve_strata(op, blocks, objective)
 
     if method == "ggn+residual":
         if deflate is not None:
@@ -247,6 +251,7 @@ def trace(op: CurvatureOperator, method: str = "hutchinson", n_matvec: int = 100
         def quad(Z: Tensor) -> np.ndarray:
             return (Z * op.matmat(Z)).sum(1).double().cpu().numpy()
 
+    masks = _resolve_strata(op, blocks, objective, n_matvec)
     budget = n_matvec
     if method == "hutch++":
         n_sketch = max(1, n_matvec // 3)
