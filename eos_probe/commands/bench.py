@@ -1,0 +1,56 @@
+"""`eos-probe bench`: speed ratios of this machine, measured side by side in one process (issue 6)."""
+from __future__ import annotations
+
+import ast
+import json
+
+import click
+
+from ..errors import UserError
+
+
+def _parse_kv(items: tuple[str, ...]) -> dict:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"--model-arg expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value
+    return out
+
+
+def _positive(ctx, param, value):
+    if value is not None and value < 1:
+        raise click.BadParameter(f"must be a positive integer, got {value}")
+    return value
+
+
+@click.command("bench")
+@click.option("--model", default="cnn", show_default=True, help="Model to time (mlp, cnn, resnet, vit, lstm, mamba).")
+@click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE", help="Model size override (repeatable).")
+@click.option("--n-per-class", type=int, callback=_positive, help="Training examples per class (default: the full default data).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
+@click.option("--repeats", type=int, default=5, show_default=True, callback=_positive,
+              help="Interleaved timing rounds per ratio (more = steadier, slower).")
+@click.option("--queries", type=int, default=8, show_default=True, callback=_positive, help="q of the batched-query item.")
+@click.option("--copies", type=int, default=3, show_default=True, callback=_positive, help="K of the sweep item.")
+@click.option("--microbatch", type=int, callback=_positive, help="Micro-batch size (default: automatic).")
+@click.option("--threads", type=int, callback=_positive, help="torch intra-op threads (default: torch's choice).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+def command(model, model_args, n_per_class, device, dtype, repeats, queries, copies, microbatch, threads,
+            as_json) -> None:
+    """Time a ZO step against two forwards, a FO step against forward+backward, batched q, sweeps and HVPs."""
+    import torch
+
+    from ..bench import format_table, run_bench
+
+    if threads:
+        torch.set_num_threads(threads)
+    log = None if as_json else (lambda s: click.echo(f"  timing {s} ...", err=True))
+    res = run_bench(model, model_args=_parse_kv(model_args), n_per_class=n_per_class, device=device, dtype=dtype,
+                    repeats=repeats, queries=queries, copies=copies, microbatch=microbatch, log=log)
+    click.echo(json.dumps(res) if as_json else format_table(res))
