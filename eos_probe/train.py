@@ -251,8 +251,13 @@ def train_sweep(cfgs: list[TrainConfig], *, overwrite: bool = False, progress: b
                   progress=progress, probe=probe)
 
 
+#: the tool's own output directory: made on demand (other directories must exist, so a typo is not silently
+#: turned into a new tree)
+RUNS_DIR = Path("runs")
+
+
 def _check_out(cfg: TrainConfig, path: Path, overwrite: bool) -> None:
-    if cfg.out is None and not path.parent.exists():
+    if (cfg.out is None or path.parent == RUNS_DIR) and not path.parent.exists():
         check_writable(path.parent, overwrite=False)  # runs/ is made once the run is known to be valid
     else:
         check_writable(path, overwrite)

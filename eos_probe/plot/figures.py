@@ -606,7 +606,7 @@ def _all_figure(runs: Sequence[Run], normalize: bool):
         raise UserError(f"{runs[0].path}: no probe data for --kind all beyond the loss (trained with --probe none?); "
                         f"use --kind loss, or train with probing")
     n = len(panels)
-    ncols = 1 if n == 1 else 2
+    ncols = 1 if n == 1 else 3 if n in (3, 5, 6) else 2  # no empty quadrant for three panels
     nrows = math.ceil(n / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.6 * nrows), squeeze=False, layout="constrained")
     for ax, (_, draw) in zip(axes.ravel(), panels):
