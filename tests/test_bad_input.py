@@ -90,6 +90,14 @@ CASES = [
     (["plot", "{root}/exists.h5", "--kind", "histogram"], "histogram"),
     # bench
     (["bench", "--model", "resnet9000"], "resnet9000"),
+    (["bench", "--repeats", "0"], "repeats"),
+    (["bench", "--n-per-class", "-2"], "n-per-class"),
+    (["bench", "--device", "tpu"], "tpu"),
+    (["bench", "--model-arg", "depth"], "KEY=VALUE"),
+    (["bench", "--model", "cnn", "--model-arg", "widths=nan"], "widths"),
+    (["plot", "{root}/missing.h5", "{root}/exists.h5", "--kind", "loss"], "missing.h5"),
+    (["inspect", "{root}/missing_dir/x.h5"], "x.h5"),
+    (["data", "download", "cifar10", "--dest", "{root}/a_file"], "a_file"),
 ]
 if IS_ROOT:  # root writes into read-only directories and reads anything
     CASES = [c for c in CASES if "readonly" not in " ".join(c[0])]

@@ -13,12 +13,7 @@ from eos_probe.bench import RATIO_KEYS, interleaved, ratio
 from eos_probe.cli import main
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_bench_json_has_every_ratio_finite(capsys) -> None:

@@ -19,13 +19,7 @@ TINY_CNN = {"widths": [8, 8], "hidden": 16}
 TINY_MLP = {"hidden": [16]}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread (two threads on a busy 2-core box spin-wait ~100x slower)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _theta(path) -> torch.Tensor:

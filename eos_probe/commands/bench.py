@@ -1,25 +1,11 @@
 """`eos-probe bench`: speed ratios of this machine, measured side by side in one process (issue 6)."""
 from __future__ import annotations
 
-import ast
 import json
 
 import click
 
-from ..errors import UserError
-
-
-def _parse_kv(items: tuple[str, ...]) -> dict:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise UserError(f"--model-arg expects KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        try:
-            out[key.strip()] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key.strip()] = value
-    return out
+from .train import _parse_kv
 
 
 def _positive(ctx, param, value):
@@ -51,6 +37,6 @@ def command(model, model_args, n_per_class, device, dtype, repeats, queries, cop
     if threads:
         torch.set_num_threads(threads)
     log = None if as_json else (lambda s: click.echo(f"  timing {s} ...", err=True))
-    res = run_bench(model, model_args=_parse_kv(model_args), n_per_class=n_per_class, device=device, dtype=dtype,
+    res = run_bench(model, model_args=_parse_kv("--model-arg", model_args), n_per_class=n_per_class, device=device, dtype=dtype,
                     repeats=repeats, queries=queries, copies=copies, microbatch=microbatch, log=log)
     click.echo(json.dumps(res) if as_json else format_table(res))
