@@ -220,34 +220,27 @@ def load_fashion_mnist(
             UserWarning,
             stacklevel=3,
         )
-    tr = first_per_class(arrays["train_labels"], cls, n, "training")
-    te = first_per_class(arrays["test_labels"], cls, n_test, "test")
-    x_train = arrays["train_images"][tr][:, None]
-    mean, std = channel_stats(x_train)
+    return _subset("fashion-mnist", arrays["train_images"], arrays["train_labels"], arrays["test_images"],
+                   arrays["test_labels"], cls, n, n_test,
+                   {"source": SOURCE, "licence": LICENCE, "directory": str(directory), "files": files})
+
+
+def _subset(name: str, x_train, y_train, x_test, y_test, cls, n: int, n_test: int | None, meta: dict,
+            extra_meta: dict | None = None) -> Dataset:
+    """The first n (n_test) images of each chosen class in file order, standardised by the selected training
+    images' mean/std: the one selection rule of both Fashion-MNIST sources."""
+    tr = first_per_class(y_train, cls, n, "training")
+    te = first_per_class(y_test, cls, n_test, "test")
+    x_tr = x_train[tr][:, None]
+    mean, std = channel_stats(x_tr)
+    selection = (f"training: first {n} images of each chosen class in file order; test: "
+                 + ("all images" if n_test is None else f"first {n_test} images")
+                 + " of the chosen classes in file order")
     return make_image_dataset(
-        "fashion-mnist",
-        x_train=x_train,
-        labels_train=arrays["train_labels"][tr],
-        x_test=arrays["test_images"][te][:, None],
-        labels_test=arrays["test_labels"][te],
-        classes=cls,
-        class_names=CLASS_NAMES,
-        mean=mean,
-        std=std,
+        name, x_train=x_tr, labels_train=y_train[tr], x_test=x_test[te][:, None], labels_test=y_test[te],
+        classes=cls, class_names=CLASS_NAMES, mean=mean, std=std,
         stats_from=f"the {len(tr)} selected training images",
-        meta={
-            "source": SOURCE,
-            "licence": LICENCE,
-            "directory": str(directory),
-            "files": files,
-            "selection": (
-                f"training: first {n} images of each chosen class in file order; test: "
-                + ("all images" if n_test is None else f"first {n_test} images")
-                + " of the chosen classes in file order"
-            ),
-            "n_per_class": n,
-            "n_test_per_class": n_test,
-        },
+        meta={**meta, "selection": selection, "n_per_class": n, "n_test_per_class": n_test, **(extra_meta or {})},
     )
 
 
@@ -321,37 +314,10 @@ def load_fashion4(
         )
     n_test = positive_int(n_test_per_class, "n_test_per_class", allow_none=True)
     arrays = read_embedded(path)
-    tr = first_per_class(arrays["y_train"], cls, n, "training")
-    te = first_per_class(arrays["y_test"], cls, n_test, "test")
-    x_train = arrays["x_train"][tr][:, None]
-    mean, std = channel_stats(x_train)
-    return make_image_dataset(
-        "fashion4",
-        x_train=x_train,
-        labels_train=arrays["y_train"][tr],
-        x_test=arrays["x_test"][te][:, None],
-        labels_test=arrays["y_test"][te],
-        classes=cls,
-        class_names=CLASS_NAMES,
-        mean=mean,
-        std=std,
-        stats_from=f"the {len(tr)} selected training images",
-        meta={
-            "source": SOURCE,
-            "licence": LICENCE,
-            "file": f"data/{EMBEDDED_NAME}",
-            "sha256": EMBEDDED_SHA256,
-            "embedded_rule": EMBEDDED_RULE,
-            "selection": (
-                f"training: first {n} images of each chosen class in file order; test: "
-                + ("all images" if n_test is None else f"first {n_test} images")
-                + " of the chosen classes in file order"
-            ),
-            "n_per_class": n,
-            "n_test_per_class": n_test,
-            "train_index": "indices into train-images-idx3-ubyte are stored in the file (train_index)",
-        },
-    )
+    return _subset("fashion4", arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], cls, n, n_test,
+                   {"source": SOURCE, "licence": LICENCE, "file": f"data/{EMBEDDED_NAME}", "sha256": EMBEDDED_SHA256,
+                    "embedded_rule": EMBEDDED_RULE},
+                   {"train_index": "indices into train-images-idx3-ubyte are stored in the file (train_index)"})
 
 
 # --------------------------------------------------------------------------------------------------
