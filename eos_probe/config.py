@@ -14,7 +14,7 @@ DEVICES = ("auto", "cpu", "cuda")
 
 #: default step size per optimizer. First order: inside the classical edge of the default CNN at
 #: initialisation (λ_max ≈ 3.4 on fashion4). Zeroth order: the literature's scale (ZO-GDM η = 1e-4 at
-#: β = 0.9, THEORY §6), i.e. T = 2q(1−β)/η = 2000 for both ZO-GD and ZO-GDM. On an H100 check, ZO-GD at
+#: β = 0.9, docs/theory.md §6), i.e. T = 2q(1−β)/η = 2000 for both ZO-GD and ZO-GDM. On an H100 check, ZO-GD at
 #: η = 0.05 and 0.01 diverged within 100 steps on the CNN, ViT and MLP: Tr(H) is far larger than λ_max.
 DEFAULT_LR = {"gd": 0.05, "gdm": 0.005, "adam": 1e-3, "zo-gd": 1e-3, "zo-gdm": 1e-4, "zo-adam": 1e-4}
 DTYPES = ("float32", "float64")

@@ -6,7 +6,7 @@ Monte-Carlo seeds). `ParamSpace.unflatten` turns θ into a dict of *views* for
 torch.func, and linear algebra (Lanczos, Hutchinson) works on plain vectors.
 
 Loss conventions (recorded in every run file):
-  mse: 0.5 · Σ_outputs (f − onehot)², averaged over loss terms (THEORY.md §6);
+  mse: 0.5 · Σ_outputs (f − onehot)², averaged over loss terms (docs/theory.md §6);
        its λ_max is C/2 times that of `nn.MSELoss(reduction="mean")`.
   ce:  cross-entropy, averaged over loss terms.
 A loss term is an example (images) or a counted position (sequences; target −1 = not in the loss).
@@ -83,6 +83,8 @@ class Objective:
     The data stay on the device once. The batch may be processed in micro-batches (`microbatch`
     examples each); every quantity is a size-weighted sum over chunks, so the result does not depend on
     the chunking beyond float round-off.
+
+    Theory: [docs/theory.md#reference-setup][reference-setup].
     """
 
     def __init__(

@@ -1,4 +1,4 @@
-"""The probe: curvature measured every N steps and appended to the run file (THEORY.md §4).
+"""The probe: curvature measured every N steps and appended to the run file (docs/theory.md §4).
 
 A metric is a small class registered by name (`@register_metric`); the trainer only knows the `Probe`
 interface (`declare`, `due`, `run`, `state_dict`, `load_state_dict`), so adding a metric never edits it.
@@ -368,7 +368,7 @@ class PrecondDensity(Density):
 
 @register_metric
 class MSMargin(Metric):
-    """S(η) = Tr f(H), the exact mean-square stability sum of THEORY.md §2 (stable iff S < 1).
+    """S(η) = Tr f(H), the exact mean-square stability sum of docs/theory.md §2 (stable iff S < 1).
 
     f(λ) = (b·x/q)/D(x), x = η_eff·λ, is linear near 0 with slope 1/T (T the band threshold), so
     S = Tr(H)/T + Tr r(H) with r(λ) = f(λ) − λ/T = O(λ²), which only the top of the spectrum feeds. The
@@ -382,10 +382,12 @@ class MSMargin(Metric):
     quadrature with a few nodes integrates with a bias its error bar does not show.) A mode beyond the
     per-mode limit makes S = inf. First-order runs: S = λ_max/T, the classical edge. Adam runs use P⁻¹H
     (EMA convention, β = β1), exact only when P commutes with H.
+
+    Theory: [docs/theory.md#metric-ms_margin][metric-ms_margin].
     """
 
     name = "ms_margin"
-    description = ("exact mean-square stability sum S(lr) = Tr f(H) of THEORY.md section 2 (stable iff S < 1; f "
+    description = ("exact mean-square stability sum S(lr) = Tr f(H) of docs/theory.md section 2 (stable iff S < 1; f "
                    "continued to negative eigenvalues): Tr(H)/T from the trace estimator + SLQ of the remainder "
                    "f(lambda) - lambda/T; err = standard error")
     defaults = {"n_probes": 4, "n_steps": 10, "trace_method": "ggn+residual", "n_matvec": 40, "rtol": 0.02}
@@ -427,7 +429,10 @@ class MSMargin(Metric):
 
 def ms_term_function(config: dict[str, Any], dim: int | None) -> Callable[[np.ndarray], np.ndarray]:
     """λ ↦ f(λ), the per-mode term of S(η) for a ZO run's settings: `theory.ms_terms` for λ ≥ 0 (inf beyond
-    the per-mode limit), its rational formula (b·x/q)/D(x) continued to λ < 0, where D > 0."""
+    the per-mode limit), its rational formula (b·x/q)/D(x) continued to λ < 0, where D > 0.
+
+    Theory: [docs/theory.md#metric-ms_margin][metric-ms_margin].
+    """
     from .run import band_settings
     from .theory import ms_terms, resolve
 
@@ -460,7 +465,7 @@ def _slq_per_probe(dens, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
 @register_metric
 class CommutatorRatio(Metric):
     name = "commutator_ratio"
-    description = ("relative commutator r = ||PH - HP||_F / ||PH||_F of Adam's P and H (THEORY.md section 3), "
+    description = ("relative commutator r = ||PH - HP||_F / ||PH||_F of Adam's P and H (docs/theory.md section 3), "
                    "randomized Frobenius norms; err = standard error")
     defaults = {"n_probes": 8}
     adam_only = True
@@ -484,7 +489,7 @@ class CommutatorRatio(Metric):
 class DirCurvature(Metric):
     name = "dir_curvature"
     description = ("curvature g^T H g / ||g||^2 along the last gradient estimate g the optimizer used "
-                   "(NaN at step 0); dir_curvature_mean = Tr(H)/d beside it (THEORY.md section 5)")
+                   "(NaN at step 0); dir_curvature_mean = Tr(H)/d beside it (docs/theory.md section 5)")
     defaults = {"method": "ggn+residual", "n_matvec": 40, "rtol": 0.02}
 
     def columns(self) -> list[Column]:
@@ -553,7 +558,7 @@ def _sync(device: torch.device) -> None:
 
 
 def default_metrics(optimizer: str) -> list[str]:
-    """Default `--probe` list: cheap enough to leave on (THEORY.md §4 quantities a band plot needs)."""
+    """Default `--probe` list: cheap enough to leave on (docs/theory.md §4 quantities a band plot needs)."""
     base = optimizer.removeprefix("zo-")
     metrics = ["lambda_max", "trace"]
     if optimizer.startswith("zo-"):

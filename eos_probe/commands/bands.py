@@ -1,4 +1,4 @@
-"""`eos-probe bands`: the stability threshold, its bounds, S(η), η* and a verdict (THEORY.md §2–3).
+"""`eos-probe bands`: the stability threshold, its bounds, S(η), η* and a verdict (docs/theory.md §2–3).
 
 Imports numpy/scipy only (no torch), so it answers instantly.
 """

@@ -1,4 +1,4 @@
-"""Matrix-free commutator ratio (THEORY.md §3) and directional curvature."""
+"""Matrix-free commutator ratio (docs/theory.md §3) and directional curvature."""
 from __future__ import annotations
 
 import math
@@ -21,6 +21,8 @@ def commutator_ratio(H: CurvatureOperator, p: Tensor, n_probes: int = 8,
 
     With Rademacher z, ‖A‖_F² = E‖Az‖²: num_z = ‖P(Hz) − H(Pz)‖², den_z = ‖P(Hz)‖². r = √(mean num / mean den);
     its standard error is the delta-method error of that ratio of means. ``extra``: "num", "den" samples.
+
+    Theory: [docs/theory.md#commutator-ratio][commutator-ratio].
     """
     if n_probes < 2:
         raise UserError(f"commutator_ratio needs at least 2 probes for a standard error, got {n_probes}")
@@ -49,7 +51,10 @@ def commutator_ratio(H: CurvatureOperator, p: Tensor, n_probes: int = 8,
 
 
 def directional_curvature(op: CurvatureOperator, g: Tensor) -> Estimate:
-    """gᵀHg / ‖g‖² for a step direction g (one product); THEORY.md §5 compares it with Tr(H)/d."""
+    """gᵀHg / ‖g‖² for a step direction g (one product); docs/theory.md §5 compares it with Tr(H)/d.
+
+    Theory: [docs/theory.md#metric-dir_curvature][metric-dir_curvature].
+    """
     g = torch.as_tensor(g).reshape(-1).to(device=op.device, dtype=op.dtype)
     nn = float(g @ g)
     if not nn > 0:

@@ -180,6 +180,8 @@ def ggn_trace(objective, theta: Tensor, path: str = "auto") -> tuple[float, dict
 
     ``path``: "layers" (Linear/Conv formulas; raises if the model has other parameters), "jacobian"
     (per-example Jacobians, any model) or "auto" (layers where possible).
+
+    Theory: [docs/theory.md#metric-trace][metric-trace].
     """
     if path not in ("auto", "layers", "jacobian"):
         raise UserError(f"unknown Gauss–Newton path {path!r}; choose auto, layers or jacobian")

@@ -184,13 +184,18 @@ def top_k(op: CurvatureOperator, k: int, tol: float = 1e-3, v0=None, max_iter: i
     """The k algebraically largest eigenvalues (descending) with error bounds; ``extra["vectors"]`` (k, d).
 
     ``v0``: warm start — a flat vector, a (k', d) stack of previous eigenvectors, or a previous Estimate.
+
+    Theory: [docs/theory.md#metric-top_k][metric-top_k].
     """
     return _lanczos_top(op, k, tol, v0, max_iter, generator, bound)
 
 
 def lambda_max(op: CurvatureOperator, tol: float = 1e-3, v0=None, max_iter: int = 200,
                generator: torch.Generator | None = None, bound: str = "residual") -> Estimate:
-    """The largest eigenvalue (algebraic) with its error bound; ``extra["vector"]`` is its Ritz vector."""
+    """The largest eigenvalue (algebraic) with its error bound; ``extra["vector"]`` is its Ritz vector.
+
+    Theory: [docs/theory.md#metric-lambda_max][metric-lambda_max].
+    """
     est = _lanczos_top(op, 1, tol, v0, max_iter, generator, bound)
     extra = dict(est.extra)
     extra["vector"] = extra["vectors"][0]

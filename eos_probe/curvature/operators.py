@@ -101,10 +101,12 @@ class HessianOperator(CurvatureOperator):
 
 
 class PreconditionedOperator(CurvatureOperator):
-    """P^{-1/2} H P^{-1/2} for a diagonal preconditioner P = diag(p), p > 0 (Adam's P of THEORY.md §3).
+    """P^{-1/2} H P^{-1/2} for a diagonal preconditioner P = diag(p), p > 0 (Adam's P of docs/theory.md §3).
 
     Symmetric, with the spectrum of P⁻¹H, so Lanczos, Hutchinson and SLQ apply unchanged; each product
     costs one product of H (``n_hvp`` is H's counter).
+
+    Theory: [docs/theory.md#metric-precond_lambda_max][metric-precond_lambda_max].
     """
 
     def __init__(self, H: CurvatureOperator, p: Tensor) -> None:

@@ -53,6 +53,8 @@ def spectral_density(op: CurvatureOperator, n_probes: int = 4, n_steps: int = 40
     """SLQ nodes and weights, and a Gaussian-smoothed density on ``grid`` (array, or a number of points).
 
     Default grid: 512 points spanning the nodes ± 5σ; default σ: 1% of the node range.
+
+    Theory: [docs/theory.md#metric-density][metric-density].
     """
     nodes, weights, n_hvp = quadrature(op, n_probes, n_steps, generator)
     lo, hi = float(nodes.min()), float(nodes.max())
@@ -73,6 +75,8 @@ def trace_fn(op: CurvatureOperator, f: Callable[[np.ndarray], np.ndarray], n_pro
     """SLQ estimate of Tr f(op) with its standard error over probes; f must accept numpy arrays.
 
     ``extra``: "nodes", "weights" (reusable for other f via ``Density.trace_fn``), "samples".
+
+    Theory: [docs/theory.md#metric-density][metric-density].
     """
     if n_probes < 2:
         raise UserError(f"trace_fn needs at least 2 probes for a standard error, got {n_probes}")

@@ -208,6 +208,8 @@ def trace(op: CurvatureOperator, method: str = "hutchinson", n_matvec: int = 100
     combines with hutchinson and ggn+residual, not with hutch++ or deflate.
     ``extra``: "samples" (per-probe values; a list per stratum when stratified), "n_probes", "exact_part"
     (Σθ_i, Tr(QᵀHQ) or Tr G), and for ggn+residual "ggn_seconds", "ggn_path", "n_jvp".
+
+    Theory: [docs/theory.md#metric-trace][metric-trace].
     """
     if method not in METHODS:
         raise UserError(f"unknown trace method {method!r}; choose one of {', '.join(METHODS)}")

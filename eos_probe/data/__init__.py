@@ -1,7 +1,7 @@
 """Datasets for eos-probe: real image subsets (Fashion-MNIST, CIFAR-10) and the synthetic sorting task.
 
 Everything goes through :func:`load_dataset`, which returns a :class:`Dataset` of CPU tensors holding the
-*whole* split (training is full-batch). Image subsets follow THEORY.md §6: the first ``n_per_class``
+*whole* split (training is full-batch). Image subsets follow docs/theory.md §6: the first ``n_per_class``
 training images of each chosen class in dataset order, all test images of those classes, labels
 re-indexed to ``0..k-1`` in the order the classes were given, pixels scaled to [0, 1] and standardised
 per channel. Nothing is downloaded at run time: ``fashion4`` ships with the repository, the others read
@@ -25,16 +25,16 @@ __all__ = ["DATASETS", "Dataset", "load_dataset", "dataset_sources", "cache_dir"
 #: name -> one-line description (for --help and error messages)
 DATASETS: dict[str, str] = {
     "fashion4": "Fashion-MNIST classes 0-3, first 250 training images each + their 4,000 test images, "
-    "shipped with eos-probe (default; THEORY.md §6 recipe offline)",
+    "shipped with eos-probe (default; docs/theory.md §6 recipe offline)",
     "fashion-mnist": "Fashion-MNIST subset read from the full IDX files (data_dir, $EOS_PROBE_FASHION_DIR, "
     "the Debian package dataset-fashion-mnist, or `eos-probe data download fashion-mnist`)",
     "cifar10": "CIFAR-10 subset read from a cifar-10-batches-py directory (data_dir, $EOS_PROBE_CIFAR_DIR, "
-    "or `eos-probe data download cifar10`); THEORY.md §6 reference setup",
+    "or `eos-probe data download cifar10`); docs/theory.md §6 reference setup",
     "sort": "synthetic sorting task (minGPT demo): next-token prediction of the sorted half of "
     "[unsorted, sorted]",
 }
 
-#: THEORY.md §6: the first 4 classes, the first 250 training images of each
+#: docs/theory.md §6: the first 4 classes, the first 250 training images of each
 DEFAULT_CLASSES: tuple[int, ...] = (0, 1, 2, 3)
 DEFAULT_N_PER_CLASS = 250
 
@@ -175,7 +175,7 @@ def positive_int(value: Any, what: str, *, allow_none: bool = False) -> int | No
 
 
 def resolve_classes(classes: Sequence[int] | None, class_names: Sequence[str], dataset: str) -> tuple[int, ...]:
-    """Validate the requested class indices against ``class_names``; default THEORY §6's 0..3."""
+    """Validate the requested class indices against ``class_names``; default docs/theory.md §6's 0..3."""
     k = len(class_names)
     if classes is None:
         return DEFAULT_CLASSES

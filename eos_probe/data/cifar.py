@@ -1,4 +1,4 @@
-"""CIFAR-10 from the standard python-pickle directory ``cifar-10-batches-py`` (THEORY.md §6 setup).
+"""CIFAR-10 from the standard python-pickle directory ``cifar-10-batches-py`` (docs/theory.md §6 setup).
 
 The subset is the first ``n_per_class`` training images of each chosen class in dataset order
 (data_batch_1, then 2, ...), all test images of those classes, labels re-indexed to 0..k-1 in the
@@ -47,7 +47,7 @@ FILE_MD5 = {
     "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
 }
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
-#: THEORY.md §6: per-channel statistics of the CIFAR-10 training set on [0, 1] pixels
+#: docs/theory.md §6: per-channel statistics of the CIFAR-10 training set on [0, 1] pixels
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
 NUM_CLASSES = 10
@@ -170,7 +170,7 @@ def load_cifar10(
     n_test_per_class: int | None = None,
     **kw: Any,
 ) -> Dataset:
-    """CIFAR-10 subset, THEORY.md §6 defaults: classes 0..3, 250 training images each, all their test
+    """CIFAR-10 subset, docs/theory.md §6 defaults: classes 0..3, 250 training images each, all their test
     images, standardised with the fixed CIFAR-10 mean/std."""
     check_extra_kw("cifar10", kw, ["n_test_per_class"])
     directory = resolve_cifar_dir(data_dir)
@@ -216,7 +216,7 @@ def load_cifar10(
         class_names=names,
         mean=MEAN,
         std=STD,
-        stats_from="fixed CIFAR-10 training-set statistics (THEORY.md §6)",
+        stats_from="fixed CIFAR-10 training-set statistics (docs/theory.md §6)",
         meta={
             "source": SOURCE,
             "licence": LICENCE,

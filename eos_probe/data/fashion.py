@@ -1,6 +1,6 @@
 """Fashion-MNIST: the embedded ``fashion4`` subset and subsets of the full IDX files.
 
-``fashion4`` is THEORY.md §6's reference recipe on Fashion-MNIST, shipped as ``data/fashion4.npz``:
+``fashion4`` is docs/theory.md §6's reference recipe on Fashion-MNIST, shipped as ``data/fashion4.npz``:
 classes 0-3 (T-shirt/top, Trouser, Pullover, Dress), the first 250 training images of each in dataset
 order (1,000), and all 4,000 test images of those classes, as raw uint8 pixels. The file is written
 byte-for-byte reproducibly by :func:`build_embedded` (``scripts/make_embedded_data.py``) and verified

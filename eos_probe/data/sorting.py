@@ -1,4 +1,4 @@
-"""The sorting task of the minGPT demo (THEORY.md §6), for the sequence models (LSTM, Mamba).
+"""The sorting task of the minGPT demo (docs/theory.md §6), for the sequence models (LSTM, Mamba).
 
 Each example is a random sequence s of ``length`` tokens from ``range(vocab)`` followed by sorted(s):
 the full sequence has 2·length tokens. Next-token prediction: x = full[:-1], y = full[1:], and the
@@ -94,7 +94,7 @@ def make_sort_dataset(
         kind="sequence",
         meta={
             "dataset": "sort",
-            "source": "synthetic sorting task of the minGPT demo (THEORY.md §6)",
+            "source": "synthetic sorting task of the minGPT demo (docs/theory.md §6)",
             "licence": "generated",
             "length": length,
             "vocab": vocab,

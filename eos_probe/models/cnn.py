@@ -1,4 +1,4 @@
-"""The small CNN of the reference setup (THEORY.md §6).
+"""The small CNN of the reference setup (docs/theory.md §6).
 
 conv3×3(→32, no bias)–GELU–AvgPool2–conv3×3(→64, no bias)–GELU–AvgPool2–Flatten–Linear(→128, no bias)–GELU–
 Linear(→classes): 544,100 parameters on 3×32×32 with 4 classes.

@@ -1,4 +1,4 @@
-"""Stacked LSTM language model of the reference setup (THEORY.md §6).
+"""Stacked LSTM language model of the reference setup (docs/theory.md §6).
 
 Token embedding → ``layers`` hand-written LSTM cells unrolled over time → linear head over the vocabulary.
 ``nn.LSTM`` is not used: its fused (cuDNN) kernels have no double backward, so no Hessian-vector products

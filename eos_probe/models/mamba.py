@@ -1,4 +1,4 @@
-"""Mamba (selective state-space) language model of the reference setup (THEORY.md §6).
+"""Mamba (selective state-space) language model of the reference setup (docs/theory.md §6).
 
 Token embedding → ``layers`` residual blocks x + Mixer(RMSNorm(x)) → RMSNorm → linear head (no bias, init
 scaled by ``head_scale``). The mixer follows Mamba-1: in_proj to two branches (x, z) of width expand·d_model;

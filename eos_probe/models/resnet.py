@@ -1,4 +1,4 @@
-"""CIFAR-style ResNet of the reference setup (THEORY.md §6).
+"""CIFAR-style ResNet of the reference setup (docs/theory.md §6).
 
 Stem conv3×3(→width) + activation, then stages of basic blocks; stage i has width·2^i channels and
 (for i > 0) starts with a stride-2 block whose shortcut is a stride-2 conv3×3 + norm. Each residual branch

@@ -1,4 +1,4 @@
-"""SimpleViT-style vision transformer of the reference setup (THEORY.md §6).
+"""SimpleViT-style vision transformer of the reference setup (docs/theory.md §6).
 
 Patches (p×p) → LayerNorm → Linear(→dim) → LayerNorm, plus a fixed 2-D sin-cos position embedding; ``depth``
 pre-norm blocks of multi-head self-attention (qkv and output projections without bias, head size

@@ -41,7 +41,7 @@ class Optimizer:
         return info
 
     def preconditioner(self, state: dict) -> Tensor | None:
-        """Adam's current diagonal P (THEORY.md §3), None for non-adaptive rules."""
+        """Adam's current diagonal P (docs/theory.md §3), None for non-adaptive rules."""
         return self.rule.preconditioner(state["rule"]) if isinstance(self.rule, Adam) else None
 
     def config(self) -> dict:

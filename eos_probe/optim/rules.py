@@ -107,13 +107,15 @@ class HeavyBall:
 
 
 class Adam:
-    """Adam as preconditioned EMA momentum (THEORY.md §3), identical to bias-corrected Adam:
+    """Adam as preconditioned EMA momentum (docs/theory.md §3), identical to bias-corrected Adam:
 
         m ← β1 m + (1−β1) g,  v ← β2 v + (1−β2) g⊙g,
         P_{t+1} = (1 − β1^{t+1}) · (√(v/(1 − β2^{t+1})) + ε),  θ ← θ − η P_{t+1}⁻¹ m.
 
     With `frozen_preconditioner` the diagonal P is fixed and v is never updated (used to validate the
     preconditioned stability theory on quadratics).
+
+    Theory: [docs/theory.md#zo-adam][zo-adam].
     """
 
     name = "adam"

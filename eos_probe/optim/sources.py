@@ -68,7 +68,7 @@ QUERY_MODES = ("auto", "loop", "batched")
 
 
 class TwoPointSource:
-    """Zeroth-order two-point estimator (THEORY.md §1).
+    """Zeroth-order two-point estimator (docs/theory.md §1).
 
     central: g = (1/q) Σ_k [L(θ+μu_k) − L(θ−μu_k)]/(2μ) · u_k;  forward: [L(θ+μu_k) − L(θ)]/μ · u_k.
     Directions are regenerated from a per-step seed of a dedicated generator (no stored list), and θ is
@@ -83,6 +83,8 @@ class TwoPointSource:
     (2q, …, d) tensor for one `objective.loss` call (vmapped where the objective vectorises stacks);
     "auto" batches where that is no slower (see `batch_queries`). Both modes draw the same directions
     from the same stream, so they differ only by float round-off in the losses.
+
+    Theory: [docs/theory.md#zo-estimator][zo-estimator].
     """
 
     name = "two_point"

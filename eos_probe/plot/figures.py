@@ -322,7 +322,7 @@ def _plain_log_ticks(ax) -> None:
 
 
 def draw_margin(ax, runs: Sequence[Run], *, colors: dict[str, str] | None = None, legend: str = "outside") -> None:
-    """The exact mean-square sum S(η) (probe `ms_margin`, THEORY.md §2) against the step: stable iff S < 1."""
+    """The exact mean-square sum S(η) (probe `ms_margin`, docs/theory.md §2) against the step: stable iff S < 1."""
     from matplotlib.lines import Line2D
 
     runs = _by_lr(runs)
@@ -460,7 +460,7 @@ def pretty(text: str) -> str:
 
 
 def _notes(runs: Sequence[Run]) -> list[str]:
-    """Band conventions (once per distinct convention) and approximation warnings (THEORY.md §1, §3)."""
+    """Band conventions (once per distinct convention) and approximation warnings (docs/theory.md §1, §3)."""
     groups: dict[str, list[str]] = {}
     warns: list[str] = []
     for r in _by_lr(runs):

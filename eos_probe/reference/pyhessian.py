@@ -8,8 +8,8 @@ forked generator and sets the default dtype to the model's, so runs are reproduc
 
 Not adapted: ``hessian.density()`` calls ``torch.eig``, removed from torch 2.x (check SLQ densities against
 dense eigendecompositions instead). PyHessian's stopping rules stop when the running value changes by less
-than ``tol`` between iterations, which does not control the error (THEORY/DESIGN list this as an
-anti-pattern); the adapter reports the standard error of its trace samples alongside.
+than ``tol`` between iterations, which does not control the error (an anti-pattern: an error bar
+must bound or estimate the error, docs/theory.md §4); the adapter reports the standard error of its trace samples alongside.
 """
 from __future__ import annotations
 

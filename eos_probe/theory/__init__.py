@@ -1,4 +1,4 @@
-"""Stability theory of ZO and first-order optimizers on quadratics (THEORY.md §2–3), numpy only.
+"""Stability theory of ZO and first-order optimizers on quadratics (docs/theory.md §2–3), numpy only.
 
 The Monte-Carlo validation against the project's own optimizers lives in :mod:`eos_probe.theory.simulate`
 (imported on demand: it needs torch).

@@ -123,6 +123,8 @@ def simulate_growth(eigenvalues: Sequence[float] | np.ndarray, lrs: Sequence[flo
     steps also mean less of the heavy-tail bias described in the module docstring.
     ``threads`` pins torch's intra-op threads during the run (tiny tensors: extra threads only contend);
     None leaves the setting alone. Everything runs in float64 on the CPU.
+
+    Theory: [docs/theory.md#ms-sum][ms-sum].
     """
     import torch
 
@@ -221,7 +223,7 @@ def simulate_growth(eigenvalues: Sequence[float] | np.ndarray, lrs: Sequence[flo
 class CommutingGap:
     """How far the commuting ZO-Adam prediction is from the exact η* for a non-commuting frozen P.
 
-    ``ratio`` is THEORY.md §3's ``r = ‖PH − HP‖_F/‖PH‖_F``; ``lr_commuting`` applies the spectral
+    ``ratio`` is docs/theory.md §3's ``r = ‖PH − HP‖_F/‖PH‖_F``; ``lr_commuting`` applies the spectral
     formula to the eigenvalues of ``P⁻¹H``; ``lr_exact`` is the first crossing of the dense moment
     operator; ``overestimate = lr_commuting/lr_exact − 1``.
     """
@@ -234,7 +236,10 @@ class CommutingGap:
 
 def commuting_gap(hessian: np.ndarray, preconditioner: Sequence[float] | np.ndarray, queries: int = 1,
                   momentum: float | None = None) -> CommutingGap:
-    """Measure the commuting-assumption error of the ZO-Adam band on a small dense problem (d ≤ 12)."""
+    """Measure the commuting-assumption error of the ZO-Adam band on a small dense problem (d ≤ 12).
+
+    Theory: [docs/theory.md#commutator-ratio][commutator-ratio].
+    """
     from .stability import critical_lr
 
     H = np.asarray(hessian, dtype=float)

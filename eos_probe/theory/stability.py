@@ -1,4 +1,4 @@
-"""Linear (mean-square) stability of ZO and first-order optimizers on a quadratic — THEORY.md §2–3.
+"""Linear (mean-square) stability of ZO and first-order optimizers on a quadratic — docs/theory.md §2–3.
 
 Everything here is numpy/scipy only and exact for the model ``L = ½ θᵀHθ``.
 
@@ -20,7 +20,7 @@ The mean-square condition (all modes stable and a rank-one coupling) is
 
     S(η) = Σ_i (b x_i / q) / D_i < 1,   D_i = (1−β)(2 + 2β − x_i)/(1+β) − a x_i / q > 0,
 
-which for Gaussian directions is THEORY.md §2 verbatim.
+which for Gaussian directions is docs/theory.md §2 verbatim.
 """
 from __future__ import annotations
 
@@ -50,8 +50,9 @@ RADEMACHER_WARNING = (
 )
 COMMUTING_WARNING = (
     "ZO-Adam band assumes the frozen preconditioner P commutes with H; when they do not, the commuting "
-    "formula over-estimates lr* (THEORY.md §3 measured ~0.4% at commutator ratio r=0.02, 4% at r=0.08, "
-    "16% at r=0.21; the size depends on the problem) - compare with the logged commutator_ratio"
+    "formula over-estimates lr* (docs/theory.md §3; docs/validation.md measured ~0.1% at commutator ratio r=0.03, "
+    "~1.4% at r=0.15, 6-8% at r=0.31 on random problems; the size depends on the problem) - compare with the "
+    "logged commutator_ratio"
 )
 
 
@@ -89,6 +90,8 @@ class Setting:
 
         Rademacher directions (``‖u‖² = d`` exactly, like the sphere) borrow the sphere values when ``dim``
         is known, else the Gaussian ones (the d → ∞ limit); either is an approximation.
+
+        Theory: [docs/theory.md#zo-estimator][zo-estimator].
         """
         if self.directions == "sphere" or (self.directions == "rademacher" and self.dim is not None):
             kappa = self.dim / (self.dim + 2.0)
@@ -229,6 +232,8 @@ def ms_terms(eigenvalues: np.ndarray | float, lr: float, optimizer: str, queries
     so that ``max_i f(λ_i) < 1`` is the classical condition.
 
     Vectorised over ``eigenvalues``: the function SLQ needs for ``Tr f(H)``.
+
+    Theory: [docs/theory.md#ms-sum][ms-sum].
     """
     s = resolve(optimizer, queries, momentum, momentum_style, directions, dim)
     _warn(s)
@@ -255,7 +260,7 @@ def ms_sum(spectrum: Sequence[float] | np.ndarray, lr: float, optimizer: str, qu
            momentum: float | None = None, momentum_style: str | None = None, *,
            directions: str = "gaussian", dim: int | None = None, weights=None,
            negative: str = "unstable") -> float:
-    """The exact mean-square stability sum S(η) (THEORY.md §2); the iterates are stable iff S < 1.
+    """The exact mean-square stability sum S(η) (docs/theory.md §2); the iterates are stable iff S < 1.
 
     Zeroth order (Gaussian directions, heavy ball; ZO-GD is β = 0)::
 
@@ -275,6 +280,8 @@ def ms_sum(spectrum: Sequence[float] | np.ndarray, lr: float, optimizer: str, qu
     ``weights`` turns the sum into a quadrature ``Σ w_i f(λ_i)`` (SLQ nodes with weights summing to d).
     ``negative='ignore'`` drops negative eigenvalues (descent directions of an indefinite Hessian)
     instead of declaring the iterates unstable.
+
+    Theory: [docs/theory.md#ms-sum][ms-sum].
     """
     lam, w = _spectrum(spectrum, weights, negative)
     s = _setting_for_spectrum(optimizer, queries, momentum, momentum_style, directions, dim, lam, w)
@@ -301,6 +308,8 @@ def critical_lr(spectrum: Sequence[float] | np.ndarray, optimizer: str, queries:
     and ``S → ∞`` at its right end, so η* is the unique root of ``S(η) = 1`` there (scipy ``brentq``).
     First order: ``η* = 2(1+β) / (λ_max · η_eff/η)``. A negative eigenvalue gives ``η* = 0`` unless
     ``negative='ignore'``.
+
+    Theory: [docs/theory.md#ms-sum][ms-sum].
     """
     lam, w = _spectrum(spectrum, weights, negative)
     s = _setting_for_spectrum(optimizer, queries, momentum, momentum_style, directions, dim, lam, w)
@@ -377,13 +386,15 @@ class Band:
 def band(lr: float, optimizer: str, queries: int = 1, momentum: float | None = None,
          momentum_style: str | None = None, *, directions: str = "gaussian",
          dim: int | None = None) -> Band:
-    """Threshold T and constant c of the mean-square band (THEORY.md §2–3) as a frozen :class:`Band`.
+    """Threshold T and constant c of the mean-square band (docs/theory.md §2–3) as a frozen :class:`Band`.
 
     ZO-GD / heavy-ball ZO-GDM: ``T = 2q(1−β)/η``, ``c = 1 + q(1−β)/(1+β)`` (q = 1, β = 0: c = 2).
     EMA momentum and ZO-Adam (on ``P⁻¹H``, β = β1): ``T = 2q/η``, same c. Sphere directions divide T by
     ``b = d/(d+2)`` and use ``c = (q(1−β)/(1+β) + (d−2)/(d+2))/b``. The necessary bound ``Tr < T`` and the
     sufficient bound ``Tr + cλ_max < T`` follow from ``2(1−β) − x_max((1−β)/(1+β) + a/q) ≤ D_i ≤ 2(1−β)``.
     First-order presets return the classical λ_max threshold ``2/η``, ``2(1+β)/η``, ``2(1+β)/((1−β)η)``.
+
+    Theory: [docs/theory.md#ms-bounds][ms-bounds].
     """
     lr = _check_lr(lr)
     s = resolve(optimizer, queries, momentum, momentum_style, directions, dim)
@@ -412,6 +423,8 @@ def critical_lr_bounds(trace: float, lambda_max: float, optimizer: str, queries:
 
     Zeroth order: ``lo = K/(Tr + cλ_max)`` (sufficient), ``hi = min(K/Tr, x₀/(λ_max η_eff/η))``
     (necessary) with ``K = T·η``. First order: ``lo = hi = η*`` (λ_max decides).
+
+    Theory: [docs/theory.md#ms-bounds][ms-bounds].
     """
     trace, lambda_max = _check_curvature(trace, lambda_max)
     unit = band(1.0, optimizer, queries, momentum, momentum_style, directions=directions, dim=dim)
@@ -467,6 +480,8 @@ def verdict(trace: float, lambda_max: float, lr: float, optimizer: str, queries:
     Zeroth order: stable iff ``Tr + cλ_max < T`` (and ``λ_max`` below the per-mode limit, implied);
     unstable iff ``Tr ≥ T`` or ``λ_max ≥ lambda_max_limit``. First order: ``λ_max < T`` decides alone
     (the trace margin is reported as ``nan``).
+
+    Theory: [docs/theory.md#ms-bounds][ms-bounds].
     """
     trace, lambda_max = _check_curvature(trace, lambda_max)
     b = band(lr, optimizer, queries, momentum, momentum_style, directions=directions, dim=dim)
@@ -522,6 +537,8 @@ def ms_spectral_radius(spectrum: Sequence[float] | np.ndarray, lr: float, optimi
     ``(b/q) Σ_j λ_j² E x_j²``, so ρ is the largest root of ``Σ_i (bλ_i²/q) e_xᵀ(ρI − G_i)⁻¹ e_ξ = 1``
     above ``max_i ρ(G_i)`` (or ``max_i ρ(G_i)`` if there is none). For a positive definite spectrum
     ``ρ < 1 ⇔ S(η) < 1``; a zero eigenvalue is a neutral mode and pins ρ ≥ 1.
+
+    Theory: [docs/theory.md#ms-sum][ms-sum].
     """
     lam, w = _spectrum(spectrum, None, "unstable")
     s = _setting_for_spectrum(optimizer, queries, momentum, momentum_style, directions, dim, lam, w)
@@ -561,6 +578,8 @@ def moment_operator(hessian: np.ndarray, lr: float, optimizer: str, queries: int
     ``2A + tr(A)I − 2diag(A)`` (Rademacher, exact here since the map is in coordinates).
     ``preconditioner``: Adam's frozen P, a positive vector (diagonal) or an SPD matrix; None means I.
     Row-major ``vec``, so ``vec(AΣBᵀ) = (A ⊗ B) vec(Σ)``.
+
+    Theory: [docs/theory.md#zo-estimator][zo-estimator].
     """
     H = np.asarray(hessian, dtype=float)
     if H.ndim != 2 or H.shape[0] != H.shape[1]:
@@ -609,6 +628,8 @@ def exact_critical_lr(hessian: np.ndarray, optimizer: str, queries: int = 1, mom
     Works where the spectral formulas are only approximate: Rademacher directions and a preconditioner
     that does not commute with H. Scans η geometrically for the first sign change of ``det(I − Op)``,
     refines it with ``brentq`` and confirms with the spectral radius.
+
+    Theory: [docs/theory.md#ms-sum][ms-sum].
     """
     H = np.asarray(hessian, dtype=float)
     ev = np.linalg.eigvalsh((H + H.T) / 2)
