@@ -50,9 +50,9 @@ RADEMACHER_WARNING = (
 )
 COMMUTING_WARNING = (
     "ZO-Adam band assumes the frozen preconditioner P commutes with H; when they do not, the commuting "
-    "formula over-estimates lr* (docs/theory.md §3; docs/validation.md measured ~0.1% at commutator ratio r=0.03, "
-    "~1.4% at r=0.15, 6-8% at r=0.31 on random problems; the size depends on the problem) - compare with the "
-    "logged commutator_ratio"
+    "formula over-estimates lr* (docs/theory.md §3; docs/validation.md measured ~0.1% at commutator ratio "
+    "r=0.03, 1.3-1.7% at r=0.13-0.15, 6.5-10% at r=0.25-0.32 on random problems; the size depends on the "
+    "problem) - compare with the logged commutator_ratio"
 )
 
 

@@ -1,0 +1,302 @@
+"""The documentation site against the code: references that cannot drift, citations that resolve.
+
+Runs without the `docs` extra (click, ast and the package only); only the strict mkdocs build at the end
+is skipped when mkdocs is not installed (CI installs the extra and runs it, see .ci/run).
+"""
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+THEORY = DOCS / "theory.md"
+
+
+def _hooks():
+    spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "scripts" / "docs_hooks.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _all_commands(cmd: click.Command, path: tuple[str, ...], parent=None):
+    """Independent walk of the click tree (not the generator's): every command with its path."""
+    ctx = click.Context(cmd, info_name=path[-1], parent=parent)
+    yield path, cmd
+    if isinstance(cmd, click.Group):
+        for name in cmd.list_commands(ctx):
+            sub = cmd.get_command(ctx, name)
+            assert sub is not None, f"`{' '.join(path)} {name}` is listed but cannot be loaded"
+            yield from _all_commands(sub, path + (name,), ctx)
+
+
+def _sections(markdown: str) -> dict[str, str]:
+    """Heading id -> text up to the next heading of any level."""
+    out, current = {}, None
+    for line in markdown.splitlines():
+        m = re.match(r"#+ .*\{#([\w.-]+)\}\s*$", line)
+        if m:
+            current = m.group(1)
+            out[current] = ""
+        elif current is not None:
+            out[current] += line + "\n"
+    return out
+
+
+def _anchors(markdown: str) -> set[str]:
+    return set(re.findall(r"^#+ .*\{#([\w.-]+)\}\s*$", markdown, flags=re.M))
+
+
+# ----------------------------------------------------------------------------------- CLI reference
+
+
+def test_cli_reference_lists_every_command_and_option():
+    from eos_probe.cli import cli
+
+    hooks = _hooks()
+    sections = _sections(hooks.cli_markdown())
+    assert "<!-- generated: cli -->" in (DOCS / "reference" / "cli.md").read_text()
+    missing = []
+    for path, cmd in _all_commands(cli, ("eos-probe",)):
+        anchor = hooks.command_anchor(list(path))
+        if anchor not in sections:
+            missing.append(f"command `{' '.join(path)}`")
+            continue
+        for param in cmd.params:
+            if isinstance(param, click.Option):
+                for flag in param.opts + param.secondary_opts:
+                    if not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", sections[anchor]):
+                        missing.append(f"option {flag} of `{' '.join(path)}`")
+            elif isinstance(param, click.Argument) and param.name.upper() not in sections[anchor]:
+                missing.append(f"argument {param.name.upper()} of `{' '.join(path)}`")
+    assert not missing, ("the generated CLI reference (scripts/docs_hooks.py) misses: " + "; ".join(missing)
+                         + ". Is the command hidden, or does its help not render?")
+
+
+def _code_blocks(markdown: str) -> list[str]:
+    return re.findall(r"```(?:bash|console|sh)\n(.*?)```", markdown, flags=re.S)
+
+
+@pytest.mark.parametrize("page", sorted(p.relative_to(ROOT).as_posix()
+                                        for p in [*DOCS.rglob("*.md"), ROOT / "README.md"]))
+def test_documented_command_lines_use_existing_options(page):
+    """Every `eos-probe VERB --flag` in a shell block of the docs or README is a real option of that verb."""
+    from eos_probe.cli import cli
+
+    commands = {path[1:]: cmd for path, cmd in _all_commands(cli, ("eos-probe",))}
+    text = (ROOT / page).read_text()
+    bad = []
+    for block in _code_blocks(text):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("#")[0].strip().removeprefix("$ ")
+            for seg in re.split(r"&&|;|\|", line):
+                tokens = seg.split()
+                if not tokens or tokens[0] != "eos-probe":
+                    continue
+                path: tuple[str, ...] = ()
+                for tok in tokens[1:]:
+                    if path + (tok,) in commands:
+                        path += (tok,)
+                    else:
+                        break
+                cmd = commands[path]
+                known = {f for p in cmd.params if isinstance(p, click.Option) for f in p.opts + p.secondary_opts}
+                for tok in tokens[1:]:
+                    flag = tok.split("=")[0]
+                    if flag.startswith("-") and flag not in known and flag != "--help":
+                        bad.append(f"`eos-probe {' '.join(path)}` has no option {flag} (in: {seg.strip()})")
+    assert not bad, f"{page}: " + "; ".join(bad)
+
+
+# ----------------------------------------------------------------------------------- probe metrics
+
+
+def test_every_registered_metric_is_documented():
+    from eos_probe.probe import METRICS
+
+    hooks = _hooks()
+    generated = hooks.metrics_markdown()
+    ref = _sections(generated)
+    theory_anchors = _anchors(THEORY.read_text())
+    assert "<!-- generated: metrics -->" in (DOCS / "reference" / "metrics.md").read_text()
+    problems = []
+    for name, cls in METRICS.items():
+        entry = ref.get(hooks.reference_anchor(name))
+        if entry is None:
+            problems.append(f"{name}: no entry in the generated metric reference")
+        else:
+            problems += [f"{name}: option {key!r} not listed" for key in cls.defaults if f"`{key}`" not in entry]
+        if hooks.metric_anchor(name) not in theory_anchors:
+            problems.append(
+                f"probe metric {name!r} is registered (eos_probe.probe.METRICS) but docs/theory.md §4 has no "
+                f"section '### {name} {{#{hooks.metric_anchor(name)}}}' saying what it estimates, its estimator "
+                f"and what its error bar means")
+    assert not problems, "\n".join(problems)
+
+
+# ----------------------------------------------------------------------------------- theory citations
+
+_OBJ = re.compile(r"\[(eos_probe(?:\.\w+)+)\]\[\]|\[[^\]]*\]\[(eos_probe(?:\.\w+)+)\]")
+_TEST = re.compile(r"`(tests/[\w/]+\.py)::(\w+)`")
+
+
+def _resolve(dotted: str):
+    parts = dotted.split(".")
+    for k in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:k]))
+        except ImportError:
+            continue
+        for attr in parts[k:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ImportError(dotted)
+
+
+def _test_names(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    return {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+
+
+@pytest.mark.parametrize("page", sorted(p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md")))
+def test_cited_objects_and_tests_exist(page):
+    text = (DOCS / page).read_text()
+    bad = []
+    for m in _OBJ.finditer(text):
+        dotted = m.group(1) or m.group(2)
+        try:
+            _resolve(dotted)
+        except (ImportError, AttributeError):
+            bad.append(f"{dotted} does not resolve to an importable object")
+    for file, name in _TEST.findall(text):
+        path = ROOT / file
+        if not path.exists():
+            bad.append(f"{file} does not exist")
+        elif name not in _test_names(path):
+            bad.append(f"{file}::{name} does not exist")
+    assert not bad, f"docs/{page}: " + "; ".join(bad)
+
+
+def _formula_blocks(markdown: str):
+    """Yield (line number, is it inside a Derivation/Planned admonition, citation text that follows it)."""
+    lines = markdown.splitlines()
+    box = None  # title of the admonition we are inside
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        m = re.match(r'(\?\?\?|!!!) \w+ "([^"]*)"', line)
+        if m:
+            box = m.group(2)
+        elif line and not line.startswith(" "):
+            box = None
+        if line.strip() == "$$":
+            start = i
+            i += 1
+            while lines[i].strip() != "$$":
+                i += 1
+            after = []
+            j = i + 1
+            while j < len(lines) and lines[j].strip() != "$$" and not lines[j].startswith("#"):
+                after.append(lines[j])
+                j += 1
+            yield start + 1, box if line.startswith(" ") else None, "\n".join(after)
+        i += 1
+
+
+def test_every_implemented_formula_cites_its_function_and_test():
+    """Display formulas outside Derivation / Planned boxes are followed by a **Code:** and a **Test:** line."""
+    problems = []
+    n = 0
+    for lineno, box, after in _formula_blocks(THEORY.read_text()):
+        if box is not None:
+            assert box in ("Derivation", "Planned"), f"docs/theory.md:{lineno}: formula inside box {box!r}"
+            continue
+        n += 1
+        start = after.find("**Code:**")
+        cite = after[start:].split("\n\n")[0] if start >= 0 else ""
+        if not (_OBJ.search(cite) and _TEST.search(cite)):
+            problems.append(f"docs/theory.md:{lineno}: formula without a '**Code:** [eos_probe...][] · **Test:** "
+                            f"`tests/...::test_...`' paragraph after it (before the next formula or heading)")
+    assert n >= 10, n  # the page has its formulas in $$ blocks (a parser that finds none cannot fail)
+    assert not problems, "\n".join(problems)
+
+
+def test_cited_functions_link_back_to_the_theory_page():
+    text = THEORY.read_text()
+    anchors = _anchors(text)
+    cited = {m.group(1) or m.group(2) for line in text.splitlines() if line.startswith("**Code:**")
+             for m in _OBJ.finditer(line.split("**Test:**")[0])}
+    assert len(cited) >= 20, sorted(cited)
+    problems = []
+    for dotted in sorted(cited):
+        doc = _resolve(dotted).__doc__ or ""
+        links = re.findall(r"docs/theory\.md#([\w-]+)", doc)
+        if not links:
+            problems.append(f"{dotted}: docstring has no 'Theory: [docs/theory.md#ANCHOR][ANCHOR].' line")
+        problems += [f"{dotted}: docs/theory.md#{a} is not a heading id of the theory page"
+                     for a in links if a not in anchors]
+    assert not problems, "\n".join(problems)
+
+
+def test_references_to_the_theory_stay_inside_the_project():
+    """Captions, warnings and descriptions cite docs/theory.md sections that exist, never ../shared/THEORY.md."""
+    text = THEORY.read_text()
+    sections = {m for m in re.findall(r"^## (\d)\. ", text, flags=re.M)}
+    anchors = _anchors(text)
+    files = [*sorted((ROOT / "eos_probe").rglob("*.py")), ROOT / "README.md"]
+    problems = []
+    for f in files:
+        src = f.read_text()
+        rel = f.relative_to(ROOT)
+        if re.search(r"THEORY(\.md)?\b", src):
+            problems.append(f"{rel} cites THEORY (a file outside the project); cite docs/theory.md §N")
+        for sec in re.findall(r"docs/theory\.md (?:§|section )(\d)", src):
+            if sec not in sections:
+                problems.append(f"{rel} cites docs/theory.md §{sec}, which does not exist")
+        problems += [f"{rel} links docs/theory.md#{a}, not a heading id of the theory page"
+                     for a in re.findall(r"docs/theory\.md#([\w-]+)", src) if a not in anchors]
+    assert not problems, "\n".join(problems)
+
+
+def test_run_file_page_documents_the_current_schema():
+    from eos_probe.store import SCHEMA_VERSION
+
+    first = (DOCS / "reference" / "run-file.md").read_text().splitlines()[0]
+    assert first == f"# Run-file layout (schema {SCHEMA_VERSION})", (
+        f"eos_probe.store.SCHEMA_VERSION is {SCHEMA_VERSION} but docs/reference/run-file.md documents {first!r}: "
+        "document the new layout (and keep the old one) before bumping the version")
+
+
+def test_own_model_howto_runs(one_thread, capsys):
+    """The Python block of 'Use it on your own model' is executed as written."""
+    text = (DOCS / "howto" / "own-model.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks
+    for code in blocks:
+        exec(compile(code, "docs/howto/own-model.md", "exec"), {"__name__": "__docs__"})
+    out = capsys.readouterr().out
+    assert "lambda_max = " in out and "verdict: " in out
+
+
+# ----------------------------------------------------------------------------------- the build
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("mkdocstrings") is None,
+                    reason="docs extra not installed (pip install -e '.[docs]')")
+def test_docs_build_strict(tmp_path):
+    mkdocs = shutil.which("mkdocs") or f"{sys.executable} -m mkdocs"
+    proc = subprocess.run([*mkdocs.split(), "build", "--strict", "--site-dir", str(tmp_path / "site")], cwd=ROOT,
+                          capture_output=True, text=True, env={**__import__("os").environ, "NO_MKDOCS_2_WARNING": "1"})
+    warnings = [ln for ln in proc.stderr.splitlines() if ln.startswith(("WARNING", "ERROR"))]
+    assert proc.returncode == 0 and not warnings, "\n".join(warnings) or proc.stderr[-3000:]
+    assert (tmp_path / "site" / "reference" / "cli.html").exists()
