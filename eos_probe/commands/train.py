@@ -49,9 +49,9 @@ def _finite(ctx, param, value):
 
 @click.command("train")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file with run settings; flags override it.")
-@click.option("--model", help="mlp | cnn | resnet | vit | lstm | mamba (default cnn).")
+@click.option("--model", help="mlp | cnn | resnet | vit | lstm | mamba (default cnn), or your own: path/to/file.py:factory, package.module:factory or an `eos_probe.models` entry point; factory(input_shape, num_outputs, **model_args) returns an nn.Module.")
 @click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE", help="Model size override, e.g. hidden=64 (repeatable).")
-@click.option("--data", help="fashion4 (embedded, default for images) | fashion-mnist | cifar10 | sort (default for sequences).")
+@click.option("--data", help="fashion4 (embedded, default for images) | fashion-mnist | cifar10 | sort (default for sequences), or your own: path/to/file.npz (arrays x, y, optional x_test, y_test; integer y = classes, float y = regression) or an `eos_probe.datasets` entry point.")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Directory of the dataset files (cifar10, fashion-mnist).")
 @click.option("--data-arg", "data_args", multiple=True, metavar="KEY=VALUE", help="Dataset option, e.g. n_train=200 for sort (repeatable).")
 @click.option("--n-per-class", type=int, help="Training images per class (default: the reference 250).")
