@@ -28,7 +28,7 @@ __all__ = ["hessian", "lambda_max", "top_k", "trace", "density", "commutator_rat
 
 
 def hessian(model: nn.Module, loss_fn: str | Callable[[Tensor, Tensor], Tensor], data: tuple[Tensor, Tensor], *,
-            microbatch: int | None = None, backend: str = "auto") -> HessianOperator:
+            microbatch: int | None = None, backend: str = "double-backward") -> HessianOperator:
     """The Hessian of the mean loss of ``model`` on ``data = (x, y)`` at the model's current parameters.
 
     ``loss_fn``: a callable ``(output, target) -> scalar`` that averages over examples (any torch criterion
@@ -39,7 +39,8 @@ def hessian(model: nn.Module, loss_fn: str | Callable[[Tensor, Tensor], Tensor],
 
     ``microbatch``: evaluate the batch in chunks of this many examples (memory); the loss must then be a
     mean over examples. The result is a matrix-free operator (``H @ v``, ``H.matmat(V)``, ``H.to_scipy()``)
-    that counts its products; the model itself is never modified.
+    that counts its products; the model itself is never modified. ``backend``: "double-backward" (as
+    PyHessian), "fwd-rev", or "auto" (times both once — worth it for repeated use on a GPU).
 
     Raises ``UserError`` naming the cause for targets of the wrong shape or dtype, a loss that is not a
     twice-differentiable scalar, BatchNorm or Dropout in train mode; warns (``KinkWarning``) about ReLU-type

@@ -128,7 +128,7 @@ def environment(device: torch.device) -> dict[str, Any]:
 
     env = {"eos_probe": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
            "h5py": h5py.__version__, "python": platform.python_version(), "platform": platform.platform()}
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine() or "cpu")
     return {"versions": env, "device": f"{device.type}: {name}", "threads": torch.get_num_threads()}
 
 

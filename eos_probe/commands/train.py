@@ -75,7 +75,7 @@ def _finite(ctx, param, value):
 @click.option("--log-every", type=int, help="Log exact loss/accuracy every k steps (default 1 FO, 10 ZO).")
 @click.option("--checkpoint-every", type=int, help="Checkpoint every M steps (default 500).")
 @click.option("--probe-every", type=int, help="Measure curvature every N steps (default 100).")
-@click.option("--probe", "probe_metrics", help="Comma list of probe metrics, or 'none'.")
+@click.option("--probe", "probe_metrics", help="Comma list of probe metrics with options as name:key=value, or 'none'. Metrics: lambda_max, top_k, trace, density, ms_margin, dir_curvature; Adam runs also precond_lambda_max, precond_trace, precond_density, commutator_ratio (default: lambda_max,trace, + ms_margin for ZO, + the preconditioned ones and commutator_ratio for Adam; README 'Probing' lists the options).")
 @click.option("--divergence-factor", type=float, callback=_finite, help="Stop when loss > factor × initial loss (default 1000).")
 @click.option("--out", type=click.Path(dir_okay=False), help="Run file (default runs/<model>-<optimizer>-lr<lr>-s<seed>.h5).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run file.")
