@@ -144,15 +144,18 @@ def _shorten(cmd: str) -> str:
     return shlex.join(argv)
 
 
-def _bash_commands() -> list[str]:
+def _commands(block: str) -> list[str]:
     cmds = []
-    for block in _blocks("bash"):
-        for line in block.splitlines():
-            line = line.split("   #")[0].strip()
-            for part in (p.strip() for p in line.split("&&")):
-                if part and not part.startswith("#") and not any(s in part for s in SKIP):
-                    cmds.append(part)
+    for line in block.splitlines():
+        line = line.split("   #")[0].strip()
+        for part in (p.strip() for p in line.split("&&")):
+            if part and not part.startswith("#") and not any(s in part for s in SKIP):
+                cmds.append(part)
     return cmds
+
+
+def _bash_commands() -> list[str]:
+    return [c for b in _blocks("bash") for c in _commands(b)]
 
 
 def test_bash_commands_are_found() -> None:
@@ -162,33 +165,38 @@ def test_bash_commands_are_found() -> None:
     assert "--steps 4" in _shorten("eos-probe train --model cnn --steps 2000 --out runs/a.h5")
 
 
-@pytest.mark.slow
-def test_every_readme_bash_block_runs(tmp_path) -> None:
-    """Each command of each ```bash block, in order, in a scratch directory with the repository's recipes
-    and the user's files (a plug-in model, an .npz) the plug-in example names."""
-    shutil.copytree(ROOT / "recipes", tmp_path / "recipes")
-    (tmp_path / "path" / "to").mkdir(parents=True)
-    (tmp_path / "path/to/mymodel.py").write_text(
+def _user_files(root: Path) -> None:
+    """The repository's recipes and the user's files the plug-in example names (a model file, an .npz)."""
+    import numpy as np
+
+    shutil.copytree(ROOT / "recipes", root / "recipes")
+    (root / "path" / "to").mkdir(parents=True)
+    (root / "path/__init__.py").write_text("")
+    (root / "path/to/__init__.py").write_text("")
+    (root / "path/to/mymodel.py").write_text(
         "from torch import nn\n"
         "def build(input_shape, num_outputs, hidden=8):\n"
         "    import math\n"
         "    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), hidden), nn.Tanh(),\n"
         "                         nn.Linear(hidden, num_outputs))\n")
-    import numpy as np
-
     g = np.random.default_rng(0)
-    np.savez(tmp_path / "path/to/mydata.npz", x=g.standard_normal((20, 5)).astype(np.float32),
+    np.savez(root / "path/to/mydata.npz", x=g.standard_normal((20, 5)).astype(np.float32),
              y=g.standard_normal((20, 2)).astype(np.float32))
-    (tmp_path / "mypackage").mkdir()
-    (tmp_path / "mypackage/__init__.py").write_text("")
-    (tmp_path / "mypackage/models.py").write_text(
-        "from path.to.mymodel import build as make_net\n")
-    (tmp_path / "path/__init__.py").write_text("")
-    (tmp_path / "path/to/__init__.py").write_text("")
+    (root / "mypackage").mkdir()
+    (root / "mypackage/__init__.py").write_text("")
+    (root / "mypackage/models.py").write_text("from path.to.mymodel import build as make_net\n")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("index", [i for i, b in enumerate(_blocks("bash")) if _commands(b)])
+def test_every_readme_bash_block_runs(tmp_path, index) -> None:
+    """Each command of a ```bash block, in order, in a scratch directory, with short step counts."""
+    _user_files(tmp_path)
     failures = []
-    for cmd in _bash_commands():
+    for cmd in _commands(_blocks("bash")[index]):
         short = _shorten(cmd)
-        r = _run(short, tmp_path)
+        r = _run(short, tmp_path, timeout=1200)
         if r.returncode != 0:
             failures.append(f"{cmd}\n  ran as: {short}\n  exit {r.returncode}: {r.stderr.strip()[-500:]}")
     assert not failures, "\n".join(failures)
