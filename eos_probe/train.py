@@ -158,7 +158,16 @@ def load_checkpoint(path: Path) -> dict:
 
 def default_out(cfg: TrainConfig) -> Path:
     lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.optimizer]
-    return Path("runs") / f"{cfg.model}-{cfg.optimizer}-lr{lr:g}-s{cfg.seed}.h5"
+    return Path("runs") / f"{_model_stem(cfg.model)}-{cfg.optimizer}-lr{lr:g}-s{cfg.seed}.h5"
+
+
+def _model_stem(model: str) -> str:
+    """A file-name-safe model name: path/to/net.py:build -> net.build (a plug-in spec has / and :)."""
+    if "/" not in model and ":" not in model and "\\" not in model:
+        return model
+    target, _, attr = model.rpartition(":") if ":" in model else (model, "", "")
+    stem = Path(target).name.removesuffix(".py")
+    return ".".join(x for x in (stem, attr) if x)
 
 
 def train(cfg: TrainConfig | None, *, overwrite: bool = False, resume: str | Path | None = None,

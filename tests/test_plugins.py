@@ -133,3 +133,15 @@ def test_npz_loader_rules(tmp_path) -> None:
     np.savez(tmp_path / "c.npz", x=np.zeros((4, 3)), y=np.array(["a", "b", "c", "d"]))
     with pytest.raises(UserError, match="y has dtype"):
         load_npz(tmp_path / "c.npz")
+
+
+def test_default_run_file_name_of_a_plugin_model() -> None:
+    """Found by the README test: a plug-in spec's / and : must not end up in the default file name."""
+    from pathlib import Path
+
+    from eos_probe.config import TrainConfig
+    from eos_probe.train import default_out
+
+    cfg = TrainConfig(model="path/to/mymodel.py:build", optimizer="gd", lr=0.1)
+    assert default_out(cfg) == Path("runs/mymodel.build-gd-lr0.1-s0.h5")
+    assert default_out(TrainConfig(model="cnn", optimizer="gd", lr=0.1)) == Path("runs/cnn-gd-lr0.1-s0.h5")
