@@ -9,6 +9,8 @@ Loss conventions (recorded in every run file):
   mse: 0.5 · Σ_outputs (f − onehot)², averaged over loss terms (docs/theory.md §6);
        its λ_max is C/2 times that of `nn.MSELoss(reduction="mean")`.
   ce:  cross-entropy, averaged over loss terms.
+Float targets of the output's shape make `mse` a regression loss (0.5 · Σ (f − y)²); any callable
+(output, target) → scalar is accepted too (see eos_probe/losses.py, where targets are checked).
 A loss term is an example (images) or a counted position (sequences; target −1 = not in the loss).
 The loss is written by hand: `F.mse_loss` breaks forward-over-reverse HVPs ("ZeroTensors are immutable").
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +26,7 @@ from torch import Tensor
 from torch.func import functional_call, grad, jvp, vmap
 
 from .errors import UserError
+from .losses import resolve_loss
 
 LOSSES = ("mse", "ce")
 HVP_BACKENDS = ("auto", "fwd-rev", "double-backward")
@@ -93,24 +97,24 @@ class Objective:
         x: Tensor,
         y: Tensor,
         *,
-        loss: str = "mse",
-        num_classes: int,
+        loss: str | Callable[[Tensor, Tensor], Tensor] = "mse",
+        num_classes: int | None = None,
         microbatch: int | str | None = None,
         hvp_backend: str = "auto",
     ) -> None:
-        if loss not in LOSSES:
-            raise UserError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
         if hvp_backend not in HVP_BACKENDS:
             raise UserError(f"unknown HVP backend {hvp_backend!r}; choose one of {', '.join(HVP_BACKENDS)}")
         if microbatch is not None and microbatch != "auto" and (isinstance(microbatch, str) or microbatch <= 0):
             raise UserError(f"microbatch must be a positive number of examples or 'auto', got {microbatch}")
         self.model = model
         self.space = ParamSpace.from_module(model)
-        self.loss_name = loss
-        self.num_classes = int(num_classes)
+        # checks targets against the model's output once (see eos_probe.losses); num_classes is inferred
+        self.loss_spec = resolve_loss(loss, model, x, y, num_classes)
+        self.loss_name = self.loss_spec.name
+        self.num_classes = self.loss_spec.num_classes
         self.x, self.y = x, y
-        self.sequence = y.dim() == 2
-        self.n_terms = int((y >= 0).sum()) if self.sequence else int(y.shape[0])
+        self.sequence = self.loss_spec.sequence
+        self.n_terms = self.loss_spec.n_terms(y)
         if self.n_terms == 0:
             raise UserError("the training set has no loss terms (empty data or every target masked)")
         if microbatch == "auto":
@@ -137,23 +141,7 @@ class Objective:
 
     def _chunk_sum(self, theta: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """(Σ loss terms, Σ correct predictions) over one chunk; θ is a single (d,) vector."""
-        out = self._forward(theta, x)
-        if self.sequence:
-            mask = (y >= 0).to(out.dtype)
-            target = y.clamp(min=0)
-        else:
-            mask = None
-            target = y
-        if self.loss_name == "mse":
-            onehot = torch.nn.functional.one_hot(target, self.num_classes).to(out.dtype)
-            per = 0.5 * ((out - onehot) ** 2).sum(-1)
-        else:
-            per = torch.logsumexp(out, -1) - out.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-        correct = (out.argmax(-1) == target).to(out.dtype)
-        if mask is not None:
-            per = per * mask
-            correct = correct * mask
-        return per.sum(), correct.sum()
+        return self.loss_spec.chunk_sum(self._forward(theta, x), y)
 
     def _loss_single(self, theta: Tensor) -> Tensor:
         total = None
@@ -205,7 +193,7 @@ class Objective:
         else:
             mb = self.microbatch or x.shape[0]
             chunks = list(zip(x.split(mb), y.split(mb)))
-            n_terms = int((y >= 0).sum()) if y.dim() == 2 else int(y.shape[0])
+            n_terms = self.loss_spec.n_terms(y)
         ls, cs = 0.0, 0.0
         with torch.inference_mode():
             for xc, yc in chunks:
@@ -273,7 +261,7 @@ class Objective:
             return self._backend_choice
         v = torch.randn(theta.shape, generator=torch.Generator(theta.device).manual_seed(0),
                         device=theta.device, dtype=theta.dtype)
-        times = {}
+        times, failures = {}, []
         for name, cls in (("double-backward", _DoubleBackwardHVP), ("fwd-rev", _FwdRevHVP)):
             try:
                 op = cls(self, theta)
@@ -284,10 +272,12 @@ class Objective:
                     op.matvec(v)
                 _sync(theta.device)
                 times[name] = time.perf_counter() - t0
-            except (NotImplementedError, RuntimeError):
+            except (NotImplementedError, RuntimeError) as e:
+                failures.append(f"{name}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
                 continue
         if not times:
-            raise RuntimeError("neither HVP back end works for this model")
+            raise UserError("no Hessian-vector product could be computed for this model and loss ("
+                            + "; ".join(failures) + ")")
         self._backend_choice = min(times, key=times.get)
         return self._backend_choice
 

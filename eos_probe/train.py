@@ -26,7 +26,7 @@ import torch
 from . import __version__
 from .config import DEFAULT_LR, TrainConfig, validate
 from .errors import CorruptFileError, DivergedError, UserError
-from .objective import LOSS_CONVENTIONS, Objective
+from .objective import Objective
 from .optim import Optimizer, make_optimizer
 from .store import RunWriter, check_writable, fsync_path, open_run
 
@@ -42,6 +42,7 @@ class Setup:
     objective: Objective
     optimizer: Optimizer
     theta: torch.Tensor
+    model_source: dict | None = None  # provenance of a plug-in model (eos_probe.plugins), None for built-ins
 
 
 @dataclass
@@ -86,10 +87,14 @@ def build(cfg: TrainConfig) -> Setup:
     from .data import load_dataset
     from .models import MODELS, build_model
 
+    from .plugins import build_plugin_model, is_model_plugin
+
     validate(cfg)
-    if cfg.model not in MODELS:
-        raise UserError(f"unknown model {cfg.model!r}; choose one of {', '.join(sorted(MODELS))}")
-    kind = MODELS[cfg.model].kind
+    plugin = cfg.model not in MODELS and is_model_plugin(cfg.model)
+    if cfg.model not in MODELS and not plugin:
+        raise UserError(f"unknown model {cfg.model!r}; choose one of {', '.join(sorted(MODELS))}, "
+                        "path/to/file.py:factory or package.module:factory")
+    kind = None if plugin else MODELS[cfg.model].kind  # a plug-in takes whatever data it is given
     data_name = cfg.data or ("sort" if kind == "sequence" else "fashion4")
     device = resolve_device(cfg.device)
     if device.type == "cuda":
@@ -97,17 +102,24 @@ def build(cfg: TrainConfig) -> Setup:
     dtype = getattr(torch, cfg.dtype)
     ds = load_dataset(data_name, data_dir=cfg.data_dir, n_per_class=cfg.n_per_class, classes=cfg.classes,
                       seed=cfg.seed, **cfg.data_args)
-    if ds.kind != kind:
+    if kind is not None and ds.kind != kind:
         raise UserError(f"model {cfg.model!r} takes {kind} data but dataset {data_name!r} is {ds.kind} data")
-    model = build_model(cfg.model, input_shape=tuple(ds.input_shape), num_classes=ds.num_classes,
-                        seed=cfg.seed, dtype=dtype, **cfg.model_args).to(device)
-    x = ds.x_train.to(device=device, dtype=dtype if ds.kind == "image" else None)
+    source = None
+    if plugin:
+        model, source = build_plugin_model(cfg.model, input_shape=tuple(ds.input_shape), num_outputs=ds.num_classes,
+                                           seed=cfg.seed, dtype=dtype, **cfg.model_args)
+        model = model.to(device)
+    else:
+        model = build_model(cfg.model, input_shape=tuple(ds.input_shape), num_classes=ds.num_classes,
+                            seed=cfg.seed, dtype=dtype, **cfg.model_args).to(device)
+    x = ds.x_train.to(device=device, dtype=dtype if ds.x_train.is_floating_point() else None)
     y = ds.y_train.to(device)
     # no --microbatch: chunk by a shape-only rule (faster on CPU, same chunks on every run of a config)
     objective = Objective(model, x, y, loss=cfg.loss, num_classes=ds.num_classes,
                           microbatch=cfg.microbatch or "auto")
     optimizer = _make_optimizer(cfg)
-    return Setup(replace(cfg, data=data_name), device, ds, model, objective, optimizer, objective.initial_theta())
+    return Setup(replace(cfg, data=data_name), device, ds, model, objective, optimizer, objective.initial_theta(),
+                 source)
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -116,7 +128,7 @@ def environment(device: torch.device) -> dict[str, Any]:
 
     env = {"eos_probe": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
            "h5py": h5py.__version__, "python": platform.python_version(), "platform": platform.platform()}
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine() or "cpu")
     return {"versions": env, "device": f"{device.type}: {name}", "threads": torch.get_num_threads()}
 
 
@@ -146,7 +158,16 @@ def load_checkpoint(path: Path) -> dict:
 
 def default_out(cfg: TrainConfig) -> Path:
     lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.optimizer]
-    return Path("runs") / f"{cfg.model}-{cfg.optimizer}-lr{lr:g}-s{cfg.seed}.h5"
+    return Path("runs") / f"{_model_stem(cfg.model)}-{cfg.optimizer}-lr{lr:g}-s{cfg.seed}.h5"
+
+
+def _model_stem(model: str) -> str:
+    """A file-name-safe model name: path/to/net.py:build -> net.build (a plug-in spec has / and :)."""
+    if "/" not in model and ":" not in model and "\\" not in model:
+        return model
+    target, _, attr = model.rpartition(":") if ":" in model else (model, "", "")
+    stem = Path(target).name.removesuffix(".py")
+    return ".".join(x for x in (stem, attr) if x)
 
 
 def train(cfg: TrainConfig | None, *, overwrite: bool = False, resume: str | Path | None = None,
@@ -167,6 +188,7 @@ def train(cfg: TrainConfig | None, *, overwrite: bool = False, resume: str | Pat
                 if "config" not in f.attrs:
                     raise UserError(f"{path} has no recorded config; it cannot be resumed")
                 stored = json.loads(f.attrs["config"])
+                recorded = {k: json.loads(f.attrs[k]) for k in ("model_source", "dataset") if k in f.attrs}
         except (OSError, RuntimeError, KeyError, ValueError) as e:
             raise CorruptFileError(f"{path}: run file is damaged, cannot resume it ({e})") from None
         if checkpoint_path(path).exists():
@@ -177,6 +199,7 @@ def train(cfg: TrainConfig | None, *, overwrite: bool = False, resume: str | Pat
                 raise UserError(f"--steps {steps} is fewer than the {done} steps {path} has already done")
             stored["steps"] = steps
         cfg = TrainConfig(**stored)
+        _check_plugins_unchanged(cfg, recorded)
     else:
         validate(cfg)
         path = Path(cfg.out) if cfg.out else default_out(cfg)
@@ -186,6 +209,19 @@ def train(cfg: TrainConfig | None, *, overwrite: bool = False, resume: str | Pat
     if result.status == "diverged":
         raise result.error
     return result
+
+
+def _check_plugins_unchanged(cfg: TrainConfig, recorded: dict[str, Any]) -> None:
+    """A resumed run must see the same plug-in model file and .npz data as when it started."""
+    from .plugins import _sha256, check_unchanged, model_factory
+
+    if "model_source" in recorded:
+        check_unchanged(recorded["model_source"], model_factory(cfg.model)[1], "model")
+    data = recorded.get("dataset") or {}
+    if isinstance(data, dict) and data.get("sha256") and data.get("path"):
+        if not Path(data["path"]).is_file():
+            raise UserError(f"data file {data['path']} of this run no longer exists; it cannot be resumed")
+        check_unchanged(data, {"sha256": _sha256(data["path"]), "path": data["path"]}, "data file")
 
 
 #: the hyper-parameters an in-process sweep may vary between its copies
@@ -324,11 +360,13 @@ def _train(cfgs: list[TrainConfig], paths: list[Path], *, overwrite: bool, resum
             if not resuming:
                 c.loss0 = float(loss0_all[i] if stacked else loss0_all)
                 attrs = {"config": c.cfg.to_dict(), "seed": c.cfg.seed,
-                         "loss_convention": LOSS_CONVENTIONS[c.cfg.loss],
+                         "loss_convention": obj.loss_spec.convention,
                          "optimizer_config": c.optimizer.config(), "dataset": setup.dataset.meta,
                          "n_params": obj.dim, "n_train": int(setup.dataset.x_train.shape[0]),
                          "initial_loss": c.loss0, "log_every": log_every, "microbatch_used": obj.microbatch or 0,
                          "query_mode": _query_mode(opt, obj, theta), **environment(setup.device)}
+                if setup.model_source:
+                    attrs["model_source"] = setup.model_source
                 if stacked:
                     attrs["sweep"] = {"copies": [str(x.path) for x in copies], "index": i}
                 c.writer = RunWriter.create(c.path, attrs, overwrite=overwrite)

@@ -116,7 +116,9 @@ def test_lambda_draws_the_first_order_thresholds(runs) -> None:
 def test_loss_commutator_and_spectrum_panels(runs) -> None:
     fig = build_figure([runs["zo1"], runs["bare"]], "loss")
     ax = fig.axes[0]
-    assert ax.get_yscale() == "log" and "loss" in ax.get_ylabel()
+    assert "loss" in ax.get_ylabel()
+    lo, hi = ax.get_ylim()
+    assert ax.get_yscale() == ("log" if hi / lo >= 1.3 else "linear")  # flat losses: linear, see _log_ticks
     assert _has_line(ax, runs["bare"].train["loss"].to_numpy())
     _close(fig)
     fig = build_figure([runs["adam"]], "commutator")
@@ -215,3 +217,42 @@ def test_plot_and_inspect_command_lines(runs, tmp_path, capsys) -> None:
     assert code == 0 and "no probe data" in out
     code, out, err = cli(["inspect", str(tmp_path / "missing.h5")])
     assert code == 2 and "does not exist" in err
+
+
+def _labels(fig, ax) -> list[str]:
+    fig.canvas.draw()
+    lo, hi = ax.get_ylim()
+    return [t.get_text() for t, v in zip(ax.get_yticklabels(), ax.get_yticks()) if lo <= v <= hi and t.get_text()]
+
+
+@pytest.mark.parametrize("lo, hi", [(0.31, 0.64), (0.05, 2.0), (0.6931, 0.6934), (1.0, 6.0), (120.0, 1000.0)])
+def test_log_axes_have_enough_distinct_labels_and_integer_steps(lo, hi) -> None:
+    """A newcomer saw log loss axes with three labels, repeated labels on flat losses and 0.5-step ticks."""
+    import matplotlib.pyplot as plt
+
+    from eos_probe.plot.figures import _integer_steps, _log_ticks
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1, 2, 3], np.geomspace(hi, lo, 4))
+    ax.set_yscale("log")
+    _log_ticks(ax, flat_linear=True)
+    _integer_steps(ax)
+    labels = _labels(fig, ax)
+    assert len(labels) >= 4 and len(set(labels)) == len(labels), labels
+    assert "e+" not in "".join(labels)
+    steps = [v for v in ax.get_xticks() if 0 <= v <= 3]
+    assert steps and all(float(v).is_integer() for v in steps)
+    plt.close(fig)
+
+
+def test_lambda_panel_of_a_zo_run_draws_its_per_mode_limit(runs) -> None:
+    from eos_probe.run import band_for
+
+    r = runs["zo1"]
+    limit = band_for(r.config, r.attrs.get("n_params")).lambda_max_limit
+    fig = build_figure([r], "lambda")
+    ax = fig.axes[0]
+    assert _hline(ax, 2 / r.lr) and _hline(ax, limit) and limit < 2 / r.lr
+    text = _texts(fig)
+    assert "Ritz residual" in text and "s.e." not in text and "ZO per-mode limit" in text
+    _close(fig)

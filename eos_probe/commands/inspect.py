@@ -14,6 +14,12 @@ def _fmt(x: Any) -> str:
     return str(x)
 
 
+def _device(device: Any) -> str:
+    """'cpu: x86_64' as recorded; older files wrote 'cpu: cpu' where the processor name was unknown."""
+    kind, _, name = str(device).partition(": ")
+    return kind if not name or name == kind else f"{kind} ({name})"
+
+
 def summary(run) -> dict[str, Any]:
     """Everything `inspect` prints, as plain data (also what `--json` writes)."""
     cfg = run.config
@@ -66,11 +72,15 @@ def render(s: dict[str, Any]) -> str:
     elif s["status"] == "diverged":
         st = f"DIVERGED at step {s['stop_step']}: {s['stop_reason']}"
     else:
-        st = f"no end recorded (still running, or killed) - last logged step {s['steps_done']}"
+        last = (f"last logged step {s['steps_done']}" if (s.get("steps_done") or -1) >= 0
+                else "no step logged yet")
+        st = f"no end recorded (still running, or killed) - {last}"
     if s.get("resumed"):
         st += f"; resumed {s['resumed']}x"
     lines.append(f"status      {st}")
-    keys = ("model", "data", "optimizer", "lr", "momentum", "queries", "mu", "directions", "loss", "steps", "seed")
+    zo = str(cfg.get("optimizer", "")).startswith("zo-")
+    keys = ("model", "data", "optimizer", "lr", "momentum", *(("queries", "mu", "directions") if zo else ()),
+            "loss", "steps", "seed")
     conf = " ".join(f"{k}={cfg.get(k)}" for k in keys if cfg.get(k) is not None)
     if cfg.get("model_args"):
         conf += f" model_args={json.dumps(cfg['model_args'])}"
@@ -78,7 +88,7 @@ def render(s: dict[str, Any]) -> str:
     lines.append(f"size        {s['n_params']:,} parameters, {s.get('n_train') or '?'} training examples"
                  if isinstance(s.get("n_params"), int) else "size        ?")
     ver = s.get("versions") or {}
-    lines.append(f"machine     {s.get('device')}; eos-probe {ver.get('eos_probe', '?')}, torch {ver.get('torch', '?')}")
+    lines.append(f"machine     {_device(s.get('device'))}; eos-probe {ver.get('eos_probe', '?')}, torch {ver.get('torch', '?')}")
     if "last_train" in s:
         t = s["last_train"]
         lines.append(f"train       {s['train_rows']} rows up to step {t['step']}: loss {_fmt(t['loss'])}, "

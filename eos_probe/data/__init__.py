@@ -95,7 +95,13 @@ def load_dataset(
     Every user mistake raises :class:`~eos_probe.errors.UserError`.
     """
     if name not in DATASETS:
-        raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+        from ..plugins import is_data_plugin, load_data_plugin
+
+        if is_data_plugin(name):  # path/to/file.npz or an `eos_probe.datasets` entry point
+            if data_dir is not None or classes is not None or n_per_class is not None:
+                raise UserError(f"dataset {name!r} is used as given: drop --data-dir, --classes and --n-per-class")
+            return load_data_plugin(name, **kw)
+        raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}, or path/to/file.npz")
     if name == "fashion4":
         if data_dir is not None:
             raise UserError(

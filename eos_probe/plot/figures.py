@@ -169,9 +169,9 @@ def draw_bands(ax, runs: Sequence[Run], normalize: bool = False, *, colors: dict
             tr, tre = cur["trace"].to_numpy() * scale, cur["trace_err"].to_numpy() * scale
             upper = tr + b.c * cur["lambda_max"].to_numpy() * scale
             ax.plot(s, tr, color=col, marker="o", ms=2.5)
-            ax.fill_between(s, tr - tre, tr + tre, color=col, alpha=0.18, lw=0)
+            _shade(ax, s, tr, tre, col)
             ax.plot(s, upper, color=col, ls="-.", lw=1.1, alpha=0.9)
-            plotted += [tr, upper]
+            plotted += [tr, upper, _lower(tr, tre)]
         quantities.add(b.quantity)
         T = 1.0 if normalize else b.threshold
         thresholds.append(T)
@@ -196,6 +196,7 @@ def draw_bands(ax, runs: Sequence[Run], normalize: bool = False, *, colors: dict
     log = _log_if_wide(ax, [np.array(thresholds)], ratio=3.0) or _log_if_wide(ax, plotted + [np.array(thresholds)],
                                                                              ratio=30.0)
     _clip_y(ax, plotted, thresholds, log)
+    _integer_steps(ax)
     _legend(ax, legend, handles, style)
     ax.set_title("measured curvature vs mean-square stability band" if not classical_only
                  else "measured curvature vs classical stability threshold")
@@ -226,6 +227,7 @@ def _clip_y(ax, plotted: list[np.ndarray], thresholds: list[float], log: bool) -
     if log:
         lo = min(min(thresholds), float(data.min()) if data.size else top)
         ax.set_ylim(lo / 1.5, hi * 1.5)
+        _log_ticks(ax)
     else:
         ax.set_ylim(0.0, hi * 1.08)
 
@@ -244,6 +246,7 @@ def draw_lambda(ax, runs: Sequence[Run], *, colors: dict[str, str] | None = None
              "precond_lambda_max" if any(r.preconditioned for r in runs) else "lambda_max")
     colors = colors or run_colors(runs)
     handles, plotted, thresholds, quantities = [], [], [], set()
+    any_zo = False
     for r in runs:
         col = colors[_key(r)]
         cur = r.curvature()
@@ -251,22 +254,34 @@ def draw_lambda(ax, runs: Sequence[Run], *, colors: dict[str, str] | None = None
         s = cur["step"].to_numpy()
         y, e = cur["lambda_max"].to_numpy(), cur["lambda_max_err"].to_numpy()
         ax.plot(s, y, color=col, marker="o", ms=2.5)
-        ax.fill_between(s, y - e, y + e, color=col, alpha=0.18, lw=0)
+        _shade(ax, s, y, e, col)
         ax.axhline(fo.threshold, color=col, ls="--", lw=1.0)
-        plotted.append(y)
+        plotted += [y, _lower(y, e)]
         thresholds.append(fo.threshold)
         quantities.add(fo.quantity)
-        handles.append(Line2D([], [], color=col, marker="o", ms=3,
-                              label=f"{r.label()}  (first-order edge {_threshold_text(fo)}){_diverged_note(r)}"))
+        label = f"{r.label()}  (first-order edge {_threshold_text(fo)}"
+        zo = r.band()
+        if zo.kind != "classical" and np.isfinite(zo.lambda_max_limit):
+            # the per-mode limit of the ZO run itself (what `eos-probe bands` prints), below 2/η
+            ax.axhline(zo.lambda_max_limit, color=col, ls=":", lw=1.2)
+            thresholds.append(zo.lambda_max_limit)
+            label += f"; ZO per-mode limit {zo.lambda_max_limit:.4g}"
+            any_zo = True
+        handles.append(Line2D([], [], color=col, marker="o", ms=3, label=label + ")" + _diverged_note(r)))
         _mark_divergence(ax, r, col)
     q = " / ".join(sorted(_tex_quantity(x) for x in quantities))
     log = _log_if_wide(ax, plotted + [np.array(thresholds)], ratio=8.0)
     _clip_y(ax, plotted, thresholds, log)
     ax.set_xlabel("step (updates)")
     ax.set_ylabel(q)
-    _legend(ax, legend, handles, [Line2D([], [], color="0.3", marker="o", ms=3, label=q + " (±1 s.e.)"),
-                                  Line2D([], [], color="0.3", ls="--", label="first-order threshold")])
-    ax.set_title("sharpness vs the classical edge of stability")
+    _integer_steps(ax)
+    styles = [Line2D([], [], color="0.3", marker="o", ms=3, label=q + " (± Ritz residual bound)"),
+              Line2D([], [], color="0.3", ls="--", label="first-order threshold")]
+    if any_zo:
+        styles.append(Line2D([], [], color="0.3", ls=":", lw=1.2, label="ZO per-mode limit (mean square)"))
+    _legend(ax, legend, handles, styles)
+    ax.set_title("sharpness vs the classical edge of stability" if not any_zo
+                 else "sharpness vs the first-order edge and the ZO per-mode limit")
 
 
 def draw_loss(ax, runs: Sequence[Run], *, colors: dict[str, str] | None = None, legend: str = "inside") -> None:
@@ -300,7 +315,8 @@ def draw_loss(ax, runs: Sequence[Run], *, colors: dict[str, str] | None = None, 
             if r.status == "diverged" and len(r.train):
                 ax.plot(r.train["step"].iloc[-1], 30 * start, marker="^", color=colors[_key(r)], ms=6,
                         clip_on=False)
-    _plain_log_ticks(ax)
+    _log_ticks(ax, flat_linear=True)
+    _integer_steps(ax)
     ax.set_xlabel("step (updates)")
     name = {"mse": r"train loss  ($\frac{1}{2}\Sigma(f-y)^2$, mean)", "ce": "train loss (cross-entropy)"}
     ax.set_ylabel(name.get(next(iter(conventions)), "train loss") if len(conventions) == 1 else "train loss")
@@ -310,15 +326,68 @@ def draw_loss(ax, runs: Sequence[Run], *, colors: dict[str, str] | None = None, 
     ax.set_title("training loss (full batch)")
 
 
-def _plain_log_ticks(ax) -> None:
-    """Within less than two decades, label log ticks as plain numbers (0.48, not 4.8×10⁻¹)."""
-    from matplotlib.ticker import FuncFormatter
+def _integer_steps(ax) -> None:
+    """Steps are whole updates: no 0.5-step ticks on short runs."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", integer=True))
+
+
+def _lower(y: np.ndarray, e: np.ndarray) -> np.ndarray:
+    """Lower edge of the error shading where positive (so log-axis limits keep it in view, down to 1/20 of
+    the value; below that the shading runs off the axis bottom)."""
+    y = np.asarray(y, float)
+    lo = y - np.nan_to_num(np.asarray(e, float), nan=0.0)
+    return np.where(lo > y / 20, lo, np.nan)
+
+
+def _shade(ax, s, y, e, color: str, log: bool = False) -> None:
+    """±error band; where the lower edge is not positive on a log axis it runs to the axis bottom instead
+    of being cut off at an arbitrary decade."""
+    y, e = np.asarray(y, float), np.nan_to_num(np.asarray(e, float), nan=0.0)
+    lo = y - e
+    # the axis may become logarithmic after drawing (`_log_if_wide`); a positive value far below the data
+    # looks the same as a negative one on a linear axis that starts at 0, and reaches the bottom of a log axis
+    pos = y[np.isfinite(y) & (y > 0)]
+    if pos.size:
+        lo = np.where((lo > 0) | ~(y > 0), lo, pos.min() * 1e-3)
+    ax.fill_between(s, lo, y + e, color=color, alpha=0.18, lw=0)
+
+
+def _log_ticks(ax, flat_linear: bool = False) -> None:
+    """Enough distinct labels on a log y axis: matplotlib's decades over three decades or more; 1-2-5
+    mantissas over one to three; within one decade (where a log axis is nearly linear) 4-7 evenly spaced
+    round values. Labels get as many digits as it takes to differ. `flat_linear`: a curve spanning less
+    than 30% becomes a linear axis (log labels there would repeat after rounding)."""
+    from matplotlib.ticker import (FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter,
+                                   ScalarFormatter)
 
     lo, hi = ax.get_ylim()
-    if lo > 0 and hi / lo < 100:
-        fmt = FuncFormatter(lambda v, _: f"{v:.3g}")
-        ax.yaxis.set_major_formatter(fmt)
-        ax.yaxis.set_minor_formatter(fmt if hi / lo < 3 else FuncFormatter(lambda v, _: ""))
+    if ax.get_yscale() != "log" or not (lo > 0 and hi > lo):
+        return
+    if flat_linear and hi / lo < 1.3:
+        ax.set_yscale("linear")
+        ax.set_ylim(lo, hi)
+        ax.yaxis.set_major_locator(MaxNLocator(5))
+        ax.yaxis.set_major_formatter(ScalarFormatter(useOffset=False))
+        return
+    if hi / lo >= 1000:
+        return
+    if hi / lo < 10:
+        ticks = [t for t in MaxNLocator(nbins=6).tick_values(lo, hi) if lo <= t <= hi and t > 0]
+    else:
+        ticks = [t for t in LogLocator(base=10, subs=(1.0, 2.0, 5.0)).tick_values(lo, hi) if lo <= t <= hi]
+        if len(ticks) < 4:
+            ticks = [t for t in LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0, 7.0)).tick_values(lo, hi)
+                     if lo <= t <= hi]
+    ax.yaxis.set_major_locator(FixedLocator(ticks))
+    ax.yaxis.set_minor_locator(LogLocator(base=10, subs=tuple(float(k) for k in range(1, 10))))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    digits = 1
+    while digits < 8 and len({f"{t:.{digits}g}" for t in ticks}) < len(ticks):
+        digits += 1
+    ax.yaxis.set_major_formatter(FuncFormatter(
+        lambda v, _: np.format_float_positional(v, precision=digits, fractional=False, trim="-")))
 
 
 def draw_margin(ax, runs: Sequence[Run], *, colors: dict[str, str] | None = None, legend: str = "outside") -> None:
@@ -334,13 +403,14 @@ def draw_margin(ax, runs: Sequence[Run], *, colors: dict[str, str] | None = None
         s = _steps(r)
         y, e = r.probe["ms_margin"].to_numpy(), r.probe["ms_margin_err"].to_numpy()
         ax.plot(s, y, color=col, marker="o", ms=2.5)
-        ax.fill_between(s, y - e, y + e, color=col, alpha=0.18, lw=0)
-        plotted.append(y)
+        _shade(ax, s, y, e, col)
+        plotted += [y, _lower(y, e)]
         handles.append(Line2D([], [], color=col, marker="o", ms=3, label=r.label() + _diverged_note(r)))
         _mark_divergence(ax, r, col)
     ax.axhline(1.0, color="0.2", ls="--", lw=1.0)
     log = _log_if_wide(ax, plotted + [np.array([1.0])], ratio=30.0)
     _clip_y(ax, plotted, [1.0], log)
+    _integer_steps(ax)
     ax.set_xlabel("step (updates)")
     ax.set_ylabel(r"$S(\eta)=\mathrm{Tr}\,f(H)$")
     _legend(ax, legend, handles, [Line2D([], [], color="0.3", marker="o", ms=3, label="S(η) (±1 s.e.)"),
@@ -426,12 +496,13 @@ def draw_commutator(ax, runs: Sequence[Run], *, colors: dict[str, str] | None = 
         pos = np.isfinite(y) & (y > 0)
         s, y, e = s[pos], y[pos], e[pos]
         ax.plot(s, y, color=col, marker="o", ms=2.5, label=r.label())
-        ax.fill_between(s, np.where(y - e > 0, y - e, y / 2), y + e, color=col, alpha=0.18, lw=0)
+        _shade(ax, s, y, e, col, log=True)
         _mark_divergence(ax, r, col)
     ax.axhline(COMMUTATOR_REFERENCE, color="0.2", ls=":", lw=1.0,
                label=f"{COMMUTATOR_REFERENCE:g} (level observed under ZO-Adam; not a threshold)")
     ax.set_yscale("log")
-    _plain_log_ticks(ax)
+    _log_ticks(ax)
+    _integer_steps(ax)
     ax.set_xlabel("step (updates)")
     ax.set_ylabel(r"$\|PH-HP\|_F\,/\,\|PH\|_F$")
     if legend != "none":

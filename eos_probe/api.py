@@ -1,0 +1,180 @@
+"""The Python API in five names: the Hessian of your model, and estimates of what matters about it.
+
+    import eos_probe
+    H = eos_probe.hessian(model, torch.nn.CrossEntropyLoss(), (x, y))
+    eos_probe.lambda_max(H)      # Estimate(value, error, n_hvp, converged)
+    eos_probe.trace(H)
+
+Everything here is a thin layer over the curvature engine (`eos_probe.curvature`) and the one objective
+(`eos_probe.objective.Objective`) that `eos-probe train` uses: same Lanczos, same trace estimators, same
+mean-square stability sum. Randomised estimators draw from a generator seeded by ``seed`` (default 0), so a
+call is reproducible; pass ``seed=None`` for fresh randomness.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .curvature import Density, Estimate, HessianOperator, PreconditionedOperator
+from .curvature.operators import CurvatureOperator
+from .errors import UserError
+
+__all__ = ["hessian", "lambda_max", "top_k", "trace", "density", "commutator_ratio", "ms_margin",
+           "Estimate", "HessianOperator"]
+
+
+def hessian(model: nn.Module, loss_fn: str | Callable[[Tensor, Tensor], Tensor], data: tuple[Tensor, Tensor], *,
+            microbatch: int | None = None, backend: str = "double-backward") -> HessianOperator:
+    """The Hessian of the mean loss of ``model`` on ``data = (x, y)`` at the model's current parameters.
+
+    ``loss_fn``: a callable ``(output, target) -> scalar`` that averages over examples (any torch criterion
+    with ``reduction="mean"``, e.g. ``nn.CrossEntropyLoss()``, ``nn.MSELoss()``), or a built-in name:
+    ``"ce"`` (cross-entropy of integer labels) or ``"mse"`` (0.5·Σ_outputs (f − onehot(y))², or (f − y)² for
+    float targets of the output's shape; mean over examples — the edge-of-stability convention, whose λ_max
+    is C/2 times that of ``nn.MSELoss()`` on one-hot targets). ``num_classes`` is read from the output.
+
+    ``microbatch``: evaluate the batch in chunks of this many examples (memory); the loss must then be a
+    mean over examples. The result is a matrix-free operator (``H @ v``, ``H.matmat(V)``, ``H.to_scipy()``)
+    that counts its products; the model itself is never modified. ``backend``: "double-backward" (as
+    PyHessian), "fwd-rev", or "auto" (times both once — worth it for repeated use on a GPU).
+
+    Raises ``UserError`` naming the cause for targets of the wrong shape or dtype, a loss that is not a
+    twice-differentiable scalar, BatchNorm or Dropout in train mode; warns (``KinkWarning``) about ReLU-type
+    kinks.
+    """
+    from .losses import check_model
+    from .objective import Objective
+
+    if not isinstance(model, nn.Module):
+        raise UserError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise UserError("data must be a pair (x, y) of input and target tensors")
+    x, y = data
+    check_model(model, x if isinstance(x, Tensor) else None)
+    obj = Objective(model, x, y, loss=loss_fn, microbatch=microbatch, hvp_backend=backend)
+    return HessianOperator(obj, obj.initial_theta(), backend=backend)
+
+
+def _generator(op: CurvatureOperator, seed: int | None) -> torch.Generator:
+    g = torch.Generator(device=op.device)
+    if seed is None:
+        g.seed()
+    else:
+        g.manual_seed(int(seed))
+    return g
+
+
+def _check_op(op) -> CurvatureOperator:
+    if not isinstance(op, CurvatureOperator):
+        raise UserError(f"expected an operator from eos_probe.hessian(...), got {type(op).__name__}")
+    return op
+
+
+def lambda_max(op: CurvatureOperator, *, tol: float = 1e-3, max_iter: int = 200, seed: int | None = 0) -> Estimate:
+    """Largest eigenvalue by Lanczos with full re-orthogonalisation; ``error`` is the Ritz residual, a rigorous
+    bound on the distance to an eigenvalue; stops when error ≤ tol·|λ| (``converged=False`` if max_iter hit)."""
+    from .curvature import lambda_max as _lmax
+
+    return _lmax(_check_op(op), tol=tol, max_iter=max_iter, generator=_generator(op, seed))
+
+
+def top_k(op: CurvatureOperator, k: int = 5, *, tol: float = 1e-3, max_iter: int = 200,
+          seed: int | None = 0) -> Estimate:
+    """The k largest eigenvalues (descending array) with Ritz-residual bounds; eigenvectors in ``extra["vectors"]``."""
+    from .curvature import top_k as _topk
+
+    return _topk(_check_op(op), k, tol=tol, max_iter=max_iter, generator=_generator(op, seed))
+
+
+def _default_trace_method(op: CurvatureOperator) -> str:
+    # the exact Gauss–Newton part needs a built-in loss (its output Hessian is known in closed form)
+    if isinstance(op, HessianOperator) and op.objective.loss_name in ("mse", "ce"):
+        return "ggn+residual"
+    return "hutchinson"
+
+
+def trace(op: CurvatureOperator, *, method: str = "auto", n_matvec: int = 100, rtol: float | None = None,
+          seed: int | None = 0) -> Estimate:
+    """Tr(H) with one standard error. ``method="auto"``: exact Gauss–Newton trace + Hutchinson on the
+    remainder for the built-in losses ("ggn+residual", layer-stratified), plain Hutchinson otherwise; also
+    "hutchinson", "hutch++". At most ``n_matvec`` products; stops early once error ≤ rtol·|value|."""
+    from .curvature import trace as _trace
+
+    method = _default_trace_method(_check_op(op)) if method == "auto" else method
+    return _trace(op, method=method, n_matvec=n_matvec, rtol=rtol, generator=_generator(op, seed))
+
+
+def density(op: CurvatureOperator, *, n_probes: int = 4, n_steps: int = 40, seed: int | None = 0,
+            grid: np.ndarray | int | None = None, sigma: float | None = None) -> Density:
+    """Spectral density by stochastic Lanczos quadrature: a :class:`Density` with ``nodes``/``weights`` per
+    probe, a smoothed ``density`` on ``grid`` and ``trace_fn(f)`` → (Tr f(H), standard error)."""
+    from .curvature import spectral_density
+
+    return spectral_density(_check_op(op), n_probes=n_probes, n_steps=n_steps, generator=_generator(op, seed),
+                            grid=grid, sigma=sigma)
+
+
+def commutator_ratio(op: CurvatureOperator, p: Tensor, *, n_probes: int = 8, seed: int | None = 0) -> Estimate:
+    """r = ‖PH − HP‖_F / ‖PH‖_F for a diagonal preconditioner P = diag(p) (e.g. Adam's √v + ε) with one
+    standard error; r ≈ 0 means the preconditioned bands of THEORY §3 apply as stated."""
+    from .curvature import commutator_ratio as _cr
+
+    if isinstance(op, PreconditionedOperator):
+        op = op.H
+    return _cr(_check_op(op), p, n_probes=n_probes, generator=_generator(op, seed))
+
+
+def ms_margin(op: CurvatureOperator, *, optimizer: str, lr: float, queries: int = 1, momentum: float | None = None,
+              momentum_style: str = "heavy_ball", directions: str = "gaussian", preconditioner: Tensor | None = None,
+              n_probes: int = 4, n_steps: int = 10, n_matvec: int = 40, seed: int | None = 0) -> Estimate:
+    """S(η), the exact mean-square stability sum of THEORY §2 for ``optimizer`` at step size ``lr``: the
+    iterates stay bounded in mean square iff S < 1 (first-order optimizers: S = λ_max/(2/η), the classical
+    edge). The same estimator as the probe metric ``ms_margin``: Tr(H)/T + SLQ of the remainder.
+
+    Adam-type optimizers read the eigenvalues of P⁻¹H: pass ``preconditioner=p`` (P = diag(p)) or an
+    operator that is already preconditioned. ``extra``: "threshold" T, "band" (the theory's Band),
+    "trace" and "lambda_max" (the Estimates used).
+    """
+    from .curvature import lambda_max as _lmax
+    from .curvature import spectral_density
+    from .curvature import trace as _trace
+    from .probe import _slq_per_probe, ms_term_function
+    from .run import band_for
+
+    op = _check_op(op)
+    if preconditioner is not None:
+        op = PreconditionedOperator(op, preconditioner)
+    config = {"optimizer": optimizer, "lr": float(lr), "queries": int(queries), "momentum": momentum,
+              "momentum_style": momentum_style, "directions": directions}
+    from .config import TrainConfig, validate
+
+    try:
+        validate(TrainConfig(optimizer=optimizer, lr=float(lr), queries=int(queries), momentum=momentum,
+                             momentum_style=momentum_style, directions=directions))
+    except TypeError as e:
+        raise UserError(str(e)) from None
+    if optimizer.removeprefix("zo-") == "adam" and not isinstance(op, PreconditionedOperator):
+        raise UserError(f"{optimizer} reads the spectrum of P⁻¹H: pass preconditioner=p (Adam's sqrt(v)+eps)")
+    band = band_for(config, op.dim)
+    T = band.threshold
+    gen = _generator(op, seed)
+    n0 = op.n_hvp
+    if band.kind == "classical":
+        est = _lmax(op, generator=gen)
+        return Estimate(value=float(est.value) / T, error=float(est.error) / T, n_hvp=op.n_hvp - n0,
+                        converged=est.converged, extra={"threshold": T, "band": band, "lambda_max": est})
+    tr = _trace(op, method=_default_trace_method(op), n_matvec=n_matvec, rtol=0.02, generator=gen)
+    dens = spectral_density(op, n_probes=n_probes, n_steps=n_steps, generator=gen)
+    f = ms_term_function(config, op.dim)
+    per_probe = _slq_per_probe(dens, lambda lam: f(lam) - lam / T)
+    if np.any(~np.isfinite(per_probe)):
+        value, err = math.inf, math.nan
+    else:
+        value = float(tr.value) / T + float(per_probe.mean())
+        err = math.hypot(float(tr.error) / T, float(per_probe.std(ddof=1) / math.sqrt(per_probe.size)))
+    return Estimate(value=value, error=err, n_hvp=op.n_hvp - n0, converged=tr.converged,
+                    extra={"threshold": T, "band": band, "trace": tr, "density": dens})
