@@ -120,7 +120,7 @@ def density(op: CurvatureOperator, *, n_probes: int = 4, n_steps: int = 40, seed
 
 def commutator_ratio(op: CurvatureOperator, p: Tensor, *, n_probes: int = 8, seed: int | None = 0) -> Estimate:
     """r = ‖PH − HP‖_F / ‖PH‖_F for a diagonal preconditioner P = diag(p) (e.g. Adam's √v + ε) with one
-    standard error; r ≈ 0 means the preconditioned bands of THEORY §3 apply as stated."""
+    standard error; r ≈ 0 means the preconditioned bands of docs/theory.md §3 apply as stated."""
     from .curvature import commutator_ratio as _cr
 
     if isinstance(op, PreconditionedOperator):
@@ -131,7 +131,7 @@ def commutator_ratio(op: CurvatureOperator, p: Tensor, *, n_probes: int = 8, see
 def ms_margin(op: CurvatureOperator, *, optimizer: str, lr: float, queries: int = 1, momentum: float | None = None,
               momentum_style: str = "heavy_ball", directions: str = "gaussian", preconditioner: Tensor | None = None,
               n_probes: int = 4, n_steps: int = 10, n_matvec: int = 40, seed: int | None = 0) -> Estimate:
-    """S(η), the exact mean-square stability sum of THEORY §2 for ``optimizer`` at step size ``lr``: the
+    """S(η), the exact mean-square stability sum of docs/theory.md §2 for ``optimizer`` at step size ``lr``: the
     iterates stay bounded in mean square iff S < 1 (first-order optimizers: S = λ_max/(2/η), the classical
     edge). The same estimator as the probe metric ``ms_margin``: Tr(H)/T + SLQ of the remainder.
 

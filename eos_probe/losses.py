@@ -1,6 +1,6 @@
 """Loss functions of the Objective: the built-in conventions and any user callable, checked up front.
 
-Built-in names keep the project's conventions (THEORY.md §6):
+Built-in names keep the project's conventions (docs/theory.md §6):
 
 * ``"mse"``: 0.5 · Σ_outputs (f − t)², averaged over loss terms, where t is the one-hot vector of an
   integer class label, or the target itself when the targets are floats of the output's shape (regression);
