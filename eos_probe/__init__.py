@@ -9,3 +9,10 @@ def load(path):  # noqa: ANN001 - re-exported lazily so `import eos_probe` stays
     from .store import load as _load
 
     return _load(path)
+
+
+def load_sweep(path):  # noqa: ANN001 - lazy, like `load`
+    """One row per point of a sweep directory written by `eos-probe sweep` (see `eos_probe.sweep.load_sweep`)."""
+    from .sweep.summary import load_sweep as _load_sweep
+
+    return _load_sweep(path)
