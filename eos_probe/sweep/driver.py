@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from ..errors import UserError
 from .spec import Point, SweepSpec, packs
-from .task import DONE, config_difference, file_state
+from .task import config_difference, file_state, is_done
 
 MANIFEST = "sweep.json"
 MANIFEST_VERSION = 1
@@ -39,6 +39,7 @@ class SweepReport:
     skipped: int
     engine: str
     tasks: int = 0
+    retried: int = 0  # tasks re-run after their worker died
     counts: dict[str, int] = field(default_factory=dict)
 
 
@@ -85,11 +86,11 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, *, engine: str = "local", wo
             e.update(status="failed", error=st["error"] + "; move it away to retrain the point")
             continue
         diff = config_difference(st.get("config"), p.config)
-        if diff and diff != ["steps"]:
+        if diff:
             e.update(status="failed", error=f"{p.file} holds a run with other settings ({', '.join(diff)}); "
                                             "move it away or use another --out-dir")
             continue
-        if st["state"] in DONE and st["config"]["steps"] >= p.config["steps"]:
+        if is_done(st, p.config["steps"]):
             e.update(status=st["state"], stop_reason=st["stop_reason"], stop_step=st["stop_step"], skipped=True)
             continue
         e["status"] = "resuming"
@@ -138,10 +139,13 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, *, engine: str = "local", wo
         finally:
             if engine_obj is None and hasattr(eng, "close"):
                 eng.close()
+        if getattr(eng, "retried", 0):
+            echo(f"{eng.retried} task(s) ran again after their worker died (resumed from their checkpoints)")
     counts: dict[str, int] = {}
     for e in entries:
         counts[e["status"]] = counts.get(e["status"], 0) + 1
-    return SweepReport(out_dir, entries, time.perf_counter() - t0, skipped, engine, len(tasks), counts)
+    return SweepReport(out_dir, entries, time.perf_counter() - t0, skipped, engine, len(tasks),
+                       getattr(eng, "retried", 0), counts)
 
 
 def read_manifest(out_dir: str | Path) -> dict[str, Any]:

@@ -42,6 +42,7 @@ class LocalEngine:
     def __init__(self, workers: int, threads: int) -> None:
         self.workers = workers
         self.threads = threads
+        self.retried = 0  # tasks whose worker died and that were run again
 
     def run(self, tasks: list[Task]) -> Iterator[tuple[int, Result]]:
         import multiprocessing as mp
@@ -68,6 +69,7 @@ class LocalEngine:
                         except BrokenProcessPool:
                             lost.append(i)
             todo = sorted(lost)
+            self.retried += len(todo) if attempt == 0 else 0
         for i in todo:
             yield i, _worker_died(tasks[i], "twice")
 

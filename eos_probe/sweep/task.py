@@ -42,13 +42,19 @@ def file_state(path: str | Path) -> dict[str, Any]:
     return out
 
 
+def is_done(st: dict[str, Any], steps: int) -> bool:
+    """Diverged, or finished with at least `steps` steps (a finished run asked for more is extended)."""
+    return st["state"] == "diverged" or (st["state"] == "finished" and (st.get("stop_step") or 0) >= steps)
+
+
 def config_difference(stored: dict[str, Any] | None, wanted: dict[str, Any]) -> list[str]:
-    """Keys whose recorded value differs from the point's config (out ignored; data resolved at build time)."""
+    """Keys whose recorded value differs from the point's config (out and steps ignored; data is resolved at
+    build time)."""
     if stored is None:
         return ["config"]
     diff = []
     for k, v in wanted.items():
-        if k == "out" or (k == "data" and v is None):
+        if k in ("out", "steps") or (k == "data" and v is None):  # more steps extend a run
             continue
         if stored.get(k) != v and not (isinstance(v, list) and list(stored.get(k) or []) == v):
             diff.append(k)
@@ -81,7 +87,7 @@ def run_task(configs: list[dict[str, Any]], threads: int | None = None) -> list[
         if st["state"] == "missing":
             fresh.append(i)
             continue
-        if st["state"] in DONE and (st.get("config") or {}).get("steps", cfg["steps"]) >= cfg["steps"]:
+        if is_done(st, cfg["steps"]):
             continue
         try:  # interrupted, or finished with fewer steps than asked: continue from the checkpoint
             train(None, resume=cfg["out"], steps=cfg["steps"], progress=False)
