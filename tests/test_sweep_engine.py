@@ -210,5 +210,7 @@ def test_kill_9_loses_nothing_and_rerun_matches_an_uninterrupted_sweep(reference
             proc.wait()
     df = load_sweep(out)
     assert list(df["status"]) == ["finished"] * 4
-    for f in ref_out.glob("*.h5"):  # resumed bitwise: the same losses as the uninterrupted sweep
-        np.testing.assert_array_equal(_losses(out / f.name), _losses(f))
+    # the same losses as the uninterrupted sweep: a killed point resumes alone (one-copy arithmetic) while the
+    # reference trained it stacked with its lr twin, so equal up to float32 rounding, not necessarily bitwise
+    for f in ref_out.glob("*.h5"):
+        np.testing.assert_allclose(_losses(out / f.name), _losses(f), rtol=1e-5)

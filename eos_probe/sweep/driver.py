@@ -71,7 +71,6 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, *, engine: str = "local", wo
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     points = spec.points(out_dir)
-    prepare_out_dir(out_dir)
     manifest_path = out_dir / MANIFEST
     entries = [_entry(p, out_dir) for p in points]
     todo_resume: list[int] = []
@@ -98,10 +97,8 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, *, engine: str = "local", wo
     skipped = sum(1 for e in entries if e.get("skipped"))
     tasks: list[list[int]] = [[i] for i in todo_resume]
     if pack:
-        by_key: dict[str, list[int]] = {}
-        for group in packs([points[i] for i in todo_fresh]):
-            by_key[group[0].name] = [points.index(q) for q in group]
-        tasks += list(by_key.values())
+        index = {p.name: i for i, p in enumerate(points)}
+        tasks += [[index[q.name] for q in group] for group in packs([points[i] for i in todo_fresh])]
     else:
         tasks += [[i] for i in todo_fresh]
     for t, idx in enumerate(tasks):
@@ -115,15 +112,22 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, *, engine: str = "local", wo
             "base": spec.base, "sweep": spec.axes, "zip": spec.zips,
             "points": [{k: v for k, v in e.items() if k != "skipped"} for e in entries]})
 
+    eng = None
+    if tasks:  # before anything is written: a cluster that cannot be reached leaves no trace
+        eng = engine_obj or make_engine(engine, workers=workers, n_tasks=len(tasks), address=address,
+                                        cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task)
+    try:
+        prepare_out_dir(out_dir)
+    except BaseException:
+        if engine_obj is None and hasattr(eng, "close"):
+            eng.close()
+        raise
     save()
     n = len(points)
     if skipped:
         echo(f"{skipped} of {n} points already done (skipped); {n - skipped - sum(e['status'] == 'failed' for e in entries)} to run")
     done_count = skipped
-    eng = None
     if tasks:
-        eng = engine_obj or make_engine(engine, workers=workers, n_tasks=len(tasks), address=address,
-                                        cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task)
         try:
             for t, results in eng.run([[points[i].config for i in idx] for idx in tasks]):
                 for i, res in zip(tasks[t], results):
