@@ -214,3 +214,19 @@ def test_kill_9_loses_nothing_and_rerun_matches_an_uninterrupted_sweep(reference
     # reference trained it stacked with its lr twin, so equal up to float32 rounding, not necessarily bitwise
     for f in ref_out.glob("*.h5"):
         np.testing.assert_allclose(_losses(out / f.name), _losses(f), rtol=1e-5)
+
+
+def test_summary_and_plot_mark_diverged_points(tmp_path):
+    spec = parse_sweep({**BASE, "steps": 20, "probe_every": 5, "sweep": {"lr": [0.01, 50.0]}})
+    rep = run_sweep(spec, tmp_path / "o", workers=1)
+    assert rep.tasks == 1 and rep.counts == {"finished": 1, "diverged": 1}  # one pack, one copy dropped
+    df = load_sweep(tmp_path / "o")
+    div = df[df["lr"] == 50.0].iloc[0]
+    assert div["status"] == "diverged" and 0 < div["divergence_step"] <= 20 and div["stop_reason"]
+    assert np.isnan(df[df["lr"] == 0.01].iloc[0]["divergence_step"])
+    r = _cli("sweep-summary", str(tmp_path / "o"), "--csv", str(tmp_path / "s.csv"))
+    assert r.returncode == 0 and "diverged" in r.stdout and (tmp_path / "s.csv").exists(), r.stderr
+    r = _cli("plot", str(tmp_path / "o"), "--kind", "sweep", "--out", str(tmp_path / "s.png"))
+    assert r.returncode == 0 and (tmp_path / "s.png").stat().st_size > 10_000, r.stderr
+    r = _cli("plot", str(tmp_path / "o"), str(tmp_path / "o"), "--kind", "sweep")
+    assert r.returncode == 2 and "one sweep directory" in r.stderr
