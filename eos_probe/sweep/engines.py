@@ -29,7 +29,7 @@ def _die_with_parent() -> None:
 
 
 def _worker_died(configs: Task, why: str) -> Result:
-    return [{"file": c["out"], "status": "interrupted", "stop_reason": "", "stop_step": None,
+    return [{"file": c.get("out"), "status": "interrupted", "stop_reason": "", "stop_step": None,
              "error": f"worker died ({why}); run the sweep again to resume it", "task_seconds": float("nan")}
             for c in configs]
 
@@ -44,13 +44,15 @@ class LocalEngine:
         self.threads = threads
         self.retried = 0  # tasks whose worker died and that were run again
 
-    def run(self, tasks: list[Task]) -> Iterator[tuple[int, Result]]:
+    def run(self, tasks: list[Task], fn: Any = None) -> Iterator[tuple[int, Result]]:
+        """Run `fn(task, threads)` (default: train the task's points) for every task; yield as they finish."""
         import multiprocessing as mp
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
         from concurrent.futures.process import BrokenProcessPool
 
         from .task import run_task
 
+        fn = fn or run_task
         todo = list(range(len(tasks)))
         for attempt in range(2):
             if not todo:
@@ -58,7 +60,7 @@ class LocalEngine:
             lost: list[int] = []
             with ProcessPoolExecutor(max_workers=min(self.workers, len(todo)), mp_context=mp.get_context("spawn"),
                                      initializer=_die_with_parent) as pool:
-                futures = {pool.submit(run_task, tasks[i], self.threads): i for i in todo}
+                futures = {pool.submit(fn, tasks[i], self.threads): i for i in todo}
                 pending = set(futures)
                 while pending:
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -121,11 +123,12 @@ class RayEngine:
             raise UserError(f"cannot connect to Ray at {address}: {' '.join(str(e).split())[:200]}") from None
         self.started = True
 
-    def run(self, tasks: list[Task]) -> Iterator[tuple[int, Result]]:
+    def run(self, tasks: list[Task], fn: Any = None) -> Iterator[tuple[int, Result]]:
+        """Run `fn(task, threads)` (default: train the task's points) as one Ray task per task."""
         from .task import run_task
 
         ray = self.ray
-        remote = ray.remote(num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_task, max_retries=1)(run_task)
+        remote = ray.remote(num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_task, max_retries=1)(fn or run_task)
         refs = {remote.remote(t, self.threads): i for i, t in enumerate(tasks)}
         pending = list(refs)
         try:
