@@ -193,7 +193,7 @@ def test_kill_9_loses_nothing_and_rerun_matches_an_uninterrupted_sweep(reference
             statuses = list(load_sweep(out)["status"])
             assert statuses != ["finished"] * 4  # the kill landed mid-sweep
             r = _cli(*cmd[3:])
-            assert r.returncode == 0, r.stderr
+            assert r.returncode == 0, r.stdout + r.stderr
         else:
             workers = [c for c in _children(proc.pid)
                        if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text(errors="replace")]

@@ -19,16 +19,17 @@ DONE = ("finished", "diverged")
 
 def file_state(path: str | Path) -> dict[str, Any]:
     """{"state": missing|interrupted|finished|diverged|unreadable, "config", "stop_reason", "stop_step", "error"}."""
-    import h5py
+    from ..errors import UserError
+    from ..store import open_run
 
     p = Path(path)
     if not p.exists():
         return {"state": "missing"}
-    try:
-        with h5py.File(p, "r", locking=False) as f:
+    try:  # open_run also reads a file whose SWMR writer was killed (consistency flags still set)
+        with open_run(p) as f:
             attrs = dict(f.attrs)
-    except OSError as e:
-        return {"state": "unreadable", "error": f"{p} cannot be read as a run file ({e})"}
+    except (UserError, OSError) as e:
+        return {"state": "unreadable", "error": " ".join(str(e).split())}
 
     def dec(v: Any) -> Any:
         return v.decode() if isinstance(v, bytes) else v
