@@ -40,6 +40,9 @@ def main() -> None:
                         "device": "cpu", "optimizer": "zo-gd", "steps": args.steps, "probe_every": 100,
                         "probe": ["lambda_max"], "checkpoint_every": 100,
                         "sweep": {"lr": [0.005, 0.01], "seed": [0, 1]}}, "bench")
+    # the engine overhead is the question, not Ray's OOM policy: its memory monitor kills tasks when the *node*
+    # nears its limit, which on a shared machine is other people's memory (it did so in a run of this script)
+    os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
     t0 = time.perf_counter()
     ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     ray_start = time.perf_counter() - t0
