@@ -245,7 +245,8 @@ def quadratic_edge(spectrum: np.ndarray, cfg: dict[str, Any], start: float, *, s
 
     lo, hi, _ = _bracket_edge(evaluate, start * 0.8, start * 1.25, points=points, rounds=rounds)
     # point estimate: the zero of the rate, interpolated between the tested η around the crossing
-    pts = sorted((t["lr"], t["rate"]) for t in tested)
+    # (inside [lo, hi] only: a noisy rate below lo must not put the point outside its own interval)
+    pts = sorted((t["lr"], t["rate"]) for t in tested if lo <= t["lr"] <= hi)
     edge = math.sqrt(lo * hi)
     for (e0, r0), (e1, r1) in zip(pts, pts[1:]):
         if r0 <= 0 < r1:
