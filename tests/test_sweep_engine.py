@@ -172,6 +172,7 @@ def _wait_for(pred, timeout: float = 240.0) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.slow  # two subprocess sweeps with spawned workers (~30 s idle, minutes on a loaded machine)
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs /proc to find the workers")
 @pytest.mark.parametrize("victim", ["driver", "worker"])
 def test_kill_9_loses_nothing_and_rerun_matches_an_uninterrupted_sweep(reference, tmp_path, victim):
