@@ -23,6 +23,13 @@ _API = ("hessian", "lambda_max", "top_k", "trace", "density", "commutator_ratio"
         "HessianOperator")
 
 
+def load_sweep(path):  # noqa: ANN001 - lazy, like `load`
+    """One row per point of a sweep directory written by `eos-probe sweep` (see `eos_probe.sweep.load_sweep`)."""
+    from .sweep.summary import load_sweep as _load_sweep
+
+    return _load_sweep(path)
+
+
 def __getattr__(name: str):
     if name in _API:
         from . import api
@@ -35,4 +42,4 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_API])
 
 
-__all__ = ["load", *_API]
+__all__ = ["load", "load_sweep", *_API]

@@ -20,6 +20,9 @@ COMMANDS = {
     "bands": "eos_probe.commands.bands:command",
     "bench": "eos_probe.commands.bench:command",
     "data": "eos_probe.commands.data:command",
+    "sweep": "eos_probe.commands.sweep:command",
+    "sweep-summary": "eos_probe.commands.sweep:summary_command",
+    "edge": "eos_probe.commands.edge:command",
 }
 
 

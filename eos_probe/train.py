@@ -393,14 +393,15 @@ def _train(cfgs: list[TrainConfig], paths: list[Path], *, overwrite: bool, resum
             w.close()
         raise
 
-    def checkpoint(step: int, i: int) -> None:
+    def checkpoint(step: int, i: int, kept: bool = False) -> None:
         c = copies[alive[i]]
         c.writer.flush()  # the file holds every row before `step` when the checkpoint names `step`
         extra = {"config": c.cfg.to_dict()}
         if c.probe is not None:
             extra["probe"] = c.probe.state_dict()
         th_i, st_i = view(i)
-        save_checkpoint(checkpoint_path(c.path), step, th_i, st_i, extra)
+        path = Path(f"{c.path}.step{step}.ckpt") if kept else checkpoint_path(c.path)
+        save_checkpoint(path, step, th_i, st_i, extra)
 
     def drop(rows: list[int]) -> None:
         """Remove diverged copies from the stack; the others continue unchanged."""
@@ -425,6 +426,10 @@ def _train(cfgs: list[TrainConfig], paths: list[Path], *, overwrite: bool, resum
             if step % cfg.checkpoint_every == 0 and step != start:
                 for i in range(len(alive)):
                     checkpoint(step, i)
+            keep = cfg.keep_checkpoints_every
+            if keep and step % keep == 0 and (step != start or not resuming):  # θ_step for `eos-probe edge`
+                for i in range(len(alive)):
+                    checkpoint(step, i, kept=True)
             final = step == cfg.steps
             log_due = step % log_every == 0 or final
             metrics = None

@@ -98,6 +98,14 @@ CASES = [
     (["plot", "{root}/missing.h5", "{root}/exists.h5", "--kind", "loss"], "missing.h5"),
     (["inspect", "{root}/missing_dir/x.h5"], "x.h5"),
     (["data", "download", "cifar10", "--dest", "{root}/a_file"], "a_file"),
+    # sweep, sweep-summary, edge
+    (["sweep", "--config", "{root}/missing.toml"], "missing.toml"),
+    (["sweep", "--config", "{root}/broken.toml"], "TOML"),
+    (["sweep", "--config", "{root}/unknown_key.toml"], "[sweep]"),
+    (["sweep-summary", "{root}/missing_dir"], "missing_dir"),
+    (["sweep-summary", "{root}"], "sweep.json"),
+    (["edge", "{root}/missing.h5", "--step", "3"], "missing.h5"),
+    (["edge", "{root}/exists.h5", "--step", "3", "--seeds", "0"], "--seeds"),
 ]
 if IS_ROOT:  # root writes into read-only directories and reads anything
     CASES = [c for c in CASES if "readonly" not in " ".join(c[0])]

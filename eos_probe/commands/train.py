@@ -74,6 +74,7 @@ def _finite(ctx, param, value):
 @click.option("--microbatch", type=int, help="Evaluate the full batch in chunks of this many examples.")
 @click.option("--log-every", type=int, help="Log exact loss/accuracy every k steps (default 1 FO, 10 ZO).")
 @click.option("--checkpoint-every", type=int, help="Checkpoint every M steps (default 500).")
+@click.option("--keep-checkpoints-every", type=int, help="Also keep the checkpoint of every N-th step as RUN.h5.step<N>.ckpt (for `eos-probe edge --step`).")
 @click.option("--probe-every", type=int, help="Measure curvature every N steps (default 100).")
 @click.option("--probe", "probe_metrics", help="Comma list of probe metrics with options as name:key=value, or 'none'. Metrics: lambda_max, top_k, trace, density, ms_margin, dir_curvature; Adam runs also precond_lambda_max, precond_trace, precond_density, commutator_ratio (default: lambda_max,trace, + ms_margin for ZO, + the preconditioned ones and commutator_ratio for Adam; README 'Probing' lists the options).")
 @click.option("--divergence-factor", type=float, callback=_finite, help="Stop when loss > factor × initial loss (default 1000).")
