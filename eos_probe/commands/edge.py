@@ -28,7 +28,7 @@ import click
 @click.option("--json-out", type=click.Path(dir_okay=False), help="Result JSON (default RUN.edge<N>.json next to the run).")
 def command(run, step, engine, address, workers, seeds, horizon, blowup, rounds, quad_seeds, quad_steps, quad_rounds,
             top_k, n_matvec, dense_max, no_network, json_out) -> None:
-    """Predicted η* (THEORY §2 on the measured spectrum) vs the measured largest stable η, on the local
+    """Predicted η* (docs/theory.md §2 on the measured spectrum) vs the measured largest stable η, on the local
     quadratic model and on the network itself (continuation runs from the checkpoint)."""
     from ..errors import UserError
     from ..sweep.edge import edge_experiment, one_line

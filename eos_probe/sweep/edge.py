@@ -6,7 +6,7 @@ At θ_N (the checkpoint of a run at step N):
    exact. Larger ones: the top-k eigenvalues by Lanczos (Ritz values with residual bounds) plus the trace by
    the probe's estimator (with its standard error); the rest of the spectrum is known only through its mass
    R = Tr − Σ top-k and the bound 0 ≤ λ ≤ λ_k.
-2. **Prediction.** η* = sup{η : S(η) < 1} of THEORY §2 (`theory.critical_lr`) on that spectrum. Its interval
+2. **Prediction.** η* = sup{η : S(η) < 1} of docs/theory.md §2 (`theory.critical_lr`) on that spectrum. Its interval
    (top-k + trace path): S is a sum of convex increasing terms, so for a tail of mass R spread under λ_k,
    S is largest with the mass piled at λ_k and smallest with it spread thin; with R ± 2 s.e. this brackets η*.
    The point value spreads R evenly over the d − k remaining modes.
