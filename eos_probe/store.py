@@ -4,12 +4,14 @@ Series live in groups (`/train`, `/probe`, `/spectra/<name>`); each such group h
 and every dataset in it has one row per entry of `step`. Datasets are chunked and appendable; rows are
 buffered in memory and written in blocks (at every probe, checkpoint and at least every `flush_seconds`).
 
-The file at the run's path is never open for writing: every block is written to a copy (`RUN.h5.tmp`),
-which is closed, fsynced and renamed over the run file (copy-on-write). So the file is a complete, closed
-HDF5 file at every instant — a reader (`eos_probe.load`, plain `h5py.File(path, "r")`, a notebook watching a
-live run) needs no SWMR mode and no lock, and a writer killed at any moment (even mid-write) leaves the
-previous version intact (a killed writer can only leave a stale `RUN.h5.tmp` behind). The price is one copy
-of the file per block, milliseconds for the few-MB files a run writes.
+The file at the run's path is never open for writing: each block is applied to an in-memory copy of the
+file, whose bytes are written to `RUN.h5.tmp`, fsynced and renamed over the run file (copy-on-write). So the
+file is a complete, closed HDF5 file at every instant — a reader (`eos_probe.load`, plain
+`h5py.File(path, "r")`, a notebook watching a live run) needs no SWMR mode and no lock, and a writer killed
+at any moment (even mid-write) leaves the previous version intact (at worst a stale `RUN.h5.tmp`). HDF5
+itself never writes to disk, so a full disk is a plain OSError from one Python write, never a half-closed
+HDF5 handle. The price is reading and writing the file once per block: milliseconds for the few-MB files a
+run writes.
 
 The run's final status (finished / diverged / interrupted and why) is written as attributes; a run with no
 `status` attribute was killed (or is still running).
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json
 import os
 import re
@@ -75,18 +78,17 @@ class RunWriter:
         exists and reads as an interrupted run from its first instant."""
         path = Path(path)
         check_writable(path, overwrite)
-        tmp = _tmp_path(path)
-        with _write_errors(path):
-            with h5py.File(tmp, "w", libver="latest", locking=False) as f:
-                for k, v in attrs.items():
-                    f.attrs[k] = _attr(v)
-                f.attrs["schema_version"] = SCHEMA_VERSION
-                f.attrs["resumed"] = 0
-                for name, dtype in (("step", "i8"), ("loss", "f8"), ("accuracy", "f8"), ("wall_time", "f8")):
-                    f.create_dataset(f"train/{name}", shape=(0,), maxshape=(None,), chunks=(_CHUNK_ROWS,),
-                                     dtype=dtype)
-            _publish(tmp, path)  # an existing run is only replaced once the new header is complete
-            return cls(path, _open_copy(path), flush_seconds)
+        buf = io.BytesIO()
+        with h5py.File(buf, "w", libver="latest") as f:
+            for k, v in attrs.items():
+                f.attrs[k] = _attr(v)
+            f.attrs["schema_version"] = SCHEMA_VERSION
+            f.attrs["resumed"] = 0
+            for name, dtype in (("step", "i8"), ("loss", "f8"), ("accuracy", "f8"), ("wall_time", "f8")):
+                f.create_dataset(f"train/{name}", shape=(0,), maxshape=(None,), chunks=(_CHUNK_ROWS,),
+                                 dtype=dtype)
+        _publish(buf.getvalue(), path)  # an existing run is only replaced once the new header is complete
+        return cls(path, _in_memory(buf.getvalue()), flush_seconds)
 
     @classmethod
     def resume(cls, path: str | Path, upto_step: int, *, flush_seconds: float = 5.0) -> "RunWriter":
@@ -95,10 +97,8 @@ class RunWriter:
         that leaves the old file as it was."""
         path = Path(path)
         src = open_run(path)
-        tmp = _tmp_path(path)
         try:
-            with _write_errors(path):
-                dst = h5py.File(tmp, "w", libver="latest", locking=False)
+            dst = _in_memory(None)
             for k, v in src.attrs.items():
                 if k not in ("status", "stop_reason", "stop_step"):
                     dst.attrs[k] = v
@@ -150,10 +150,9 @@ class RunWriter:
         if self.started:
             return
         self._write_rows(self.f)
-        self.f.close()
+        data = _close_memory(self.f)
         self.f = None
-        with _write_errors(self.path):
-            _publish(_tmp_path(self.path), self.path)
+        _publish(data, self.path)
         self.started = True
         self._last_flush = time.monotonic()
 
@@ -203,7 +202,6 @@ class RunWriter:
         if self.f is not None:
             f, self.f = self.f, None
             f.close()
-            _tmp_path(self.path).unlink(missing_ok=True)
         self._pending = {}
 
     def _write_rows(self, f: h5py.File) -> None:
@@ -221,28 +219,50 @@ class RunWriter:
 
     @contextlib.contextmanager
     def _update(self) -> Iterator[h5py.File]:
-        """Copy the run file, let the caller change the copy, publish it (fsync + rename)."""
-        tmp = _tmp_path(self.path)
+        """Read the run file into memory, let the caller change it, publish the result (write, fsync, rename)."""
         with _write_errors(self.path):
-            try:
-                shutil.copyfile(self.path, tmp)
-                f = h5py.File(tmp, "r+", libver="latest", locking=False)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-            try:
-                yield f
-                crash_point("write")  # the copy open and changed, not closed
-            except BaseException:
-                f.close()
-                tmp.unlink(missing_ok=True)
-                raise
+            f = _in_memory(self.path.read_bytes())
+        try:
+            yield f
+            crash_point("write")  # the new version being made, nothing written yet
+        except BaseException:
             f.close()
-            _publish(tmp, self.path)
+            raise
+        _publish(_close_memory(f), self.path)
 
 
 def _tmp_path(path: Path) -> Path:
     return path.with_name(path.name + ".tmp")
+
+
+def _in_memory(data: bytes | None) -> h5py.File:
+    """An HDF5 file held in memory: a copy of `data`, or a new empty file."""
+    buf = io.BytesIO(data or b"")
+    f = h5py.File(buf, "r+" if data else "w", libver="latest")
+    f._eos_buffer = buf  # keep the buffer with the file object
+    return f
+
+
+def _close_memory(f: h5py.File) -> bytes:
+    buf = f._eos_buffer
+    f.close()
+    return buf.getvalue()
+
+
+def _publish(data: bytes, path: Path) -> None:
+    """Write `data` as the new run file atomically: temporary file, fsync, rename."""
+    tmp = _tmp_path(path)
+    with _write_errors(path):
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        crash_point("publish")  # the new version complete, not yet renamed
+        os.replace(tmp, path)
 
 
 def crash_point(name: str) -> None:
@@ -267,19 +287,6 @@ def crash_point(name: str) -> None:
 _crash_counts: dict[str, int] = {}
 
 
-def _open_copy(path: Path) -> h5py.File:
-    """An open r+ copy of a published run file at its temporary name (for setting up)."""
-    tmp = _tmp_path(path)
-    shutil.copyfile(path, tmp)
-    return h5py.File(tmp, "r+", libver="latest", locking=False)
-
-
-def _publish(tmp: Path, path: Path) -> None:
-    fsync_path(tmp)
-    crash_point("publish")  # the new version complete, not yet renamed
-    os.replace(tmp, path)
-
-
 #: errno → the words a user needs (anything else: the system's own message)
 _ERRNO_WORDS = {errno.ENOSPC: "no space left on device", errno.EFBIG: "file size limit exceeded",
                 errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system",
@@ -298,10 +305,10 @@ def write_error_message(path: Path, e: BaseException) -> str:
 
 @contextlib.contextmanager
 def _write_errors(path: Path) -> Iterator[None]:
-    """OSError while writing → one-line UserError (disk full, size limit, read-only file system, ...)."""
+    """A failed write → one-line UserError (disk full, size limit, read-only file system, ...)."""
     try:
         yield
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # h5py reports some failed writes (on close) as RuntimeError
         raise UserError(write_error_message(path, e)) from None
 
 
@@ -332,7 +339,9 @@ def check_writable(path: Path, overwrite: bool) -> None:
     except OSError as e:
         raise UserError(f"output directory {parent} cannot hold a run file ({write_error_message(path, e).split(': ', 1)[1]})") from None
     try:
-        os.write(fd, b"\0" * 4096)  # a full disk or a file-size limit shows here, before any work
+        block = b"\0" * 4096  # a full disk or a file-size limit shows here, before any work
+        while block:  # a write that reaches the limit is short; the next one fails
+            block = block[os.write(fd, block):]
     except OSError as e:
         raise UserError(write_error_message(path, e)) from None
     finally:

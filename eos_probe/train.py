@@ -12,6 +12,7 @@ file, probe and checkpoint; a copy that diverges is recorded in its file and dro
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -137,7 +138,10 @@ def save_checkpoint(path: Path, step: int, theta: torch.Tensor, state: dict, ext
     payload = {"step": step, "theta": theta.detach().cpu(),
                "state": {k: {n: t.detach().cpu() for n, t in v.items()} for k, v in state.items()},
                **extra}
-    torch.save(payload, tmp)
+    buf = io.BytesIO()
+    torch.save(payload, buf)  # serialised in memory: a failing write is then an OSError with its errno
+    with open(tmp, "wb") as fh:
+        fh.write(buf.getbuffer())
     fsync_path(tmp)
     crash_point("checkpoint")  # the new checkpoint written, not yet renamed
     os.replace(tmp, path)
