@@ -617,7 +617,7 @@ class Probe:
 
     # ---------------------------------------------------------------- trainer interface
     def declare(self, writer) -> None:
-        """Declare every dataset (before SWMR) and write /bands and the /probe description."""
+        """Declare every dataset (before the run starts) and write /bands and the /probe description."""
         from .store import SCHEMA_VERSION
 
         writer.declare("probe", "step", "i8")

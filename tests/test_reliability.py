@@ -224,3 +224,23 @@ def test_the_probe_back_end_does_not_depend_on_timing(monkeypatch) -> None:
     ticks = itertools.count()
     monkeypatch.setattr(probe_mod.time, "perf_counter", lambda: float(next(ticks)) ** 3)
     assert _default_probe(cfg, setup)._choose_backend() == first == "double-backward"
+
+
+def test_checkpoints_follow_every_probe_and_the_clock(tmp_path: Path, monkeypatch, one_thread) -> None:
+    """Default checkpointing: at step 0, at the step after each probe (a probe is never lost), at the end;
+    and at every step boundary once CHECKPOINT_SECONDS have passed since the last one."""
+    import eos_probe.train as train_mod
+    from eos_probe.config import TrainConfig
+
+    saved: list[int] = []
+    real = train_mod.save_checkpoint
+    monkeypatch.setattr(train_mod, "save_checkpoint", lambda path, step, *a: (saved.append(step), real(path, step, *a)))
+    cfg = TrainConfig(model="cnn", model_args={"widths": [2, 2], "hidden": 4}, n_per_class=5, dtype="float64",
+                      optimizer="zo-gd", lr=0.02, steps=7, probe_every=3, probe=["lambda_max"], device="cpu",
+                      out=str(tmp_path / "a.h5"))
+    train_mod.train(cfg, progress=False)
+    assert saved == [0, 1, 4, 7, 7]  # probes at 0, 3, 6 and the final 7 (step 7 is also the end)
+    saved.clear()
+    monkeypatch.setattr(train_mod, "CHECKPOINT_SECONDS", 0.0)
+    train_mod.train(TrainConfig(**{**cfg.to_dict(), "out": str(tmp_path / "b.h5"), "probe": []}), progress=False)
+    assert saved == list(range(8)) + [7]
