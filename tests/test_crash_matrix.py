@@ -9,7 +9,9 @@ wall-clock moments spread over the reference run's duration.
 """
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -48,9 +50,64 @@ HOOKS = [
 FRACTIONS = [0.02, 0.08, 0.15] + [i / 14 for i in range(2, 15)] + [1.1]
 
 
-def _start(out: Path, env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "eos_probe.cli", "train", *ARGS, "--out", str(out)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+# Each case is an `eos-probe train` process; importing torch would dominate a tiny run, so a server imports it
+# once and forks one child per case (no threads exist before the fork: one intra-op thread, nothing run yet).
+_SERVER = """
+import json, os, sys
+import torch, eos_probe.cli, eos_probe.commands.train, eos_probe.train, eos_probe.probe
+for line in sys.stdin:
+    req = json.loads(line)
+    sys.stdout.flush(); sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        os.environ.update(req["env"])
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+        os.dup2(os.open(req["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
+        code = 0
+        try:
+            eos_probe.cli.main(req["args"])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        sys.stderr.flush()
+        os._exit(code)
+    print(pid, flush=True)
+    print(os.waitpid(pid, 0)[1], flush=True)
+"""
+
+
+class _Runner:
+    """Starts `eos-probe train ... --out OUT` as a fork of the server; `alive`, `kill`, `wait` on it."""
+
+    def __init__(self) -> None:
+        self.server = subprocess.Popen([sys.executable, "-c", _SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                       text=True, env=ENV)
+        self.pid = 0
+
+    def start(self, out: Path, env: dict[str, str]) -> None:
+        req = {"args": ["train", *ARGS, "--out", str(out)], "env": env, "stderr": str(out) + ".stderr"}
+        self.server.stdin.write(json.dumps(req) + "\n")
+        self.server.stdin.flush()
+        self.pid = int(self.server.stdout.readline())
+
+    def alive(self) -> bool:
+        try:
+            os.kill(self.pid, 0)  # the server reaps its child at once, so a finished one is gone
+            return True
+        except ProcessLookupError:
+            return False
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def wait(self) -> int:
+        return os.waitstatus_to_exitcode(int(self.server.stdout.readline()))
+
+    def close(self) -> None:
+        self.server.stdin.close()
+        self.server.wait(timeout=60)
 
 
 def _series(path: Path) -> dict[str, np.ndarray]:
@@ -75,39 +132,39 @@ def _check_readable(path: Path) -> str:
     return run.status
 
 
-def _reference(tmp: Path) -> tuple[dict, float, float]:
+def _reference(tmp: Path, runner: _Runner) -> tuple[dict, float, float]:
     """The uninterrupted run; returns its series and how long the file took to appear / the run to end."""
     out = tmp / "ref.h5"
     t0 = time.monotonic()
-    proc = _start(out, ENV)
+    runner.start(out, {})
     appear = None
-    while proc.poll() is None:
+    while runner.alive():
         if appear is None and out.exists():
             appear = time.monotonic() - t0
-        time.sleep(0.005)
-    assert proc.returncode == 0, proc.stderr.read()
+        time.sleep(0.002)
+    assert runner.wait() == 0, Path(str(out) + ".stderr").read_text()
     return _series(out), appear if appear is not None else 0.0, time.monotonic() - t0
 
 
-def _crash_matrix(tmp: Path, one_thread_torch) -> list[str]:
-    ref, appear, total = _reference(tmp)
-    cases: list[tuple[str, dict, float | None]] = [(h, {**ENV, "EOS_PROBE_CRASH_AT": h}, None) for h, _ in HOOKS]
-    cases += [(f"t={f:.2f}", ENV, f) for f in FRACTIONS]
+def _crash_matrix(tmp: Path, runner: _Runner) -> list[str]:
+    ref, appear, total = _reference(tmp, runner)
+    cases: list[tuple[str, dict, float | None]] = [(h, {"EOS_PROBE_CRASH_AT": h}, None) for h, _ in HOOKS]
+    cases += [(f"t={f:.2f}", {}, f) for f in FRACTIONS]
     report = []
     for k, (name, env, frac) in enumerate(cases):
         out = tmp / f"c{k}.h5"
         t0 = time.monotonic()
-        proc = _start(out, env)
+        runner.start(out, env)
         if frac is not None:  # wall-clock moment, counted from the file's appearance as in the reference
-            while proc.poll() is None and not out.exists() and time.monotonic() - t0 < 120:
-                time.sleep(0.002)
+            while runner.alive() and not out.exists() and time.monotonic() - t0 < 120:
+                time.sleep(0.001)
             t_file = time.monotonic()
-            while proc.poll() is None and time.monotonic() - t_file < frac * (total - appear):
-                time.sleep(0.002)
-            if proc.poll() is None:
-                proc.kill()
-        proc.wait(timeout=300)
-        stderr = proc.stderr.read()
+            while runner.alive() and time.monotonic() - t_file < frac * (total - appear):
+                time.sleep(0.001)
+            runner.kill()
+        code = runner.wait()
+        stderr = Path(str(out) + ".stderr").read_text()
+        assert code in (0, -9), (name, code, stderr)
         assert "Traceback" not in stderr, (name, stderr)
         if not out.exists():  # killed before the file appeared: nothing to resume, nothing lost
             report.append(f"{name}: no file yet")
@@ -124,14 +181,19 @@ def _crash_matrix(tmp: Path, one_thread_torch) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 @pytest.mark.parametrize("load", [False, True], ids=["idle", "cpu-load"])
 def test_crash_matrix(tmp_path: Path, one_thread, load: bool) -> None:
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if load else None
+    runner = _Runner()
+    t0 = time.monotonic()
     try:
-        report = _crash_matrix(tmp_path, one_thread)
+        report = _crash_matrix(tmp_path, runner)
     finally:
+        runner.close()
         if hog is not None:
             hog.kill()
             hog.wait()
-    assert len(report) >= 20 + len(HOOKS) - 1
+    report.append(f"crash matrix: {len(report)} kills in {time.monotonic() - t0:.0f} s")
     print("\n".join(report))
+    assert len(report) - 1 == len(HOOKS) + len(FRACTIONS) >= 20
