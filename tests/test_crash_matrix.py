@@ -27,8 +27,8 @@ from eos_probe.train import checkpoint_path, train
 
 # 466 parameters: a step takes milliseconds, a probe (Lanczos + Hutchinson + SLQ) a good share of the run
 ARGS = ["--model", "cnn", "--model-arg", "widths=[2,2]", "--model-arg", "hidden=4", "--n-per-class", "5",
-        "--dtype", "float64", "--optimizer", "zo-gd", "--lr", "0.02", "--steps", "40", "--log-every", "1",
-        "--probe-every", "10", "--probe", "lambda_max,trace:method=hutchinson:n_matvec=30,density:n_probes=2",
+        "--dtype", "float64", "--optimizer", "zo-gd", "--lr", "0.02", "--steps", "24", "--log-every", "1",
+        "--probe-every", "6", "--probe", "lambda_max,trace:method=hutchinson:n_matvec=8,density:n_probes=1:n_steps=8",
         "--device", "cpu", "--seed", "5", "--quiet"]
 # one intra-op thread everywhere (killed runs in subprocesses, resumes in this process): same reductions
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -38,8 +38,8 @@ HOOKS = [
     ("publish:1", "run file header complete, not yet renamed into place (no file yet)"),
     ("publish:2", "header published, series declared but not yet published"),
     ("probe:1:0.02", "mid-probe at step 0 (20 ms in)"),
-    ("probe:2:0.05", "mid-probe at step 10 (50 ms in)"),
-    ("probe:4:0", "at the start of the probe at step 30"),
+    ("probe:2:0.05", "mid-probe at step 6 (50 ms in)"),
+    ("probe:4:0", "at the start of the probe at step 18"),
     ("write:2", "mid-write: the run file's copy open and changed"),
     ("write:4", "mid-write, later"),
     ("checkpoint:1", "mid-checkpoint: step-0 checkpoint written, not renamed"),
