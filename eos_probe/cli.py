@@ -6,6 +6,7 @@ for importing torch.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 
 import click

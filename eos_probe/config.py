@@ -48,7 +48,7 @@ class TrainConfig:
     dtype: str = "float32"
     microbatch: int | None = None
     log_every: int | None = None  # default: 1 for first-order (free), 10 for ZO (one extra forward)
-    checkpoint_every: int = 500
+    checkpoint_every: int | None = None  # None: after every probe and every 5 min of work (train.py)
     keep_checkpoints_every: int | None = None  # also keep RUN.h5.step<N>.ckpt every N steps (eos-probe edge)
     probe_every: int = 100
     probe: list[str] | None = None  # default per optimizer (see eos_probe.probe)
@@ -124,9 +124,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _positive("mu", cfg.mu)
     _positive("eps", cfg.eps)
     _positive("divergence factor", cfg.divergence_factor)
-    for name in ("steps", "queries", "checkpoint_every", "probe_every"):
+    for name in ("steps", "queries", "probe_every"):
         _positive(name, getattr(cfg, name))
-    for name in ("n_per_class", "microbatch", "log_every", "keep_checkpoints_every"):
+    for name in ("n_per_class", "microbatch", "log_every", "checkpoint_every", "keep_checkpoints_every"):
         _positive(name, getattr(cfg, name), allow_none=True)
     if cfg.momentum is not None and not (0.0 <= cfg.momentum < 1.0):
         raise UserError(f"momentum must lie in [0, 1), got {cfg.momentum}")

@@ -525,7 +525,9 @@ BACKEND_MIX = (15, 60)
 
 
 def choose_backend(objective, theta: Tensor, block: int = 4) -> str:
-    """"fwd-rev" or "double-backward", whichever makes BACKEND_MIX products faster here (timed once)."""
+    """"fwd-rev" or "double-backward", whichever makes BACKEND_MIX products faster here (timed once).
+
+    For benchmarks only: a timed choice differs between runs under load; the probe uses `default_backend`."""
     from .objective import _DoubleBackwardHVP, _FwdRevHVP
 
     theta = theta.detach().reshape(-1) if theta.dim() == 1 else theta.detach()[0]
@@ -550,6 +552,24 @@ def choose_backend(objective, theta: Tensor, block: int = 4) -> str:
     if not costs:
         raise RuntimeError("neither HVP back end works for this model")
     return min(costs, key=costs.get)
+
+
+def default_backend(objective, theta: Tensor) -> str:
+    """The probe's HVP back end by device (see `Probe._choose_backend`): deterministic, unlike `choose_backend`."""
+    from .objective import _DoubleBackwardHVP, _FwdRevHVP
+
+    theta = theta.detach().reshape(-1) if theta.dim() == 1 else theta.detach()[0]
+    order = (("fwd-rev", _FwdRevHVP), ("double-backward", _DoubleBackwardHVP))
+    if theta.device.type != "cuda":
+        order = order[::-1]
+    v = torch.ones_like(theta)
+    for name, cls in order:
+        try:
+            cls(objective, theta).matvec(v)  # works on this model? (success does not depend on timing)
+            return name
+        except (NotImplementedError, RuntimeError):
+            continue
+    raise RuntimeError("neither HVP back end works for this model")
 
 
 def _sync(device: torch.device) -> None:
@@ -602,7 +622,7 @@ class Probe:
 
     # ---------------------------------------------------------------- trainer interface
     def declare(self, writer) -> None:
-        """Declare every dataset (before SWMR) and write /bands and the /probe description."""
+        """Declare every dataset (before the run starts) and write /bands and the /probe description."""
         from .store import SCHEMA_VERSION
 
         writer.declare("probe", "step", "i8")
@@ -698,17 +718,20 @@ class Probe:
         return self._backend
 
     def _choose_backend(self, objective=None, theta=None) -> str:
-        """The HVP back end with the lower expected probe cost, by timing both once on this model.
+        """The HVP back end, by a fixed rule: every run of a config measures with the same one.
 
-        Lanczos spends single products, trace/SLQ/commutator batched ones; their speeds differ a lot between
-        back ends (double backward's batched products fall back to a loop for some layers), so both are
-        timed and weighted by a typical probe's mix (`BACKEND_MIX`).
+        The two back ends round differently (last-bit differences in every probe value), and a choice timed
+        at run time flips under CPU load — on the default CNN the two cost within 3% of each other for a
+        probe's mix of products (README, "Curvature") — so two runs of one seed would not log bitwise the
+        same values. CPU: double backward (single products, Lanczos's, ~25% faster there; batched products
+        loop on CPU either way). CUDA: forward-over-reverse (batched products are one vmapped call). The
+        first of the two that works on this model is used (e.g. a layer without forward-mode AD).
         """
         objective = objective or self.settings.get("objective")
         theta = theta if theta is not None else self.settings.get("theta")
         if objective.hvp_backend != "auto":
             return objective.hvp_backend
-        return choose_backend(objective, theta)
+        return default_backend(objective, theta)
 
     def warm_start(self, key: str, op) -> Tensor | None:
         """Last probe's eigenvector (Lanczos mixes in a little noise itself), or None at the first probe."""

@@ -1,6 +1,6 @@
 """`Run`: a run file loaded for analysis (`eos_probe.load(path)`).
 
-A `Run` is a snapshot: reading a live run (SWMR) gives every row written so far, cut to the rows whose
+A `Run` is a snapshot: reading a live run gives every row of its last flush, cut to the rows whose
 `step` is present (the writer writes `step` last), so all columns of a group have the same length.
 """
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The one full-batch training loop, for every model and optimizer.
 
 Per step t (θ_t = parameters before update t):
-  checkpoint θ_t (every `checkpoint_every`) → log loss/accuracy of θ_t (every `log_every`) →
-  probe θ_t (every `probe_every`) → update θ_t → θ_{t+1}.
+  checkpoint θ_t (at step 0, after a step with a probe, every 5 minutes, every `checkpoint_every` if set) →
+  log loss/accuracy of θ_t (every `log_every`) → probe θ_t (every `probe_every`) → update θ_t → θ_{t+1}.
 The final θ_T is logged, probed (when due) and checkpointed, so `--resume --steps T'` can extend a run.
 Every random draw is seeded from (seed, step, purpose), so probing or resuming never changes the trajectory.
 
@@ -12,11 +12,13 @@ file, probe and checkpoint; a copy that diverges is recorded in its file and dro
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import platform
 import time
+import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,8 @@ from .config import DEFAULT_LR, TrainConfig, validate
 from .errors import CorruptFileError, DivergedError, UserError
 from .objective import Objective
 from .optim import Optimizer, make_optimizer
-from .store import RunWriter, check_writable, fsync_path, open_run
+from .interrupt import Guard, RunInterrupted
+from .store import RunWriter, check_writable, crash_point, fsync_path, open_run, write_error_message
 
 
 @dataclass
@@ -132,6 +135,11 @@ def environment(device: torch.device) -> dict[str, Any]:
     return {"versions": env, "device": f"{device.type}: {name}", "threads": torch.get_num_threads()}
 
 
+#: the most work (seconds) a kill may cost: a checkpoint is written at the first step boundary after this long
+#: (besides one after every probe, one every --checkpoint-every steps if given, and one at the end)
+CHECKPOINT_SECONDS = 300.0
+
+
 def checkpoint_path(run_path: str | Path) -> Path:
     return Path(str(run_path) + ".ckpt")
 
@@ -142,8 +150,12 @@ def save_checkpoint(path: Path, step: int, theta: torch.Tensor, state: dict, ext
     payload = {"step": step, "theta": theta.detach().cpu(),
                "state": {k: {n: t.detach().cpu() for n, t in v.items()} for k, v in state.items()},
                **extra}
-    torch.save(payload, tmp)
+    buf = io.BytesIO()
+    torch.save(payload, buf)  # serialised in memory: a failing write is then an OSError with its errno
+    with open(tmp, "wb") as fh:
+        fh.write(buf.getbuffer())
     fsync_path(tmp)
+    crash_point("checkpoint")  # the new checkpoint written, not yet renamed
     os.replace(tmp, path)
 
 
@@ -171,13 +183,16 @@ def _model_stem(model: str) -> str:
 
 
 def train(cfg: TrainConfig | None, *, overwrite: bool = False, resume: str | Path | None = None,
-          steps: int | None = None, progress: bool = True, probe: Any = "default") -> RunResult:
+          steps: int | None = None, progress: bool = True, probe: Any = "default",
+          restart: bool = False) -> RunResult:
     """Train a run (or continue one with `resume`) and write its HDF5 file; returns a summary.
 
     With `resume`, the run's recorded config is used (`cfg` is ignored) and `steps` may extend it; the
-    run continues from its last checkpoint, or from step 0 if it was killed before the first one
-    (everything is seeded, so that is the same run). Raises `DivergedError` (after recording the
-    reason in the file) if the loss blows up.
+    run continues from its last checkpoint. A run file without a (matching) checkpoint that has logged
+    nothing yet starts again from step 0 (everything is seeded, so that is the same run); one that has
+    logged steps is refused unless `restart` (its logged work would be recomputed). Raises
+    `DivergedError` (after recording the reason in the file) if the loss blows up, and `RunInterrupted`
+    (after checkpointing) on SIGINT/SIGTERM.
     """
     ckpt = None
     resuming = resume is not None
@@ -189,10 +204,18 @@ def train(cfg: TrainConfig | None, *, overwrite: bool = False, resume: str | Pat
                     raise UserError(f"{path} has no recorded config; it cannot be resumed")
                 stored = json.loads(f.attrs["config"])
                 recorded = {k: json.loads(f.attrs[k]) for k in ("model_source", "dataset") if k in f.attrs}
+                run_id = f.attrs.get("run_id")
+                logged = max((f[g]["step"].shape[0] for g in ("train", "probe") if g in f and "step" in f[g]),
+                             default=0)
         except (OSError, RuntimeError, KeyError, ValueError) as e:
             raise CorruptFileError(f"{path}: run file is damaged, cannot resume it ({e})") from None
         if checkpoint_path(path).exists():
             ckpt = load_checkpoint(checkpoint_path(path))
+            if run_id is not None and ckpt.get("run_id", run_id) != run_id:
+                ckpt = None  # left by an earlier run of the same name (killed before this one's first)
+        if ckpt is None and logged and not restart:
+            raise UserError(f"{path} has no checkpoint to continue from, so its {logged} logged rows would be "
+                            "recomputed from step 0; pass --restart to do that")
         if steps is not None:
             done = int(ckpt["step"]) if ckpt else 0
             if steps < done:
@@ -313,11 +336,23 @@ class _Copy:
     last: tuple[float, float] = (float("nan"), float("nan"))
     probe_seconds: float = 0.0
     error: DivergedError | None = None
+    run_id: str | None = None  # also in the checkpoint: a checkpoint left by another run is never used
 
 
 def _train(cfgs: list[TrainConfig], paths: list[Path], *, overwrite: bool, resume_ckpt: dict | None,
            resuming: bool, progress: bool, probe: Any) -> list[RunResult]:
-    """The one training loop, for K ≥ 1 copies. K = 1 keeps θ of shape (d,); K > 1 stacks (K, d)."""
+    """The one training loop, for K ≥ 1 copies. K = 1 keeps θ of shape (d,); K > 1 stacks (K, d).
+
+    SIGINT/SIGTERM (handlers installed for the run, main thread only) stop it at a consistent point:
+    every copy is checkpointed at that step, its file marked `interrupted`, and `RunInterrupted` raised.
+    """
+    with Guard() as guard:
+        return _train_guarded(cfgs, paths, overwrite=overwrite, resume_ckpt=resume_ckpt, resuming=resuming,
+                              progress=progress, probe=probe, guard=guard)
+
+
+def _train_guarded(cfgs: list[TrainConfig], paths: list[Path], *, overwrite: bool, resume_ckpt: dict | None,
+                   resuming: bool, progress: bool, probe: Any, guard: Guard) -> list[RunResult]:
     setup = build(cfgs[0])
     obj = setup.objective
     stacked = len(cfgs) > 1
@@ -364,7 +399,8 @@ def _train(cfgs: list[TrainConfig], paths: list[Path], *, overwrite: bool, resum
                          "optimizer_config": c.optimizer.config(), "dataset": setup.dataset.meta,
                          "n_params": obj.dim, "n_train": int(setup.dataset.x_train.shape[0]),
                          "initial_loss": c.loss0, "log_every": log_every, "microbatch_used": obj.microbatch or 0,
-                         "query_mode": _query_mode(opt, obj, theta), **environment(setup.device)}
+                         "query_mode": _query_mode(opt, obj, theta), "run_id": uuid.uuid4().hex,
+                         **environment(setup.device)}
                 if setup.model_source:
                     attrs["model_source"] = setup.model_source
                 if stacked:
@@ -381,27 +417,33 @@ def _train(cfgs: list[TrainConfig], paths: list[Path], *, overwrite: bool, resum
                 c.wall_offset = float(wt[-1]) if wt.shape[0] else 0.0
                 c.writer.set_attrs("/", environment(setup.device))
             writers_open.append(c.writer)
+            rid = c.writer.f.attrs.get("run_id")
+            c.run_id = rid.decode() if isinstance(rid, bytes) else rid
             for name, dtype in (("step", "i8"), ("loss", "f8"), ("accuracy", "f8"), ("wall_time", "f8")):
                 c.writer.declare("train", name, dtype)
             if c.probe is not None:
                 c.probe.declare(c.writer)
                 if ckpt is not None and "probe" in ckpt:
                     c.probe.load_state_dict(ckpt["probe"])
-            c.writer.start_swmr()
+            c.writer.start()
     except BaseException:
         for w in writers_open:
-            w.close()
+            w.discard() if not w.started else _close_quietly(w)
         raise
 
-    def checkpoint(step: int, i: int, kept: bool = False) -> None:
+    def checkpoint(step: int, i: int, probe_state: dict | None = None, kept: bool = False) -> None:
         c = copies[alive[i]]
         c.writer.flush()  # the file holds every row before `step` when the checkpoint names `step`
-        extra = {"config": c.cfg.to_dict()}
+        extra = {"config": c.cfg.to_dict(), "run_id": c.run_id}
         if c.probe is not None:
-            extra["probe"] = c.probe.state_dict()
+            extra["probe"] = probe_state if probe_state is not None else c.probe.state_dict()
         th_i, st_i = view(i)
-        path = Path(f"{c.path}.step{step}.ckpt") if kept else checkpoint_path(c.path)
-        save_checkpoint(path, step, th_i, st_i, extra)
+        ck = Path(f"{c.path}.step{step}.ckpt") if kept else checkpoint_path(c.path)
+        try:
+            save_checkpoint(ck, step, th_i, st_i, extra)
+        except (OSError, RuntimeError) as e:  # disk full, file-size limit, ... (torch.save: RuntimeError)
+            ck.with_name(ck.name + ".tmp").unlink(missing_ok=True)
+            raise UserError(write_error_message(ck, e) + "; the previous checkpoint is kept") from None
 
     def drop(rows: list[int]) -> None:
         """Remove diverged copies from the stack; the others continue unchanged."""
@@ -421,11 +463,20 @@ def _train(cfgs: list[TrainConfig], paths: list[Path], *, overwrite: bool, resum
     bar = _progress(progress, start, cfg.steps)
     t0 = time.perf_counter()
     step = start
+    last_checkpoint = time.monotonic()
+    probed = False  # a probe ran in the step before: checkpoint now, so that no probe is ever lost
+    pre_probe: dict[int, dict] = {}  # copy -> probe state before its probe at this step
     try:
         for step in range(start, cfg.steps + 1):
-            if step % cfg.checkpoint_every == 0 and step != start:
+            pre_probe = {}
+            guard.check()  # SIGINT/SIGTERM received since the last step: stop here (checkpoint below)
+            fixed = cfg.checkpoint_every is not None and step % cfg.checkpoint_every == 0
+            if (step == start and resume_ckpt is None) or step != start and (
+                    fixed or probed or time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS):
                 for i in range(len(alive)):
                     checkpoint(step, i)
+                last_checkpoint = time.monotonic()
+            probed = False
             keep = cfg.keep_checkpoints_every
             if keep and step % keep == 0 and (step != start or not resuming):  # θ_step for `eos-probe edge`
                 for i in range(len(alive)):
@@ -442,10 +493,14 @@ def _train(cfgs: list[TrainConfig], paths: list[Path], *, overwrite: bool, resum
                     th_i, st_i = view(i)
                     if stacked and opt.last_direction is not None:
                         c.optimizer.last_direction = opt.last_direction[i]
-                    c.probe.run(step=step, theta=th_i, state=st_i, optimizer=c.optimizer, objective=obj,
-                                writer=c.writer, config=c.cfg)
+                    pre_probe[j] = c.probe.state_dict()  # what a checkpoint at this step holds
+                    crash_point("probe")
+                    with guard.interruptible():  # a probe may take minutes: a signal cuts it short
+                        c.probe.run(step=step, theta=th_i, state=st_i, optimizer=c.optimizer, objective=obj,
+                                    writer=guard.shielded(c.writer), config=c.cfg)
                     c.writer.flush()
                     c.probe_seconds += time.perf_counter() - tp
+                    probed = True
             if not final:
                 info = opt.step(obj, theta, state, step)
                 if log_due and metrics is None:
@@ -477,10 +532,20 @@ def _train(cfgs: list[TrainConfig], paths: list[Path], *, overwrite: bool, resum
                 bar.update(1)
         for i in range(len(alive)):
             checkpoint(cfg.steps, i)
+    except RunInterrupted as e:
+        # θ is θ_step (signals wait for step boundaries; a cut-short probe never changes θ): checkpoint
+        # here with each probe's state from before this step's probe, which is redone on resume
+        bar.close()
+        e.step, e.paths = step, [copies[j].path for j in alive]
+        wall = time.perf_counter() - t0
+        for i, j in enumerate(alive):
+            checkpoint(step, i, pre_probe.get(j))
+            copies[j].writer.finish("interrupted", e.args[0], step, _timing(wall, copies[j].probe_seconds))
+        raise
     except BaseException:
         bar.close()
         for j in alive:  # keep what was measured; each run stays resumable from its last checkpoint
-            copies[j].writer.close()
+            _close_quietly(copies[j].writer)
         raise
     bar.close()
     seconds = time.perf_counter() - t0
@@ -493,7 +558,16 @@ def _train(cfgs: list[TrainConfig], paths: list[Path], *, overwrite: bool, resum
         else:
             results.append(RunResult(c.path, "diverged", c.error.step - start, c.last[0], c.last[1], seconds,
                                      c.probe_seconds, c.error.reason, c.error))
+    crash_point("finished")
     return results
+
+
+def _close_quietly(writer: RunWriter) -> None:
+    """Write what a failing run buffered, if the disk lets us (the failure itself is what gets reported)."""
+    try:
+        writer.close()
+    except (UserError, OSError):
+        pass
 
 
 def _timing(seconds: float, probe_seconds: float) -> dict[str, float]:

@@ -68,6 +68,9 @@ CASES = [
     (TRAIN + ["--out", "{root}/missing_dir/run.h5"], "missing_dir"),
     (TRAIN + ["--out", "{root}/exists.h5"], "--overwrite"),
     (TRAIN + ["--out", "{root}/readonly/run.h5"], "not writable"),
+    (TRAIN + ["--out", "/proc/x.h5"], "/proc"),
+    (TRAIN + ["--out", "/sys/x.h5"], "/sys"),
+    (TRAIN + ["--restart"], "--resume"),
     (["train", "--resume", "{root}/missing.h5"], "missing.h5"),
     (["train", "--resume", "{root}/exists.h5", "--lr", "0.1"], "--resume"),
     # bands

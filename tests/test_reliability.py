@@ -118,3 +118,129 @@ def test_truncated_or_foreign_run_files_are_reported_in_one_line(tmp_path: Path)
         eos_probe.load(junk)
     res = _cli("train", "--resume", str(cut), "--quiet")
     assert res.returncode != 0 and "cut.h5" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------ interruption, unwritable paths, back end
+TINY = ["--model", "cnn", "--model-arg", "widths=[2,2]", "--model-arg", "hidden=4", "--n-per-class", "5",
+        "--dtype", "float64", "--optimizer", "zo-gd", "--lr", "0.02", "--log-every", "1", "--device", "cpu",
+        "--seed", "5", "--quiet"]
+
+
+def _tiny(*extra: str) -> list[str]:
+    return [sys.executable, "-m", "eos_probe.cli", "train", *TINY, *extra]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_checkpoints_marks_the_file_and_says_how_to_resume(tmp_path: Path, sig) -> None:
+    import h5py
+
+    out = tmp_path / "r.h5"
+    # a long run; the signal comes once the first probe (step 0) has been written, or during it
+    proc = subprocess.Popen(_tiny("--steps", "100000", "--probe-every", "50", "--out", str(out)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        if out.exists() and len(eos_probe.load(out).train) >= 3:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, sig)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + sig, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("interrupted at step ") and lines[0].endswith(f"resume with: eos-probe train --resume {out}")
+    step = int(lines[0].split()[3])
+    with h5py.File(out, "r") as f:  # plain h5py, no SWMR mode, no lock trouble
+        assert f.attrs["status"] == "interrupted" and int(f.attrs["stop_step"]) == step
+        assert f.attrs["stop_reason"] == signal.Signals(sig).name
+        assert int(f["train/step"][-1]) == step - 1  # every step before the checkpoint is logged
+    assert torch.load(checkpoint_path(out), weights_only=False)["step"] == step
+    assert eos_probe.load(out).status == "interrupted"
+
+
+def test_resuming_a_file_without_checkpoint_needs_restart(tmp_path: Path) -> None:
+    from eos_probe.config import TrainConfig
+    from eos_probe.train import train
+
+    cfg = TrainConfig(model="cnn", model_args={"widths": [2, 2], "hidden": 4}, n_per_class=5, dtype="float64",
+                      optimizer="zo-gd", lr=0.02, steps=6, log_every=1, device="cpu", probe=["lambda_max"],
+                      probe_every=3, out=str(tmp_path / "r.h5"))
+    ref = train(cfg, progress=False)
+    before = eos_probe.load(ref.path)
+    checkpoint_path(ref.path).unlink()
+    with pytest.raises(UserError, match="--restart"):
+        train(None, resume=ref.path, progress=False)
+    assert eos_probe.load(ref.path).train.equals(before.train)  # the refusal touched nothing
+    train(None, resume=ref.path, progress=False, restart=True)
+    again = eos_probe.load(ref.path)
+    assert again.status == "finished" and again.train.drop(columns="wall_time").equals(
+        before.train.drop(columns="wall_time"))
+    # a checkpoint left by another run of the same name is not used (its run_id differs)
+    other = TrainConfig(**{**cfg.to_dict(), "seed": 9, "out": str(tmp_path / "o.h5")})
+    train(other, progress=False)
+    os.replace(checkpoint_path(tmp_path / "o.h5"), checkpoint_path(ref.path))
+    with pytest.raises(UserError, match="no checkpoint"):
+        train(None, resume=ref.path, progress=False)
+
+
+@pytest.mark.parametrize("limit_kb", [2, 40])
+def test_a_full_disk_is_one_line_exit_2(tmp_path: Path, limit_kb: int) -> None:
+    """RLIMIT_FSIZE stands in for a full disk (writes past it fail with EFBIG, as ENOSPC would): 2 KB fails
+    the up-front check, 40 KB fails mid-run (the run file grows past it); the run file stays readable."""
+    import resource
+
+    out = tmp_path / "r.h5"
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_kb * 1024, limit_kb * 1024))
+
+    res = subprocess.run(_tiny("--steps", "400", "--probe-every", "20", "--probe", "lambda_max", "--out", str(out)),
+                         capture_output=True, text=True, timeout=600, preexec_fn=limit,
+                         env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "file size limit exceeded" in lines[0] and str(tmp_path) in lines[0], res.stderr
+    if limit_kb == 2:
+        assert not out.exists()
+    else:
+        run = eos_probe.load(out)
+        assert len(run.train) > 0 and run.status == "interrupted"
+
+
+def test_the_probe_back_end_does_not_depend_on_timing(monkeypatch) -> None:
+    """Two runs of one config must measure with the same HVP back end whatever the machine's load; a clock
+    that makes double backward look 100x slower must not change the choice."""
+    import itertools
+
+    import eos_probe.probe as probe_mod
+    from eos_probe.config import TrainConfig
+    from eos_probe.train import _default_probe, build
+
+    cfg = TrainConfig(model="cnn", model_args={"widths": [2, 2], "hidden": 4}, n_per_class=5, dtype="float64",
+                      device="cpu", probe=["lambda_max"])
+    setup = build(cfg)
+    first = _default_probe(cfg, setup)._choose_backend()
+    ticks = itertools.count()
+    monkeypatch.setattr(probe_mod.time, "perf_counter", lambda: float(next(ticks)) ** 3)
+    assert _default_probe(cfg, setup)._choose_backend() == first == "double-backward"
+
+
+def test_checkpoints_follow_every_probe_and_the_clock(tmp_path: Path, monkeypatch, one_thread) -> None:
+    """Default checkpointing: at step 0, at the step after each probe (a probe is never lost), at the end;
+    and at every step boundary once CHECKPOINT_SECONDS have passed since the last one."""
+    import eos_probe.train as train_mod
+    from eos_probe.config import TrainConfig
+
+    saved: list[int] = []
+    real = train_mod.save_checkpoint
+    monkeypatch.setattr(train_mod, "save_checkpoint", lambda path, step, *a: (saved.append(step), real(path, step, *a)))
+    cfg = TrainConfig(model="cnn", model_args={"widths": [2, 2], "hidden": 4}, n_per_class=5, dtype="float64",
+                      optimizer="zo-gd", lr=0.02, steps=7, probe_every=3, probe=["lambda_max"], device="cpu",
+                      out=str(tmp_path / "a.h5"))
+    train_mod.train(cfg, progress=False)
+    assert saved == [0, 1, 4, 7, 7]  # probes at 0, 3, 6 and the final 7 (step 7 is also the end)
+    saved.clear()
+    monkeypatch.setattr(train_mod, "CHECKPOINT_SECONDS", 0.0)
+    train_mod.train(TrainConfig(**{**cfg.to_dict(), "out": str(tmp_path / "b.h5"), "probe": []}), progress=False)
+    assert saved == list(range(8)) + [7]

@@ -1,4 +1,4 @@
-"""The run file: `eos_probe.load` round-trips what the writer wrote, a live run can be read (SWMR) with
+"""The run file: `eos_probe.load` round-trips what the writer wrote, a live run can be read with
 consistent rows at any moment, resume truncates every series, and damaged/foreign files fail clearly."""
 from __future__ import annotations
 
@@ -162,7 +162,7 @@ _LIVE_WRITER = textwrap.dedent("""
 """)
 
 
-def test_swmr_reader_sees_consistent_rows_of_a_live_run(tmp_path) -> None:
+def test_a_reader_sees_consistent_rows_of_a_live_run(tmp_path) -> None:
     path = tmp_path / "live.h5"
     steps = 120
     proc = subprocess.Popen([sys.executable, "-c", _LIVE_WRITER, str(path), str(steps)],
@@ -173,19 +173,16 @@ def test_swmr_reader_sees_consistent_rows_of_a_live_run(tmp_path) -> None:
         deadline = time.monotonic() + 300
         while proc.poll() is None and time.monotonic() < deadline:
             if path.exists():
-                try:
-                    run = eos_probe.load(path)
-                except CorruptFileError:  # before SWMR mode starts the writer holds an exclusive lock
-                    time.sleep(0.05)
-                    continue
+                run = eos_probe.load(path)  # readable from its first instant (header first, then whole files)
                 n = len(run.probe)
                 if run.status == "interrupted" and 0 < n:
                     live_reads += 1
                     seen_rows.add(n)
                 # every snapshot: probe steps 0, 2, 4, ... with a finite value in every row; train rows 0, 1, ...
                 np.testing.assert_array_equal(run.probe["step"].to_numpy(), 2 * np.arange(n))
-                assert np.all(np.isfinite(run.probe["theta_norm"].to_numpy()))
-                assert (run.probe["theta_norm_nhvp"] == 0).all()
+                if "theta_norm" in run.probe:  # absent only in the header written before the series
+                    assert np.all(np.isfinite(run.probe["theta_norm"].to_numpy()))
+                    assert (run.probe["theta_norm_nhvp"] == 0).all()
                 np.testing.assert_array_equal(run.train["step"].to_numpy(), np.arange(len(run.train)))
             time.sleep(0.05)
     finally:

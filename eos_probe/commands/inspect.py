@@ -71,6 +71,9 @@ def render(s: dict[str, Any]) -> str:
         st = f"finished at step {s['stop_step']}"
     elif s["status"] == "diverged":
         st = f"DIVERGED at step {s['stop_step']}: {s['stop_reason']}"
+    elif s.get("stop_reason"):  # stopped by a signal after checkpointing
+        st = (f"interrupted at step {s['stop_step']} ({s['stop_reason']}) - resume with: "
+              f"eos-probe train --resume {s['path']}")
     else:
         last = (f"last logged step {s['steps_done']}" if (s.get("steps_done") or -1) >= 0
                 else "no step logged yet")

@@ -73,7 +73,7 @@ def _finite(ctx, param, value):
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), help="Parameter dtype (default float32).")
 @click.option("--microbatch", type=int, help="Evaluate the full batch in chunks of this many examples.")
 @click.option("--log-every", type=int, help="Log exact loss/accuracy every k steps (default 1 FO, 10 ZO).")
-@click.option("--checkpoint-every", type=int, help="Checkpoint every M steps (default 500).")
+@click.option("--checkpoint-every", type=int, help="Also checkpoint every M steps (always: after every probe and every 5 minutes of work).")
 @click.option("--keep-checkpoints-every", type=int, help="Also keep the checkpoint of every N-th step as RUN.h5.step<N>.ckpt (for `eos-probe edge --step`).")
 @click.option("--probe-every", type=int, help="Measure curvature every N steps (default 100).")
 @click.option("--probe", "probe_metrics", help="Comma list of probe metrics with options as name:key=value, or 'none'. Metrics: lambda_max, top_k, trace, density, ms_margin, dir_curvature; Adam runs also precond_lambda_max, precond_trace, precond_density, commutator_ratio (default: lambda_max,trace, + ms_margin for ZO, + the preconditioned ones and commutator_ratio for Adam; README 'Probing' lists the options).")
@@ -81,9 +81,12 @@ def _finite(ctx, param, value):
 @click.option("--out", type=click.Path(dir_okay=False), help="Run file (default runs/<model>-<optimizer>-lr<lr>-s<seed>.h5).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run file.")
 @click.option("--resume", type=click.Path(dir_okay=False), help="Continue RUN.h5 from its last checkpoint.")
+@click.option("--restart", is_flag=True, help="With --resume: run a file that has no checkpoint again from step 0.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def command(config_file, model_args, data_args, classes, probe_metrics, overwrite, resume, quiet, **flags) -> None:
+def command(config_file, model_args, data_args, classes, probe_metrics, overwrite, resume, restart, quiet,
+            **flags) -> None:
     """Train a model full-batch and write an HDF5 run file (loss every step, curvature every N)."""
+    from ..interrupt import RunInterrupted
     from ..train import train
 
     values = load_toml(config_file) if config_file else {}
@@ -106,9 +109,11 @@ def command(config_file, model_args, data_args, classes, probe_metrics, overwrit
     sweep = {k: values.pop(k) for k in ("lr", "momentum") if isinstance(values.get(k), list)}
     if resume and sweep:
         raise UserError("--resume continues one run file; resume the files of a sweep one at a time")
+    if restart and not resume:
+        raise UserError("--restart goes with --resume (it reruns a run file that has no checkpoint)")
     try:
         if resume:
-            res = train(None, resume=resume, steps=values.get("steps"), progress=not quiet)
+            res = train(None, resume=resume, steps=values.get("steps"), progress=not quiet, restart=restart)
         elif sweep:
             from ..train import sweep_configs, train_sweep
 
@@ -118,6 +123,12 @@ def command(config_file, model_args, data_args, classes, probe_metrics, overwrit
             res = train(TrainConfig(**values), overwrite=overwrite, progress=not quiet)
     except DivergedError as e:
         click.echo(f"error: {e} (run file keeps everything logged before; reason recorded)", err=True)
+        sys.exit(e.exit_code)
+    except RunInterrupted as e:
+        if e.step is None:  # before the run started: nothing to resume
+            click.echo("interrupted before the run started", err=True)
+        else:
+            click.echo(e.message(), err=True)
         sys.exit(e.exit_code)
     if sweep:
         for r in results:
