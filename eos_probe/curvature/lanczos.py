@@ -12,8 +12,12 @@ Stopping rule. After each product the tridiagonal T_j is diagonalised; Ritz pair
 ``error`` is the chosen bound; ``extra["ritz_residual"]`` and ``extra["gap_error"]`` hold both. A pair is
 converged when error ≤ tol·|θ_i|. When ``max_iter`` is reached first the result says ``converged=False``.
 
-A residual certifies that *an* eigenvalue lies near each Ritz value, not that none was missed above it: at
-loose tolerances top_k can skip an eigenvalue inside a tight cluster. Limits of any single-vector Krylov method: it finds one copy of a repeated eigenvalue (a restart after an
+A residual certifies that *an* eigenvalue lies near each Ritz value, not that none was missed above it, nor
+which eigenvalue it is. Convergence therefore also needs (i) at least ``MIN_KRYLOV`` steps and (ii) a gap
+check: the k-th Ritz value must be separated from the (k+1)-th by more than their two residuals, so the
+intervals that certify the top k are disjoint from the rest of the resolved spectrum (otherwise θ_k could
+belong to a pair whose order is still ambiguous). Without both, a stale warm start stops after 3 steps on the
+old (now second) eigenvalue flagged converged. Limits of any single-vector Krylov method: it finds one copy of a repeated eigenvalue (a restart after an
 exact breakdown finds the others), and a start vector with no component along the top eigenvector cannot
 find it — a warm start therefore gets a small random admixture.
 """
@@ -31,9 +35,16 @@ from .operators import CurvatureOperator
 
 __all__ = ["lambda_max", "top_k", "lanczos_tridiagonal"]
 
-#: relative size of the random component mixed into a warm start (guards against a stale vector that is
-#: exactly orthogonal to the new top eigenvector; small enough to keep the warm start's head start)
-WARM_NOISE = 1e-2
+#: weight of the random component mixed into a warm start, relative to the stale vector (both unit length).
+#: A stale top eigenvector that has become the second one carries little of the new top direction; the
+#: random part gives the Krylov space an O(1/√d) foothold on every direction, which the Lanczos filter
+#: amplifies within the minimum Krylov dimension below (1e-2 was too small: a swapped pair was missed).
+WARM_NOISE = 1.0
+#: fewest Lanczos steps before any pair may be declared converged (warm or cold): a Krylov space barely
+#: larger than k can hold k converged Ritz pairs of the wrong eigenvalues (e.g. the old top eigenvector,
+#: now second, converges in 2–3 steps). The extra steps amplify an unseen eigenvalue above by a Chebyshev
+#: factor of ≈ (1 + 2√(gap/spread))^MIN_KRYLOV, so it surfaces before the stop unless its start weight is tiny.
+MIN_KRYLOV = 12
 BOUNDS = ("residual", "gap")
 
 
@@ -96,6 +107,14 @@ def _ritz_errors(theta: np.ndarray, res: np.ndarray) -> np.ndarray:
     return np.minimum(res, quad)
 
 
+def _separated(theta: np.ndarray, res: np.ndarray, k: int, tol: float, scale: float) -> bool:
+    """Gap check: the k-th Ritz interval [θ_k ± r_k] lies strictly above the (k+1)-th one, or the (k+1)-th
+    pair is itself converged (a resolved near-tie: both values are certified, their order within tol)."""
+    if theta.shape[0] <= k:
+        return True
+    return bool(theta[k - 1] - theta[k] > res[k - 1] + res[k]) or bool(res[k] <= tol * max(abs(theta[k]), scale))
+
+
 def _block_top_converged(alphas: list[float], betas: list[float], b: float, tol: float, norm_est: float) -> bool:
     if len(alphas) == 1:
         theta, S = np.array(alphas), np.ones((1, 1))
@@ -129,7 +148,7 @@ def _lanczos_top(op: CurvatureOperator, k: int, tol: float, v0, max_iter: int,
     theta = res = err = S = None
     # a few steps before trusting the residual test: a stale warm vector can be a wrong eigenvector, and a
     # Krylov space barely larger than k can hold k converged Ritz pairs while missing one above them
-    min_steps = min(op.dim, 2 * k + 1)
+    min_steps = min(op.dim, max(2 * k + 1, MIN_KRYLOV))
     for j in range(max_iter):
         basis.append(q)
         w = op.matvec(q)
@@ -149,7 +168,8 @@ def _lanczos_top(op: CurvatureOperator, k: int, tol: float, v0, max_iter: int,
         err = gap_err if bound == "gap" else res
         m = min(k, theta.shape[0])
         scale = np.maximum(np.abs(theta[:m]), 1e-14 * max(norm_est, 1e-300))
-        done = bool(np.all(err[:m] <= tol * scale)) and m == k and j + 1 >= min_steps
+        done = bool(np.all(err[:m] <= tol * scale)) and m == k and j + 1 >= min_steps \
+            and _separated(theta, res, k, tol, 1e-14 * max(norm_est, 1e-300))
         if done and restarts:
             # after a restart the earlier blocks are exact; the newest block must have found the top of the
             # remaining space before we know that nothing above the current top-k is left
