@@ -7,9 +7,10 @@ Metric specs on the command line are `name` or `name:key=value:key=value`, e.g.
 `--probe lambda_max,trace:method=hutch++:n_matvec=60,top_k:k=8`.
 
 Determinism. Every random draw of the probe at step t comes from generators seeded with
-`stream_seed(stream_seed(seed, t, PURPOSE_PROBE), crc32(quantity), 0)`: one stream per quantity, so
-a metric's values do not depend on which other metrics run, and probing never touches the training
-streams. Lanczos warm-start vectors and the chosen HVP back end are part of `state_dict()`, so a
+`stream_seed(stream_seed(seed, t, PURPOSE_PROBE), crc32(quantity), 0)`: one stream per quantity
+(`lanczos/H`, `rest/H`, `density/H`, ...), and probing never touches the training streams. The Lanczos run
+and the deflated probe set are shared between metrics with the union of their options (`probe_shared`),
+so a metric's value can depend on which other metrics run; the file records the resolved options. Lanczos warm-start vectors and the chosen HVP back end are part of `state_dict()`, so a
 resumed run logs bitwise the same probe values as an uninterrupted one (same device and threads).
 """
 from __future__ import annotations
@@ -128,7 +129,7 @@ class ProbeContext:
                        n_hvp=est.n_hvp, converged=est.converged, extra=extra)
         return top, new
 
-    def trace(self, which: str, method: str = "krylov", n_matvec: int = 8, rtol: float | None = None):
+    def trace(self, which: str, method: str = "krylov", n_matvec: int = 6, rtol: float | None = None):
         """Tr of an operator: ((Estimate, method used), computed_now). `ggn+residual` falls back to Hutch++
         where it is not available (P operator); `krylov` = Σ top Ritz values of the shared Lanczos run +
         Hutchinson on the deflated rest, from the shared deflated probes (no products of its own when
@@ -312,7 +313,7 @@ class Trace(Metric):
                    "Lanczos run + Hutchinson on the deflated rest (n_matvec probes, shared with ms_margin); "
                    "ggn+residual: exact Gauss-Newton trace from per-sample Jacobians + Hutchinson on H - G; "
                    "hutch++ / hutchinson: Rademacher probes")
-    defaults = {"method": "krylov", "n_matvec": 8, "rtol": None}
+    defaults = {"method": "krylov", "n_matvec": 6, "rtol": None}
 
     def check(self) -> None:
         if self.options["method"] not in TRACE_METHODS:
@@ -351,7 +352,7 @@ class PrecondTrace(Trace):
     name = "precond_trace"
     description = ("trace of P^-1 H on P^-1/2 H P^-1/2 (krylov: top Ritz values + Hutchinson on the deflated "
                    "rest; or hutch++ / hutchinson); err = standard error (t-corrected)")
-    defaults = {"method": "krylov", "n_matvec": 8, "rtol": None}
+    defaults = {"method": "krylov", "n_matvec": 6, "rtol": None}
     adam_only = True
     operator = "P"
 
@@ -420,7 +421,7 @@ class MSMargin(Metric):
     description = ("exact mean-square stability sum S(lr) = sum over positive eigenvalues of f(lambda), THEORY.md "
                    "section 2 (stable iff S < 1): top Ritz pairs of the shared Lanczos run exactly + stochastic "
                    "Lanczos quadrature of the deflated rest; err = standard error (t-corrected)")
-    defaults = {"n_top": 3, "n_probes": 8, "n_steps": 6, "trace_method": "krylov", "n_matvec": 8, "rtol": None}
+    defaults = {"n_top": 3, "n_probes": 6, "n_steps": 4, "trace_method": "krylov", "n_matvec": 6, "rtol": None}
 
     def check(self) -> None:
         _positive_int(self.name, "n_top", self.options["n_top"], 1)
@@ -529,7 +530,7 @@ class DirCurvature(Metric):
     name = "dir_curvature"
     description = ("curvature g^T H g / ||g||^2 along the last gradient estimate g the optimizer used "
                    "(NaN at step 0); dir_curvature_mean = Tr(H)/d beside it (THEORY.md section 5)")
-    defaults = {"method": "krylov", "n_matvec": 8, "rtol": None}
+    defaults = {"method": "krylov", "n_matvec": 6, "rtol": None}
 
     def lanczos_need(self) -> dict[str, Any] | None:
         return {"k": 1} if self.options["method"] == "krylov" else None
@@ -788,7 +789,7 @@ class Probe:
                 o = m.options
                 return o["method"], o["n_matvec"], o["rtol"]
         method = fallback.get("trace_method", fallback.get("method", "krylov"))
-        return method, fallback.get("n_matvec", 8), fallback.get("rtol")
+        return method, fallback.get("n_matvec", 6), fallback.get("rtol")
 
 
 def _band_formula(band) -> str:
