@@ -168,11 +168,11 @@ def calibrate(seeds: int = 30, point: Point | None = None, only: list[str] | Non
     trace_specs = {
         "trace_krylov": "trace:method=krylov:n_matvec=6",
         "trace_hutchinson": "trace:method=hutchinson:n_matvec=30:rtol=None",
-        "trace_hutchinson_adaptive": "trace:method=hutchinson:n_matvec=200:rtol=0.05",
+        "trace_hutchinson_adaptive": "trace:method=hutchinson:n_matvec=100:rtol=0.05",
         "trace_hutch++": "trace:method=hutch++:n_matvec=30:rtol=None",
-        "trace_hutch++_adaptive": "trace:method=hutch++:n_matvec=200:rtol=0.05",
+        "trace_hutch++_adaptive": "trace:method=hutch++:n_matvec=100:rtol=0.05",
         "trace_ggn+residual": "trace:method=ggn+residual:n_matvec=30:rtol=None",
-        "trace_ggn+residual_adaptive": "trace:method=ggn+residual:n_matvec=200:rtol=0.02",
+        "trace_ggn+residual_adaptive": "trace:method=ggn+residual:n_matvec=100:rtol=0.02",
     }
     for name, spec in trace_specs.items():
         if not want(name):

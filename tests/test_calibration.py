@@ -60,7 +60,7 @@ def test_trace_error_bars_cover_the_truth_with_and_without_adaptive_stopping(met
     A = _rotated(eigs, 2)[0]
     op = DenseOperator(A)
     z = []
-    for s in range(60):
+    for s in range(40):
         est = trace(op, method, n_matvec=12 if rtol is None else 200, rtol=rtol, generator=_gen(s))
         z.append((est.value - eigs.sum()) / est.error)
     z = np.asarray(z)
@@ -92,7 +92,7 @@ def test_deflated_split_of_trace_and_ms_sum_matches_the_dense_spectrum() -> None
         return (lr * lam) / (2 - 2 * lr * lam)
 
     z_s, z_t = [], []
-    for s in range(25):
+    for s in range(20):
         lz = top_k(op, 3, tol=1e-8, max_iter=300, generator=_gen(100 + s))
         assert lz.converged
         rest = rest_quadrature(op, lz.extra["vectors"], 6, 8, generator=_gen(s))
