@@ -117,6 +117,9 @@ def _separated(theta: np.ndarray, res: np.ndarray, k: int, tol: float, scale: fl
     return bool(theta[k - 1] - theta[k] > res[k - 1] + res[k]) or bool(res[k] <= tol * max(abs(theta[k]), scale))
 
 
+#: round-off floor of a reported eigenvalue error, in units of ε·‖H‖ (Ritz values and a dense eigensolver
+#: agree to a few hundred ε‖H‖, not to a converged residual of 1e-17)
+ROUNDOFF = 100.0
 #: accepted probability-scale of missing an eigenvalue above the k-th Ritz value (see _steps_for_gap)
 MISS = 1e-2
 
@@ -171,6 +174,7 @@ def _lanczos_top(op: CurvatureOperator, k: int, tol: float, v0, max_iter: int,
     converged = False
     theta = res = err = S = None
     first_done: int | None = None
+    eps = float(torch.finfo(op.dtype).eps)
     first_theta = None
     # a few steps before trusting the residual test: a stale warm vector can be a wrong eigenvector, and a
     # Krylov space barely larger than k can hold k converged Ritz pairs while missing one above them
@@ -189,7 +193,8 @@ def _lanczos_top(op: CurvatureOperator, k: int, tol: float, v0, max_iter: int,
             theta, S = eigh_tridiagonal(np.array(alphas), np.array(betas))
         order = np.argsort(theta)[::-1]
         theta, S = theta[order], S[:, order]
-        res = b * np.abs(S[-1, :])
+        # a residual below round-off certifies nothing finer than round-off: floor it at ROUNDOFF·ε·‖H‖
+        res = np.maximum(b * np.abs(S[-1, :]), ROUNDOFF * eps * norm_est)
         gap_err = _ritz_errors(theta, res)
         err = gap_err if bound == "gap" else res
         m = min(k, theta.shape[0])
