@@ -7,9 +7,10 @@ Metric specs on the command line are `name` or `name:key=value:key=value`, e.g.
 `--probe lambda_max,trace:method=hutch++:n_matvec=60,top_k:k=8`.
 
 Determinism. Every random draw of the probe at step t comes from generators seeded with
-`stream_seed(stream_seed(seed, t, PURPOSE_PROBE), crc32(quantity), 0)`: one stream per quantity, so
-a metric's values do not depend on which other metrics run, and probing never touches the training
-streams. Lanczos warm-start vectors and the chosen HVP back end are part of `state_dict()`, so a
+`stream_seed(stream_seed(seed, t, PURPOSE_PROBE), crc32(quantity), 0)`: one stream per quantity
+(`lanczos/H`, `rest/H`, `density/H`, ...), and probing never touches the training streams. The Lanczos run
+and the deflated probe set are shared between metrics with the union of their options (`probe_shared`),
+so a metric's value can depend on which other metrics run; the file records the resolved options. Lanczos warm-start vectors and the chosen HVP back end are part of `state_dict()`, so a
 resumed run logs bitwise the same probe values as an uninterrupted one (same device and threads).
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ from torch import Tensor
 
 from .errors import UserError
 from .optim.sources import PURPOSE_PROBE, stream_seed
+from .probe_shared import NHVP_ATTRIBUTION
 
 #: name -> metric class, in the order metrics are computed (shared quantities are made by the first user)
 METRICS: dict[str, type["Metric"]] = {}
@@ -94,6 +96,12 @@ class ProbeContext:
             raise RuntimeError("this optimizer has no preconditioner")
         return p
 
+    def preconditioner_defined(self) -> bool:
+        """False before Adam's first update: P is then a placeholder of ones (v = 0), not a measurement."""
+        rule = self.state.get("rule", {}) if isinstance(self.state, dict) else {}
+        v = rule.get("v") if isinstance(rule, dict) else None
+        return v is None or bool(torch.any(v != 0))
+
     def shared(self, key: str, make: Callable[[], Any]) -> tuple[Any, bool]:
         """A quantity computed once per probe step; returns (value, computed_now) so the first user pays
         (and logs) its HVP count and later users add nothing."""
@@ -105,30 +113,41 @@ class ProbeContext:
 
     # ---------------------------------------------------------------- shared estimates
     def lambda_max(self, which: str, tol: float = 1e-3, max_iter: int = 100):
-        """Lanczos λ_max of an operator, warm-started from the last probe's eigenvector."""
-        from .curvature import lambda_max
+        """λ_max of an operator from the probe's shared Lanczos run (``probe_shared``): (Estimate, computed_now).
 
-        key = f"lambda_max/{which}"
+        The run is warm-started from the last probe's top Ritz vectors and uses the union of the Lanczos
+        options of the metrics on this operator; `tol` and `max_iter` are kept for callers' compatibility
+        and take part in that union only through the metrics' own options.
+        """
+        from .curvature import Estimate
+        from .probe_shared import shared_lanczos
 
-        def make():
-            op = self.operator(which)
-            gen = self.generator(key)
-            v0 = self.probe.warm_start(key, op)
-            est = lambda_max(op, tol=tol, v0=v0, max_iter=max_iter, generator=gen)
-            vec = est.extra.get("vector")
-            if vec is not None:
-                self.probe.warm[key] = vec.detach().reshape(-1).to("cpu", copy=True)
-            return est
+        est, new = shared_lanczos(self, which)
+        vecs = est.extra["vectors"]
+        extra = {**est.extra, "vector": vecs[0]}
+        top = Estimate(value=float(np.atleast_1d(est.value)[0]), error=float(np.atleast_1d(est.error)[0]),
+                       n_hvp=est.n_hvp, converged=est.converged, extra=extra)
+        return top, new
 
-        return self.shared(key, make)
-
-    def trace(self, which: str, method: str = "ggn+residual", n_matvec: int = 100, rtol: float | None = None):
-        """Tr of an operator; `ggn+residual` falls back to Hutch++ where it is not available (P operator)."""
+    def trace(self, which: str, method: str = "krylov", n_matvec: int = 6, rtol: float | None = None):
+        """Tr of an operator: ((Estimate, method used), computed_now). `ggn+residual` falls back to Hutch++
+        where it is not available (P operator); `krylov` = Σ top Ritz values of the shared Lanczos run +
+        Hutchinson on the deflated rest, from the shared deflated probes (no products of its own when
+        ms_margin runs on the same operator)."""
         from .curvature import trace
 
         key = f"trace/{which}"
 
         def make():
+            if method == "krylov":
+                from .curvature.deflated import split_trace
+                from .probe_shared import ritz_block, shared_lanczos, shared_rest
+
+                lz, new_lz = shared_lanczos(self, which)
+                rest, new_rest = shared_rest(self, which)
+                theta, _, _ = ritz_block(lz)
+                spent = (lz.n_hvp if new_lz else 0) + (rest.n_hvp if new_rest else 0)
+                return split_trace(theta, rest, n_hvp=spent), "krylov"
             op = self.operator(which)
             m = method
             if m == "ggn+residual" and which != "H":
@@ -218,7 +237,8 @@ def _positive_float(metric: str, key: str, value: Any, allow_none: bool = False)
 @register_metric
 class LambdaMax(Metric):
     name = "lambda_max"
-    description = "largest Hessian eigenvalue (Lanczos, full re-orthogonalisation, warm start); err = Ritz residual"
+    description = ("largest Hessian eigenvalue (the probe's shared Lanczos run: full re-orthogonalisation, warm "
+                   "start with a random part, converged = residual and gap check); err = Ritz residual")
     defaults = {"tol": 1e-3, "max_iter": 100}
 
     def check(self) -> None:
@@ -227,7 +247,11 @@ class LambdaMax(Metric):
 
     def columns(self) -> list[Column]:
         return super().columns() + [Column(f"{self.name}_converged", "i1",
-                                           attrs={"description": "1 if Lanczos met its tolerance"})]
+                                           attrs={"description": "1 if Lanczos met its tolerance (residual bound "
+                                                                 "and gap check, after the minimum Krylov dimension)"})]
+
+    def lanczos_need(self) -> dict[str, Any]:
+        return {"k": 1, "tol": self.options["tol"], "max_iter": self.options["max_iter"]}
 
     def compute(self, ctx: ProbeContext) -> dict[str, Any]:
         est, new = ctx.lambda_max(self.operator, self.options["tol"], self.options["max_iter"])
@@ -246,7 +270,7 @@ class PrecondLambdaMax(LambdaMax):
 @register_metric
 class TopK(Metric):
     name = "top_k"
-    description = "k largest Hessian eigenvalues (Lanczos, warm start); err = Ritz residuals"
+    description = "k largest Hessian eigenvalues (the probe's shared Lanczos run, warm start); err = Ritz residuals"
     defaults = {"k": 5, "tol": 1e-3, "max_iter": 200}
 
     def check(self) -> None:
@@ -260,22 +284,16 @@ class TopK(Metric):
         return [Column(cols[0].name, shape=k, attrs=cols[0].attrs), Column(cols[1].name, shape=k, attrs=cols[1].attrs),
                 cols[2], Column(f"{self.name}_converged", "i1", attrs={"description": "1 if Lanczos met its tolerance"})]
 
-    def compute(self, ctx: ProbeContext) -> dict[str, Any]:
-        from .curvature import top_k
+    def lanczos_need(self) -> dict[str, Any]:
+        return {"k": self.options["k"], "tol": self.options["tol"], "max_iter": self.options["max_iter"]}
 
-        key = f"top_k/{self.operator}"
-        op = ctx.operator(self.operator)
-        gen = ctx.generator(key)
-        v0 = ctx.probe.warm_start(key, op)
-        est = top_k(op, self.options["k"], tol=self.options["tol"], v0=v0, max_iter=self.options["max_iter"],
-                    generator=gen)
-        vecs = est.extra.get("vectors")
-        if vecs is not None:
-            # one start vector with weight on every previous top direction
-            ctx.probe.warm[key] = torch.as_tensor(vecs).sum(0).detach().reshape(-1).to("cpu", copy=True)
+    def compute(self, ctx: ProbeContext) -> dict[str, Any]:
+        from .probe_shared import shared_lanczos
+
+        est, new = shared_lanczos(ctx, self.operator)
         k = self.options["k"]
         return {self.name: _pad(est.value, k), f"{self.name}_err": _pad(est.error, k),
-                f"{self.name}_nhvp": est.n_hvp, f"{self.name}_converged": int(est.converged)}
+                f"{self.name}_nhvp": est.n_hvp if new else 0, f"{self.name}_converged": int(est.converged)}
 
 
 def _pad(x: Any, k: int) -> np.ndarray:
@@ -285,15 +303,17 @@ def _pad(x: Any, k: int) -> np.ndarray:
     return a
 
 
-TRACE_METHODS = ("ggn+residual", "hutch++", "hutchinson")
+TRACE_METHODS = ("krylov", "ggn+residual", "hutch++", "hutchinson")
 
 
 @register_metric
 class Trace(Metric):
     name = "trace"
-    description = ("Hessian trace; err = standard error. ggn+residual: exact Gauss-Newton trace from per-sample "
-                   "Jacobians + Hutchinson on H - G; hutch++ / hutchinson: Rademacher probes")
-    defaults = {"method": "ggn+residual", "n_matvec": 40, "rtol": 0.02}
+    description = ("Hessian trace; err = standard error (t-corrected). krylov: top Ritz values of the shared "
+                   "Lanczos run + Hutchinson on the deflated rest (n_matvec probes, shared with ms_margin); "
+                   "ggn+residual: exact Gauss-Newton trace from per-sample Jacobians + Hutchinson on H - G; "
+                   "hutch++ / hutchinson: Rademacher probes")
+    defaults = {"method": "krylov", "n_matvec": 6, "rtol": None}
 
     def check(self) -> None:
         if self.options["method"] not in TRACE_METHODS:
@@ -301,6 +321,15 @@ class Trace(Metric):
                             f"choose one of {', '.join(TRACE_METHODS)}")
         _positive_int(self.name, "n_matvec", self.options["n_matvec"], 2)
         _positive_float(self.name, "rtol", self.options["rtol"], allow_none=True)
+        if self.options["method"] == "krylov" and self.options["rtol"] is not None:
+            raise UserError(f"probe metric {self.name!r}: method 'krylov' has a fixed budget (n_matvec probes of "
+                            f"the deflated rest); drop rtol or choose another method")
+
+    def lanczos_need(self) -> dict[str, Any] | None:
+        return {"k": 1} if self.options["method"] == "krylov" else None
+
+    def rest_need(self) -> dict[str, Any] | None:
+        return {"n_probes": self.options["n_matvec"], "n_steps": 1} if self.options["method"] == "krylov" else None
 
     def columns(self) -> list[Column]:
         cols = super().columns()
@@ -321,8 +350,9 @@ class Trace(Metric):
 @register_metric
 class PrecondTrace(Trace):
     name = "precond_trace"
-    description = "trace of P^-1 H (Hutch++ on P^-1/2 H P^-1/2); err = standard error"
-    defaults = {"method": "hutch++", "n_matvec": 40, "rtol": 0.02}
+    description = ("trace of P^-1 H on P^-1/2 H P^-1/2 (krylov: top Ritz values + Hutchinson on the deflated "
+                   "rest; or hutch++ / hutchinson); err = standard error (t-corrected)")
+    defaults = {"method": "krylov", "n_matvec": 6, "rtol": None}
     adam_only = True
     operator = "P"
 
@@ -368,31 +398,35 @@ class PrecondDensity(Density):
 
 @register_metric
 class MSMargin(Metric):
-    """S(η) = Tr f(H), the exact mean-square stability sum of docs/theory.md §2 (stable iff S < 1).
+    """S(η) = Σ_{λ_i > 0} f(λ_i), the exact mean-square stability sum of docs/theory.md §2 (stable iff S < 1).
 
-    f(λ) = (b·x/q)/D(x), x = η_eff·λ, is linear near 0 with slope 1/T (T the band threshold), so
-    S = Tr(H)/T + Tr r(H) with r(λ) = f(λ) − λ/T = O(λ²), which only the top of the spectrum feeds. The
-    trace part comes from the accurate trace estimator (shared with `trace`), the small remainder from SLQ:
-    a control variate that needs far fewer SLQ probes than SLQ of f itself.
+    The top of the spectrum, which dominates f near the edge, is taken exactly: the n_top Ritz pairs of the
+    probe's shared Lanczos run (converged: residual and gap check). The rest comes from stochastic Lanczos
+    quadrature on the operator with those Ritz vectors projected out (``curvature.deflated``), from probes
+    shared with the ``krylov`` trace. When an independent trace estimate runs anyway (``trace_method`` or the
+    trace metric other than krylov), it is a control variate: S = Σ_top f(θ_i) + (Tr H − Σθ_i)/T + Tr[f −
+    λ/T](rest), and only the O(λ²) remainder is sampled.
 
-    Negative eigenvalues (an indefinite Hessian away from a minimum) enter through the same rational f,
-    continued to λ < 0 where it is finite and negative: S then reduces to Tr(H)/T to first order, the
-    signed trace the band compares with T, and f stays smooth at 0. (Dropping them instead, as
-    `theory.ms_sum(negative='ignore')` does, puts a kink at 0 in the middle of the spectral bulk, which Gauss
-    quadrature with a few nodes integrates with a bias its error bar does not show.) A mode beyond the
-    per-mode limit makes S = inf. First-order runs: S = λ_max/T, the classical edge. Adam runs use P⁻¹H
-    (EMA convention, β = β1), exact only when P commutes with H.
+    Negative eigenvalues are excluded from S and reported beside it (``ms_margin_neg`` = Σ_{λ<0} |λ| / T).
+    In the quadratic model a negative-curvature mode is unstable in mean square for every η > 0 — its mean
+    alone grows by |1 − ηλ| > 1 per step — and it carries no step-size threshold: it is an escape (descent)
+    direction. The rational f continued to λ < 0 would give such a mode a *negative* stationary second
+    moment, i.e. it would make the iterates look more stable; excluding it gives the loop gain of the
+    positive-curvature block, the part with a threshold (README, "Probe cost and error bars").
+    First-order runs: S = λ_max/T, the classical edge. Adam runs use P⁻¹H (EMA convention, β = β1),
+    exact only when P commutes with H.
 
     Theory: [docs/theory.md#metric-ms_margin][metric-ms_margin].
     """
 
     name = "ms_margin"
-    description = ("exact mean-square stability sum S(lr) = Tr f(H) of docs/theory.md section 2 (stable iff S < 1; f "
-                   "continued to negative eigenvalues): Tr(H)/T from the trace estimator + SLQ of the remainder "
-                   "f(lambda) - lambda/T; err = standard error")
-    defaults = {"n_probes": 4, "n_steps": 10, "trace_method": "ggn+residual", "n_matvec": 40, "rtol": 0.02}
+    description = ("exact mean-square stability sum S(lr) = sum over positive eigenvalues of f(lambda), docs/theory.md "
+                   "section 2 (stable iff S < 1): top Ritz pairs of the shared Lanczos run exactly + stochastic "
+                   "Lanczos quadrature of the deflated rest; err = standard error (t-corrected)")
+    defaults = {"n_top": 3, "n_probes": 6, "n_steps": 4, "trace_method": "krylov", "n_matvec": 6, "rtol": None}
 
     def check(self) -> None:
+        _positive_int(self.name, "n_top", self.options["n_top"], 1)
         _positive_int(self.name, "n_probes", self.options["n_probes"], 2)
         _positive_int(self.name, "n_steps", self.options["n_steps"], 2)
         if self.options["trace_method"] not in TRACE_METHODS:
@@ -403,70 +437,77 @@ class MSMargin(Metric):
     def operator(self) -> str:  # type: ignore[override]
         return "P" if self.run["preconditioned"] else "H"
 
+    @property
+    def classical(self) -> bool:
+        return self.run["band"].kind == "classical"
+
+    def lanczos_need(self) -> dict[str, Any]:
+        return {"k": 1 if self.classical else self.options["n_top"]}
+
+    def rest_need(self) -> dict[str, Any] | None:
+        return None if self.classical else {"n_probes": self.options["n_probes"], "n_steps": self.options["n_steps"]}
+
+    def columns(self) -> list[Column]:
+        return super().columns() + [
+            Column(f"{self.name}_neg", attrs={"description": "negative-curvature mass sum over negative eigenvalues "
+                                                             "of |lambda| / T, excluded from S (escape directions)"}),
+            Column(f"{self.name}_neg_err", attrs={"description": f"standard error of {self.name}_neg"})]
+
     def compute(self, ctx: ProbeContext) -> dict[str, Any]:
+        from .curvature.deflated import split_trace_fn
+        from .probe_shared import ritz_block, shared_lanczos, shared_rest
+
         band = self.run["band"]
         which = self.operator
-        if band.kind == "classical":
-            est, new = ctx.lambda_max(which)
-            spent = est.n_hvp if new else 0
-            return {self.name: float(est.value) / band.threshold, f"{self.name}_err": float(est.error) / band.threshold,
-                    f"{self.name}_nhvp": spent}
-        tr_opts = ctx.probe.trace_options(which, self.options)
-        (tr, _), new_tr = ctx.trace(which, *tr_opts)
-        dens, new_d = ctx.density(which, self.options["n_probes"], self.options["n_steps"])
         T = band.threshold
+        if self.classical:
+            est, new = ctx.lambda_max(which)
+            return {self.name: float(est.value) / T, f"{self.name}_err": float(est.error) / T,
+                    f"{self.name}_nhvp": est.n_hvp if new else 0, f"{self.name}_neg": math.nan,
+                    f"{self.name}_neg_err": math.nan}
+        lz, new_lz = shared_lanczos(ctx, which)
+        rest, new_rest = shared_rest(ctx, which)
+        spent = (lz.n_hvp if new_lz else 0) + (rest.n_hvp if new_rest else 0)
+        theta, _, err = ritz_block(lz)
+        linear = None
+        method, n_matvec, rtol = ctx.probe.trace_options(which, self.options)
+        if method != "krylov":
+            (tr, _), new_tr = ctx.trace(which, method, n_matvec, rtol)
+            spent += tr.n_hvp if new_tr else 0
+            linear = (1.0 / T, float(tr.value), float(tr.error))
         f = ms_term_function(self.run["config"], self.run["dim"])
-        per_probe = _slq_per_probe(dens, lambda lam: f(lam) - lam / T)
-        if np.any(~np.isfinite(per_probe)):
-            value, err = math.inf, math.nan
-        else:
-            value = float(tr.value) / T + float(per_probe.mean())
-            se_r = float(per_probe.std(ddof=1) / math.sqrt(per_probe.size)) if per_probe.size > 1 else 0.0
-            err = math.hypot(float(tr.error) / T, se_r)
-        spent = (tr.n_hvp if new_tr else 0) + (dens.n_hvp if new_d else 0)
-        return {self.name: value, f"{self.name}_err": err, f"{self.name}_nhvp": spent}
+        est = split_trace_fn(f, theta, err, rest, linear=linear)
+        neg = split_trace_fn(lambda lam: np.maximum(-np.asarray(lam, dtype=float), 0.0) / T, theta,
+                             np.zeros_like(theta), rest)
+        return {self.name: float(est.value), f"{self.name}_err": float(est.error), f"{self.name}_nhvp": spent,
+                f"{self.name}_neg": float(neg.value), f"{self.name}_neg_err": float(neg.error)}
 
 
 def ms_term_function(config: dict[str, Any], dim: int | None) -> Callable[[np.ndarray], np.ndarray]:
-    """λ ↦ f(λ), the per-mode term of S(η) for a ZO run's settings: `theory.ms_terms` for λ ≥ 0 (inf beyond
-    the per-mode limit), its rational formula (b·x/q)/D(x) continued to λ < 0, where D > 0.
+    """λ ↦ f(λ), the per-mode term of S(η) for a run's settings (`theory.ms_terms`, inf beyond the per-mode
+    limit), with λ ≤ 0 contributing 0: negative-curvature modes are excluded from S (see MSMargin).
 
     Theory: [docs/theory.md#metric-ms_margin][metric-ms_margin].
     """
     from .run import band_settings
-    from .theory import ms_terms, resolve
+    from .theory import ms_terms
 
     kw = band_settings(config, dim)
     lr, opt = kw.pop("lr"), kw.pop("optimizer")
-    s = resolve(opt, kw["queries"], kw["momentum"], kw["momentum_style"], kw["directions"], kw["dim"])
-    a, b = s.noise_coefficients
-    beta, q = s.momentum, s.queries
 
     def f(lam: np.ndarray) -> np.ndarray:
-        lam = np.asarray(lam, dtype=float)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the band's approximation warnings are stored under /bands
-            pos = ms_terms(np.maximum(lam, 0.0), lr, opt, **kw)
-        x = lr * s.lr_factor * np.minimum(lam, 0.0)
-        neg = (b * x / q) / ((1.0 - beta) * (2.0 + 2.0 * beta - x) / (1.0 + beta) - a * x / q)
-        return np.where(lam >= 0, pos, neg)
+            return ms_terms(np.maximum(np.asarray(lam, dtype=float), 0.0), lr, opt, **kw)
 
     return f
-
-
-def _slq_per_probe(dens, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """Per-probe SLQ estimates d · Σ_j w_j fn(θ_j) of Tr fn(A) (weights of a probe sum to 1; padding has w = 0)."""
-    w = np.asarray(dens.weights, dtype=float)
-    vals = np.asarray(fn(np.asarray(dens.nodes, dtype=float)), dtype=float)
-    with np.errstate(invalid="ignore"):
-        return dens.dim * np.where(w > 0, w * vals, 0.0).sum(axis=1)
 
 
 @register_metric
 class CommutatorRatio(Metric):
     name = "commutator_ratio"
     description = ("relative commutator r = ||PH - HP||_F / ||PH||_F of Adam's P and H (docs/theory.md section 3), "
-                   "randomized Frobenius norms; err = standard error")
+                   "randomized Frobenius norms; err = standard error; NaN before Adam's first update (P undefined)")
     defaults = {"n_probes": 8}
     adam_only = True
 
@@ -480,6 +521,10 @@ class CommutatorRatio(Metric):
     def compute(self, ctx: ProbeContext) -> dict[str, Any]:
         from .curvature import commutator_ratio
 
+        if not ctx.preconditioner_defined():
+            # P = 1 before Adam's first update is a placeholder, not a preconditioner: r = 0 would be no
+            # measurement of how P and H align
+            return {self.name: math.nan, f"{self.name}_err": math.nan, f"{self.name}_nhvp": 0}
         est = commutator_ratio(ctx.operator("H"), ctx.preconditioner(), n_probes=self.options["n_probes"],
                                generator=ctx.generator("commutator_ratio"))
         return {self.name: float(est.value), f"{self.name}_err": float(est.error), f"{self.name}_nhvp": est.n_hvp}
@@ -490,7 +535,13 @@ class DirCurvature(Metric):
     name = "dir_curvature"
     description = ("curvature g^T H g / ||g||^2 along the last gradient estimate g the optimizer used "
                    "(NaN at step 0); dir_curvature_mean = Tr(H)/d beside it (docs/theory.md section 5)")
-    defaults = {"method": "ggn+residual", "n_matvec": 40, "rtol": 0.02}
+    defaults = {"method": "krylov", "n_matvec": 6, "rtol": None}
+
+    def lanczos_need(self) -> dict[str, Any] | None:
+        return {"k": 1} if self.options["method"] == "krylov" else None
+
+    def rest_need(self) -> dict[str, Any] | None:
+        return {"n_probes": self.options["n_matvec"], "n_steps": 1} if self.options["method"] == "krylov" else None
 
     def columns(self) -> list[Column]:
         return super().columns() + [
@@ -627,6 +678,8 @@ class Probe:
 
         writer.declare("probe", "step", "i8")
         writer.declare("probe", "seconds", "f8", attrs={"description": "wall time of the whole probe (s)"})
+        writer.declare("probe", "nhvp", "i8", attrs={"description": "Hessian-vector products the whole probe spent "
+                                                                    "(shared products once; = sum of *_nhvp)"})
         for m in self.metrics:
             if m.spectrum:
                 grp = f"spectra/{m.name}"
@@ -655,6 +708,7 @@ class Probe:
             "spectra": [m.name for m in self.metrics if m.spectrum],
             "specs": {m.name: dict(m.options) for m in self.metrics},
             "probe_every": self.every, "hvp_backend": self._backend, "schema_version": SCHEMA_VERSION,
+            "nhvp_attribution": NHVP_ATTRIBUTION, "shared_options": self.shared_options(),
             "seeding": "stream_seed(stream_seed(seed, step, PURPOSE_PROBE), crc32(quantity), 0) per quantity"})
         band = self.settings["band"]
         writer.set_attrs("bands", {**band.as_dict(), "formula": _band_formula(band)})
@@ -686,6 +740,7 @@ class Probe:
             else:
                 row.update(out)
         row["seconds"] = time.perf_counter() - t0
+        row["nhvp"] = int(ctx._ops["H"].n_hvp) if "H" in ctx._ops else 0
         writer.append("probe", {"step": step, **row})
         for name, out in spectra.items():
             writer.append(f"spectra/{name}", {"step": step, **out})
@@ -710,6 +765,16 @@ class Probe:
         if d.get("hvp_backend"):
             self._backend = d["hvp_backend"]
         self._restored_direction = d.get("last_direction")
+
+    def shared_options(self) -> str:
+        """The resolved options of the shared Lanczos runs and deflated probe sets, per operator (JSON)."""
+        import json
+
+        from .probe_shared import lanczos_options, rest_options
+
+        ops = sorted({m.operator for m in self.metrics if isinstance(getattr(m, "operator", None), str)})
+        return json.dumps({w: {"lanczos": lanczos_options(self.metrics, w), "rest": rest_options(self.metrics, w)}
+                           for w in ops})
 
     # ---------------------------------------------------------------- helpers for metrics
     def hvp_backend(self, ctx: ProbeContext) -> str:
@@ -751,8 +816,8 @@ class Probe:
             if isinstance(m, Trace) and m.operator == which:
                 o = m.options
                 return o["method"], o["n_matvec"], o["rtol"]
-        method = fallback.get("trace_method", fallback.get("method", "ggn+residual"))
-        return method, fallback.get("n_matvec", 40), fallback.get("rtol", 0.02)
+        method = fallback.get("trace_method", fallback.get("method", "krylov"))
+        return method, fallback.get("n_matvec", 6), fallback.get("rtol")
 
 
 def _band_formula(band) -> str:

@@ -13,8 +13,8 @@ import torch
 
 import eos_probe
 from eos_probe.config import TrainConfig
-from eos_probe.curvature import (HessianOperator, PreconditionedOperator, dense_hessian, lambda_max,
-                                 spectral_density, top_k, trace)
+from eos_probe.curvature import HessianOperator, dense_hessian, spectral_density, top_k
+from eos_probe.curvature.deflated import rest_quadrature, split_trace
 from eos_probe.errors import UserError
 from eos_probe.optim.sources import PURPOSE_PROBE, stream_seed
 from eos_probe.probe import METRICS, Probe, build_probe, default_metrics, parse_spec
@@ -61,23 +61,33 @@ def test_probe_values_equal_direct_engine_calls(zo_run) -> None:
     row = run.probe.iloc[0]
     assert row["step"] == 0
     H = HessianOperator(setup.objective, theta0, backend)
-    lm = lambda_max(H, tol=1e-3, max_iter=100, generator=_gen(cfg.seed, 0, "lambda_max/H"))
-    assert row["lambda_max"] == lm.value and row["lambda_max_err"] == lm.error
-    assert row["lambda_max_nhvp"] == lm.n_hvp and row["lambda_max_converged"] == 1
-    tk = top_k(H, 3, tol=1e-9, max_iter=466, generator=_gen(cfg.seed, 0, "top_k/H"))
-    np.testing.assert_array_equal(run.probe_array("top_k")[0], tk.value)
-    tr = trace(H, "ggn+residual", n_matvec=40, rtol=0.02, generator=_gen(cfg.seed, 0, "trace/H"))
-    assert row["trace"] == tr.value and row["trace_err"] == tr.error and row["trace_nhvp"] == tr.n_hvp
+    # one shared Lanczos run with the union of the options (k = 3 of top_k and ms_margin, tol 1e-9, 466 steps)
+    lz = top_k(H, 3, tol=1e-9, max_iter=466, generator=_gen(cfg.seed, 0, "lanczos/H"))
+    assert row["lambda_max"] == lz.value[0] and row["lambda_max_err"] == lz.error[0]
+    assert row["lambda_max_nhvp"] == lz.n_hvp and row["lambda_max_converged"] == 1 and lz.converged
+    np.testing.assert_array_equal(run.probe_array("top_k")[0], lz.value)
+    assert row["top_k_nhvp"] == 0  # shared products are charged once, to the first metric using them
+    # one deflated probe set (6 probes: trace, ms_margin and dir_curvature ask for 6; 4 steps for ms_margin)
+    rest = rest_quadrature(H, lz.extra["vectors"], 6, 4, generator=_gen(cfg.seed, 0, "rest/H"))
+    tr = split_trace(lz.value, rest)
+    assert row["trace"] == tr.value and row["trace_err"] == tr.error and row["trace_nhvp"] == rest.n_hvp == 24
     dens = spectral_density(H, n_probes=4, n_steps=30, generator=_gen(cfg.seed, 0, "density/H"))
     np.testing.assert_array_equal(run.spectra("density")["nodes"][0], dens.nodes)
     np.testing.assert_array_equal(run.spectra("density")["weights"][0], dens.weights)
-    # S = Tr/T + SLQ of the remainder f(λ) − λ/T (negative eigenvalues count 0), on the same quadrature
-    T = 2 / cfg.lr
-    lam = dens.nodes
-    f = (cfg.lr * lam) / (2 - 2 * cfg.lr * lam)  # q = 1, β = 0: ηλ/(2 − 2ηλ), for every eigenvalue
-    rem = dens.dim * (dens.weights * (f - lam / T)).sum(1)
-    assert row["ms_margin"] == pytest.approx(tr.value / T + rem.mean(), rel=1e-12)
-    assert row["ms_margin_err"] == pytest.approx(math.hypot(tr.error / T, rem.std(ddof=1) / 2), rel=1e-12)
+    # S = Σ_top f(θ_i) + SLQ of f on the deflated rest, f(λ) = ηλ/(2 − 2ηλ) (q = 1, β = 0), 0 for λ ≤ 0
+    def f(lam):
+        lam = np.maximum(lam, 0.0)
+        return (cfg.lr * lam) / (2 - 2 * cfg.lr * lam)
+
+    samples = rest.norms * (rest.weights * f(rest.nodes)).sum(1)
+    assert row["ms_margin"] == pytest.approx(f(lz.value).sum() + samples.mean(), rel=1e-12)
+    n = samples.size
+    se = samples.std(ddof=1) / math.sqrt(n) * math.sqrt((n - 1) / (n - 3))  # t-corrected standard error
+    half = rest.norms * (rest.half_weights * f(rest.half_nodes)).sum(1)  # nested 2-step rule
+    quad = abs(samples.mean() - half.mean())  # quadrature error estimate
+    assert row["ms_margin_err"] >= math.hypot(se, quad) and row["ms_margin_err"] == pytest.approx(
+        math.hypot(se, quad), rel=1e-3)
+    assert row["ms_margin_nhvp"] == 0 and row["nhvp"] == lz.n_hvp + rest.n_hvp + dens.n_hvp
     assert math.isnan(row["dir_curvature"])  # no update direction before the first step
     assert row["dir_curvature_mean"] == tr.value / setup.objective.dim
 
@@ -99,9 +109,12 @@ def test_probe_values_agree_with_the_dense_hessian(zo_run) -> None:
     np.testing.assert_allclose(run.probe_array("top_k")[-1], eig[::-1][:3], rtol=0, atol=1e-7)
     # stochastic estimates within 5 standard errors of the truth
     assert abs(row["trace"] - eig.sum()) <= 5 * row["trace_err"]
-    exact_s = _ms_sum(eig, cfg.lr)
-    assert 0.05 < exact_s - eig.sum() * cfg.lr / 2 and exact_s < 1  # the nonlinear part of f matters here
+    pos = eig[eig > 0]  # negative-curvature modes are excluded from S and logged beside it
+    exact_s = _ms_sum(pos, cfg.lr)
+    assert 0.05 < exact_s - pos.sum() * cfg.lr / 2 and exact_s < 1  # the nonlinear part of f matters here
     assert abs(row["ms_margin"] - exact_s) <= 5 * row["ms_margin_err"]
+    neg = -eig[eig < 0].sum() * cfg.lr / 2
+    assert abs(row["ms_margin_neg"] - neg) <= 5 * row["ms_margin_neg_err"] + 1e-12
     g = opt.last_direction
     assert row["dir_curvature"] == pytest.approx(float(g @ Hd @ g / (g @ g)), rel=1e-10)
     # SLQ: Gauss weights of each probe sum to 1; Ritz values interlace the spectrum
@@ -147,7 +160,8 @@ def test_adam_metrics_on_the_preconditioned_hessian(tmp_path) -> None:
     run = eos_probe.load(cfg.out)
     assert run.band().quantity == "Tr(P^-1 H)"
     first, last = run.probe.iloc[0], run.probe.iloc[-1]
-    assert first["commutator_ratio"] == 0.0  # P = 1 before the first step commutes with everything
+    # P = 1 before the first update is a placeholder, not Adam's preconditioner: no measurement
+    assert math.isnan(first["commutator_ratio"]) and first["commutator_ratio_nhvp"] == 0
     ck = _ckpt(cfg.out)
     setup = build(cfg)
     Hd = dense_hessian(setup.objective, ck["theta"]).numpy()
@@ -160,7 +174,7 @@ def test_adam_metrics_on_the_preconditioned_hessian(tmp_path) -> None:
     r = np.linalg.norm(PH - PH.T) / np.linalg.norm(PH)  # ‖PH − HP‖_F / ‖PH‖_F, HP = (PH)ᵀ
     assert 0 < r and abs(last["commutator_ratio"] - r) <= 5 * last["commutator_ratio_err"]
     # ms_margin of an Adam run reads the preconditioned spectrum (EMA convention, β1 = 0.9)
-    exact_s = _ms_sum(eig, cfg.lr, beta=0.9, ema=True)
+    exact_s = _ms_sum(eig[eig > 0], cfg.lr, beta=0.9, ema=True)
     assert abs(last["ms_margin"] - exact_s) <= 5 * last["ms_margin_err"] + 1e-12
     sp = run.spectra("precond_density")
     assert sp["nodes"][-1].max() <= eig[-1] + 1e-6 * abs(eig[-1])

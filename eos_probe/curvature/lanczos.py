@@ -12,12 +12,18 @@ Stopping rule. After each product the tridiagonal T_j is diagonalised; Ritz pair
 ``error`` is the chosen bound; ``extra["ritz_residual"]`` and ``extra["gap_error"]`` hold both. A pair is
 converged when error ≤ tol·|θ_i|. When ``max_iter`` is reached first the result says ``converged=False``.
 
-A residual certifies that *an* eigenvalue lies near each Ritz value, not that none was missed above it: at
-loose tolerances top_k can skip an eigenvalue inside a tight cluster. Limits of any single-vector Krylov method: it finds one copy of a repeated eigenvalue (a restart after an
+A residual certifies that *an* eigenvalue lies near each Ritz value, not that none was missed above it, nor
+which eigenvalue it is. Convergence therefore also needs (i) at least ``MIN_KRYLOV`` steps and (ii) a gap
+check: the k-th Ritz value must be separated from the (k+1)-th by more than their two residuals, so the
+intervals that certify the top k are disjoint from the rest of the resolved spectrum (otherwise θ_k could
+belong to a pair whose order is still ambiguous). Without both, a stale warm start stops after 3 steps on the
+old (now second) eigenvalue flagged converged. Limits of any single-vector Krylov method: it finds one copy of a repeated eigenvalue (a restart after an
 exact breakdown finds the others), and a start vector with no component along the top eigenvector cannot
 find it — a warm start therefore gets a small random admixture.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -31,9 +37,16 @@ from .operators import CurvatureOperator
 
 __all__ = ["lambda_max", "top_k", "lanczos_tridiagonal"]
 
-#: relative size of the random component mixed into a warm start (guards against a stale vector that is
-#: exactly orthogonal to the new top eigenvector; small enough to keep the warm start's head start)
-WARM_NOISE = 1e-2
+#: weight of the random component mixed into a warm start, relative to the stale vector (both unit length).
+#: A stale top eigenvector that has become the second one carries little of the new top direction; the
+#: random part gives the Krylov space an O(1/√d) foothold on every direction, which the Lanczos filter
+#: amplifies within the minimum Krylov dimension below (1e-2 was too small: a swapped pair was missed).
+WARM_NOISE = 1.0
+#: fewest Lanczos steps before any pair may be declared converged (warm or cold): a Krylov space barely
+#: larger than k can hold k converged Ritz pairs of the wrong eigenvalues (e.g. the old top eigenvector,
+#: now second, converges in 2–3 steps). The extra steps amplify an unseen eigenvalue above by a Chebyshev
+#: factor of ≈ (1 + 2√(gap/spread))^MIN_KRYLOV, so it surfaces before the stop unless its start weight is tiny.
+MIN_KRYLOV = 12
 BOUNDS = ("residual", "gap")
 
 
@@ -96,6 +109,39 @@ def _ritz_errors(theta: np.ndarray, res: np.ndarray) -> np.ndarray:
     return np.minimum(res, quad)
 
 
+def _separated(theta: np.ndarray, res: np.ndarray, k: int, tol: float, scale: float) -> bool:
+    """Gap check: the k-th Ritz interval [θ_k ± r_k] lies strictly above the (k+1)-th one, or the (k+1)-th
+    pair is itself converged (a resolved near-tie: both values are certified, their order within tol)."""
+    if theta.shape[0] <= k:
+        return True
+    return bool(theta[k - 1] - theta[k] > res[k - 1] + res[k]) or bool(res[k] <= tol * max(abs(theta[k]), scale))
+
+
+#: round-off floor of a reported eigenvalue error, in units of ε·‖H‖ (Ritz values and a dense eigensolver
+#: agree to a few hundred ε‖H‖, not to a converged residual of 1e-17)
+ROUNDOFF = 100.0
+#: accepted probability-scale of missing an eigenvalue above the k-th Ritz value (see _steps_for_gap)
+MISS = 1e-2
+
+
+def _steps_for_gap(theta: np.ndarray, k: int, dim: int) -> int:
+    """Krylov steps needed before a stop, from the relative gap g = (θ_k − θ_{k+1}) / (θ_1 − θ_min).
+
+    Lanczos amplifies an eigenvalue that lies a relative gap g above the others by ≈ exp(2j√g) after j
+    steps (Chebyshev), against a start-vector weight of order 1/√d. An eigenvalue that the run has not
+    found yet is likely no further above θ_k than θ_{k+1} is below it, so until 2j√g ≥ ln(√d / MISS) a
+    tight top cluster may hide one. This adapts the minimum Krylov dimension to the cluster: well separated
+    tops stop at MIN_KRYLOV, a 0.3 % cluster needs ~50 steps.
+    """
+    if theta.shape[0] <= k:
+        return 0
+    spread = theta[0] - theta[-1]
+    g = (theta[k - 1] - theta[k]) / spread if spread > 0 else 1.0
+    if not g > 0:
+        return 1 << 30
+    return int(math.ceil(math.log(math.sqrt(dim) / MISS) / (2.0 * math.sqrt(g))))
+
+
 def _block_top_converged(alphas: list[float], betas: list[float], b: float, tol: float, norm_est: float) -> bool:
     if len(alphas) == 1:
         theta, S = np.array(alphas), np.ones((1, 1))
@@ -127,9 +173,12 @@ def _lanczos_top(op: CurvatureOperator, k: int, tol: float, v0, max_iter: int,
     block_start = 0
     converged = False
     theta = res = err = S = None
+    first_done: int | None = None
+    eps = float(torch.finfo(op.dtype).eps)
+    first_theta = None
     # a few steps before trusting the residual test: a stale warm vector can be a wrong eigenvector, and a
     # Krylov space barely larger than k can hold k converged Ritz pairs while missing one above them
-    min_steps = min(op.dim, 2 * k + 1)
+    min_steps = min(op.dim, max(2 * k + 1, MIN_KRYLOV))
     for j in range(max_iter):
         basis.append(q)
         w = op.matvec(q)
@@ -144,12 +193,28 @@ def _lanczos_top(op: CurvatureOperator, k: int, tol: float, v0, max_iter: int,
             theta, S = eigh_tridiagonal(np.array(alphas), np.array(betas))
         order = np.argsort(theta)[::-1]
         theta, S = theta[order], S[:, order]
-        res = b * np.abs(S[-1, :])
+        # a residual below round-off certifies nothing finer than round-off: floor it at ROUNDOFF·ε·‖H‖
+        res = np.maximum(b * np.abs(S[-1, :]), ROUNDOFF * eps * norm_est)
         gap_err = _ritz_errors(theta, res)
         err = gap_err if bound == "gap" else res
         m = min(k, theta.shape[0])
         scale = np.maximum(np.abs(theta[:m]), 1e-14 * max(norm_est, 1e-300))
-        done = bool(np.all(err[:m] <= tol * scale)) and m == k and j + 1 >= min_steps
+        done = bool(np.all(err[:m] <= tol * scale)) and m == k and j + 1 >= min_steps \
+            and _separated(theta, res, k, tol, 1e-14 * max(norm_est, 1e-300)) \
+            and j + 1 >= _steps_for_gap(theta, k, op.dim)
+        if done:
+            # persistence: a stop is final only after the criteria have held over a further quarter of the
+            # steps taken (at least 2) with the top values unmoved; an eigenvalue that the start vector barely
+            # touched grows geometrically in those steps and moves θ_1 (a close top cluster otherwise
+            # returned λ₂ "converged" in a few % of cold starts)
+            if first_done is None:
+                first_done, first_theta = j, theta[:m].copy()
+            if j < first_done + max(2, first_done // 4):
+                done = False
+            elif np.any(np.abs(theta[:m] - first_theta) > err[:m] + 1e-15 * max(norm_est, 1e-300)):
+                first_done, first_theta, done = j, theta[:m].copy(), False
+        else:
+            first_done = None
         if done and restarts:
             # after a restart the earlier blocks are exact; the newest block must have found the top of the
             # remaining space before we know that nothing above the current top-k is left
