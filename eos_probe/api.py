@@ -130,19 +130,24 @@ def commutator_ratio(op: CurvatureOperator, p: Tensor, *, n_probes: int = 8, see
 
 def ms_margin(op: CurvatureOperator, *, optimizer: str, lr: float, queries: int = 1, momentum: float | None = None,
               momentum_style: str = "heavy_ball", directions: str = "gaussian", preconditioner: Tensor | None = None,
-              n_probes: int = 4, n_steps: int = 10, n_matvec: int = 40, seed: int | None = 0) -> Estimate:
+              n_top: int = 3, n_probes: int = 6, n_steps: int = 10, n_matvec: int = 40,
+              seed: int | None = 0) -> Estimate:
     """S(η), the exact mean-square stability sum of docs/theory.md §2 for ``optimizer`` at step size ``lr``: the
     iterates stay bounded in mean square iff S < 1 (first-order optimizers: S = λ_max/(2/η), the classical
-    edge). The same estimator as the probe metric ``ms_margin``: Tr(H)/T + SLQ of the remainder.
+    edge). The same estimator as the probe metric ``ms_margin``: the ``n_top`` top Ritz pairs exactly, SLQ
+    (``n_probes`` × ``n_steps``) on the rest, Tr(H) (``n_matvec`` products) as control variate; eigenvalues
+    ≤ 0 are excluded from S (escape directions, no step-size threshold).
 
     Adam-type optimizers read the eigenvalues of P⁻¹H: pass ``preconditioner=p`` (P = diag(p)) or an
     operator that is already preconditioned. ``extra``: "threshold" T, "band" (the theory's Band),
-    "trace" and "lambda_max" (the Estimates used).
+    "trace", "top_k" and "rest" (what was used); "lambda_max" for first-order optimizers.
     """
     from .curvature import lambda_max as _lmax
-    from .curvature import spectral_density
+    from .curvature import top_k as _top_k
     from .curvature import trace as _trace
-    from .probe import _slq_per_probe, ms_term_function
+    from .curvature.deflated import rest_quadrature, split_trace_fn
+    from .probe import ms_term_function
+    from .probe_shared import ritz_block
     from .run import band_for
 
     op = _check_op(op)
@@ -167,14 +172,14 @@ def ms_margin(op: CurvatureOperator, *, optimizer: str, lr: float, queries: int 
         est = _lmax(op, generator=gen)
         return Estimate(value=float(est.value) / T, error=float(est.error) / T, n_hvp=op.n_hvp - n0,
                         converged=est.converged, extra={"threshold": T, "band": band, "lambda_max": est})
-    tr = _trace(op, method=_default_trace_method(op), n_matvec=n_matvec, rtol=0.02, generator=gen)
-    dens = spectral_density(op, n_probes=n_probes, n_steps=n_steps, generator=gen)
+    # the probe metric's estimator: the top Ritz pairs exactly, SLQ on the deflated rest, and the trace
+    # (Gauss–Newton + residual where the loss allows it) as a control variate for the linear part of f
+    top = _top_k(op, min(n_top, op.dim), generator=gen)
+    theta, V, err = ritz_block(top)
+    rest = rest_quadrature(op, V, n_probes, n_steps, generator=gen)
+    tr = _trace(op, method=_default_trace_method(op), n_matvec=n_matvec, rtol=None, generator=gen)
     f = ms_term_function(config, op.dim)
-    per_probe = _slq_per_probe(dens, lambda lam: f(lam) - lam / T)
-    if np.any(~np.isfinite(per_probe)):
-        value, err = math.inf, math.nan
-    else:
-        value = float(tr.value) / T + float(per_probe.mean())
-        err = math.hypot(float(tr.error) / T, float(per_probe.std(ddof=1) / math.sqrt(per_probe.size)))
-    return Estimate(value=value, error=err, n_hvp=op.n_hvp - n0, converged=tr.converged,
-                    extra={"threshold": T, "band": band, "trace": tr, "density": dens})
+    est = split_trace_fn(f, theta, err, rest, linear=(1.0 / T, float(tr.value), float(tr.error)))
+    return Estimate(value=float(est.value), error=float(est.error), n_hvp=op.n_hvp - n0,
+                    converged=bool(top.converged and tr.converged),
+                    extra={"threshold": T, "band": band, "trace": tr, "top_k": top, "rest": rest})
