@@ -96,14 +96,18 @@ def mc_critical_lr(H, block: int, gamma: float, guess: float, *, span: float = 0
     (``points`` step sizes over ±``span``·guess, then ``refine`` finer grids around the first crossing).
     Resolution: ``2·span/(points−1)/(points−1)^refine`` of ``guess``."""
     lo, hi = guess * (1 - span), guess * (1 + span)
-    for _ in range(refine + 1):
-        grid = np.linspace(lo, hi, points)
+    grid = np.linspace(lo, hi, points)
+    for level in range(refine + 1):
         rates = [g.rate for g in simulate_cocd(H, grid, block, gamma, predict=False, **kw)]
         unstable = [i for i, r in enumerate(rates) if r > 0]
-        if not unstable:
+        if level == 0 and not unstable:
             return math.inf
-        i = unstable[0]
-        if i == 0:
+        if level == 0 and unstable[0] == 0:
             return float(grid[0])  # already unstable at the left end: outside the window
-        lo, hi = float(grid[i - 1]), float(grid[i])
+        if unstable:
+            i = unstable[0]
+            lo, hi = (float(grid[i - 1]) if i > 0 else lo), float(grid[i])
+        else:  # refined grids are interior points: the crossing lies between the last one and hi
+            lo = float(grid[-1])
+        grid = np.linspace(lo, hi, points + 2)[1:-1]
     return 0.5 * (lo + hi)
