@@ -138,16 +138,16 @@ def _radius(H: np.ndarray, lr: float, s: CoCDSchedule, method: str = "auto", v0:
     n = 2 * s.dim
     op = LinearOperator((n, n), matvec=lambda v: _apply_cycle(H, lr, s, v.reshape(n, 1)).ravel(), dtype=float)
     try:
-        vals = eigs(op, k=3, which="LM", tol=1e-8, maxiter=5000, ncv=min(n - 1, 40), v0=v0,
+        vals = eigs(op, k=4, which="LM", tol=1e-7, maxiter=300, ncv=min(n - 1, 80), v0=v0,
                     return_eigenvectors=False)
-    except ArpackNoConvergence as e:  # keep what converged; fall back to power iterations otherwise
+    except ArpackNoConvergence as e:  # keep what converged; NaN (undecided) otherwise
         vals = e.eigenvalues
         if vals is None or len(vals) == 0:
-            return _power_radius(H, lr, s)
+            return math.nan
     return float(np.max(np.abs(vals)))
 
 
-def _power_radius(H: np.ndarray, lr: float, s: CoCDSchedule, cycles: int = 2000) -> float:
+def _power_radius(H: np.ndarray, lr: float, s: CoCDSchedule, cycles: int = 400) -> float:
     """Growth rate of a random state over many cycles (block power iteration; robust, slower)."""
     rng = np.random.default_rng(0)
     X = rng.standard_normal((2 * s.dim, 4))
@@ -163,13 +163,15 @@ def _power_radius(H: np.ndarray, lr: float, s: CoCDSchedule, cycles: int = 2000)
 
 
 def critical_lr(H, block: int, gamma: float, *, memory: int | None = None, weight_decay: float = 0.0,
-                rtol: float = 1e-4, grid: int = 24, method: str = "auto") -> float:
+                rtol: float = 1e-4, grid: int = 24, method: str = "auto", guess: float | None = None) -> float:
     """The exact CoCD threshold α*(H, B, γ): the first step size where ρ(Φ) reaches 1.
 
     A scan of ``grid`` step sizes up to an upper bracket finds the first unstable one, then bisection
     narrows it to ``rtol``. (A stable window narrower than the grid spacing before the first crossing
     would be missed; CoCD's ρ(α) has shown none in tests.) ``inf`` if H has no positive curvature; 0 if
-    H has a negative eigenvalue (every step size is unstable).
+    H has a negative eigenvalue (every step size is unstable). With ``guess`` (e.g. the previous probe's
+    α*), a bracket [0.9, 1.1]·guess that is stable at its left end and unstable at its right is bisected
+    directly (a crossing below 0.9·guess would then be missed); otherwise the full scan runs.
     """
     H = _check_hessian(H)
     s = schedule(H.shape[0], block, gamma, memory, weight_decay)
@@ -179,7 +181,16 @@ def critical_lr(H, block: int, gamma: float, *, memory: int | None = None, weigh
     lmax = float(lam[-1]) if lam is not None else float(np.max(np.abs(np.diag(H))))
     if lmax <= 0:
         return math.inf
-    stable = lambda a: _radius(H, a, s, method) < 1.0  # noqa: E731
+    def stable(a: float) -> bool:
+        r = _radius(H, a, s, method)
+        if math.isnan(r):
+            raise ArithmeticError(f"the monodromy's spectral radius did not converge at lr = {a:g}")
+        return r < 1.0
+
+    if guess is not None and math.isfinite(guess) and guess > 0:
+        lo, hi = 0.9 * guess, 1.1 * guess
+        if stable(lo) and not stable(hi):
+            return _bisect(stable, lo, hi, rtol)
     # brackets: B = d is gradient descent (α* = 2/λ_max); coordinate steps are bounded by the diagonal
     dmax = float(np.max(np.diag(H)))
     hi = 4.0 / max(min(lmax, dmax), 1e-300)
@@ -187,13 +198,20 @@ def critical_lr(H, block: int, gamma: float, *, memory: int | None = None, weigh
         hi *= 2.0
         if hi * lmax > 1e6:
             return math.inf
-    grid_pts = np.linspace(hi / grid, hi, grid)
     lo = 0.0
-    for a in grid_pts:
-        if not stable(a):
-            hi = float(a)
+    while True:  # the first unstable point of a linear grid, refined while the crossing is in its first cell
+        grid_pts = np.linspace(hi / grid, hi, grid)
+        first = next(i for i, a in enumerate(grid_pts) if not stable(float(a)))
+        if first > 0:
+            lo, hi = float(grid_pts[first - 1]), float(grid_pts[first])
             break
-        lo = float(a)
+        hi = float(grid_pts[0])
+        if hi * lmax < 1e-8:
+            return 0.0
+    return _bisect(stable, lo, hi, rtol)
+
+
+def _bisect(stable, lo: float, hi: float, rtol: float) -> float:
     while hi - lo > rtol * hi:
         mid = 0.5 * (lo + hi)
         if stable(mid):
