@@ -209,3 +209,66 @@ def test_monte_carlo_threshold_agrees_within_half_a_percent() -> None:
     a = critical_lr(H, 4, 0.9)
     amc = mc_critical_lr(H, 4, 0.9, a, span=0.05, points=11, refine=1, cycles=200)
     assert abs(amc / a - 1) < 0.005
+
+
+# ------------------------------------------------------------------------------------------- probe metrics
+
+
+def _tiny_cocd_context(tmp_path):
+    from eos_probe.objective import Objective
+    from eos_probe.probe import Probe, ProbeContext
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2)).double()
+    x = torch.randn(16, 3, dtype=torch.float64)
+    y = torch.randint(0, 2, (16,))
+    obj = Objective(model, x, y, num_classes=2)
+    cfg = TrainConfig(model="mlp", optimizer="cocd", lr=0.05, cocd_block=4, cocd_gamma=0.9, probe=[])
+    opt = make_optimizer("cocd", lr=0.05, cocd_block=4, cocd_gamma=0.9)
+    theta = obj.initial_theta()
+    state = opt.init(theta)
+    for t in range(5):
+        opt.step(obj, theta, state, t)
+    settings = {"config": cfg.to_dict(), "dim": obj.dim, "optimizer": opt, "objective": obj, "theta": theta}
+    probe = Probe([], 1, settings)
+    probe._backend = "double-backward"
+    return settings, ProbeContext(probe, 5, theta, state, opt, obj, cfg), obj, theta, opt, state
+
+
+def test_cocd_edge_metric_is_the_monodromy_threshold_of_the_local_hessian(tmp_path) -> None:
+    from eos_probe.probe_systems import CoCDEdge
+
+    settings, ctx, obj, theta, opt, state = _tiny_cocd_context(tmp_path)
+    m = CoCDEdge(settings, rtol=1e-4)
+    row = m.compute(ctx)
+    # independent Hessian: double backward, column by column
+    th = theta.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(obj._loss_single(th), th, create_graph=True)
+    H = torch.stack([torch.autograd.grad(g[i], th, retain_graph=True)[0] for i in range(obj.dim)]).numpy()
+    lam, V = np.linalg.eigh(0.5 * (H + H.T))
+    Hc = (V * np.maximum(lam, 1e-3 * lam[-1])) @ V.T
+    edge = critical_lr(Hc, 4, 0.9, rtol=1e-6)
+    assert row["cocd_edge"] == pytest.approx(edge, rel=2e-4)
+    assert row["cocd_edge_ratio"] == pytest.approx(0.05 / row["cocd_edge"])
+    assert row["cocd_edge_gd"] == pytest.approx(2 / lam[-1], rel=1e-8)
+    assert (row["cocd_edge_rho"] < 1) == (row["cocd_edge_ratio"] < 1)
+    with pytest.warns(UserWarning, match="dense_max"):
+        skipped = CoCDEdge(settings, dense_max=5)
+    assert math.isnan(skipped.compute(ctx)["cocd_edge"])
+
+
+def test_cocd_staleness_compares_this_steps_direction_with_the_gradient(tmp_path) -> None:
+    from eos_probe.probe_systems import CoCDStaleness
+
+    settings, ctx, obj, theta, opt, state = _tiny_cocd_context(tmp_path)
+    before = {k: v.clone() for k, v in state["source"].items()}
+    row = CoCDStaleness(settings).compute(ctx)
+    for k, v in before.items():  # the run's state is untouched
+        assert torch.equal(v, state["source"][k])
+    g_next, _ = opt.source(obj, theta, {k: v.clone() for k, v in state["source"].items()}, 5)
+    grad = obj.grad(theta)
+    assert row["cocd_staleness"] == pytest.approx(float((g_next - grad).norm() / grad.norm()), rel=1e-9)
+    assert row["cocd_staleness_cos"] == pytest.approx(float(g_next @ grad / g_next.norm() / grad.norm()), rel=1e-9)
+    d, B = obj.dim, 4
+    lmax = float(np.linalg.eigvalsh(torch.func.hessian(obj._loss_single)(theta).numpy())[-1])
+    assert row["cocd_staleness_bound"] == pytest.approx(2 / (lmax * (1 + d * (d / B - 1))), rel=1e-2)
