@@ -107,3 +107,20 @@ def test_entk_fidelity_without_a_probe_batch_is_one_line(tmp_path, capsys) -> No
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "probe batch" in err and len(err.strip().splitlines()) == 1
+
+
+def test_entk_plot_draws_measured_and_predicted_errors(tmp_path, one_thread) -> None:
+    from eos_probe.config import TrainConfig
+    from eos_probe.plot.figures import make_figure
+    from eos_probe.train import train
+
+    cfg = TrainConfig(model="mlp", model_args={"hidden": [4]}, n_per_class=5, optimizer="zo-gd", lr=1e-3, steps=2,
+                      probe_every=1, probe=["entk_fidelity:m=4:pool=64"], out=str(tmp_path / "e.h5"))
+    res = train(cfg, progress=False)
+    import eos_probe
+
+    run = eos_probe.load(res.path)
+    assert run.probe_array("entk_fidelity_rel_err").shape == (3, 4)
+    assert np.all(np.isfinite(run.probe["entk_fidelity_step_err"].to_numpy()[:2]))
+    out = make_figure([res.path], "entk", tmp_path / "e.png")
+    assert out.stat().st_size > 10_000
