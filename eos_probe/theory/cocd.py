@@ -147,21 +147,6 @@ def _radius(H: np.ndarray, lr: float, s: CoCDSchedule, method: str = "auto", v0:
     return float(np.max(np.abs(vals)))
 
 
-def _power_radius(H: np.ndarray, lr: float, s: CoCDSchedule, cycles: int = 400) -> float:
-    """Growth rate of a random state over many cycles (block power iteration; robust, slower)."""
-    rng = np.random.default_rng(0)
-    X = rng.standard_normal((2 * s.dim, 4))
-    log_total, counted = 0.0, 0
-    for c in range(cycles):
-        X = _apply_cycle(H, lr, s, X)
-        nrm = np.linalg.norm(X)
-        X /= nrm
-        if c >= cycles // 2:
-            log_total += math.log(nrm)
-            counted += 1
-    return math.exp(log_total / counted)
-
-
 def critical_lr(H, block: int, gamma: float, *, memory: int | None = None, weight_decay: float = 0.0,
                 rtol: float = 1e-4, grid: int = 24, method: str = "auto", guess: float | None = None) -> float:
     """The exact CoCD threshold α*(H, B, γ): the first step size where ρ(Φ) reaches 1.
