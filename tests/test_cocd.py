@@ -272,3 +272,12 @@ def test_cocd_staleness_compares_this_steps_direction_with_the_gradient(tmp_path
     d, B = obj.dim, 4
     lmax = float(np.linalg.eigvalsh(torch.func.hessian(obj._loss_single)(theta).numpy())[-1])
     assert row["cocd_staleness_bound"] == pytest.approx(2 / (lmax * (1 + d * (d / B - 1))), rel=1e-2)
+
+
+def test_cocd_edge_plot_without_the_metric_is_one_clear_error(tmp_path) -> None:
+    from eos_probe.plot.figures import make_figure
+
+    res = train(TrainConfig(model="mlp", model_args={"hidden": [2]}, n_per_class=2, optimizer="cocd", steps=1,
+                            probe=[], out=str(tmp_path / "c.h5")), progress=False)
+    with pytest.raises(UserError, match="cocd_edge"):
+        make_figure([res.path], "cocd-edge", tmp_path / "c.png")
