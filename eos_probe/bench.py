@@ -13,6 +13,9 @@ parameters under `inference_mode`, or `loss.backward()`), so a ratio shows what 
   sweep_speedup_fo            the same for GD
   hvp_over_grad               one Hessian-vector product (back end chosen as the probe does) / one gradient
   microbatch_speedup          full-batch forward / forward in the automatic micro-batches
+  cocd_step_over_2b_forwards  one CoCD step (B coordinates, 2B perturbed losses) / 2B plain forwards, for the
+                              loop and the batched evaluation; `cocd_auto` says which the automatic rule picks
+                              (goal ≤ 1.2 where batched)
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ from .config import TrainConfig
 #: keys of `run_bench`'s result that are ratios (the test checks they are finite and positive)
 RATIO_KEYS = ("zo_step_over_two_forwards", "fo_step_over_forward_backward", "batched_q_speedup",
               "batched_q_auto_speedup", "sweep_speedup", "sweep_speedup_fo", "hvp_over_grad",
-              "microbatch_speedup")
+              "microbatch_speedup", "cocd_step_over_2b_forwards")
 
 
 def _sync(device: torch.device) -> None:
@@ -67,7 +70,8 @@ def device_name(device: torch.device) -> str:
 
 def run_bench(model: str = "cnn", *, model_args: dict | None = None, n_per_class: int | None = None,
               device: str = "auto", dtype: str = "float32", repeats: int = 5, queries: int = 8, copies: int = 3,
-              microbatch: int | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+              microbatch: int | None = None, log: Callable[[str], None] | None = None,
+              cocd_block: int | None = None) -> dict[str, Any]:
     """Measure the issue-6 ratios for one model on the default data; returns a JSON-ready dict.
 
     `repeats` rounds per ratio (the q-query and HVP items, several times dearer, use about half).
@@ -181,6 +185,32 @@ def run_bench(model: str = "cnn", *, model_args: dict | None = None, n_per_class
     t = interleaved({"hvp": lambda: op.matvec(v), "grad": lambda: obj.grad(theta0)}, few, dev)
     out["hvp_over_grad"] = ratio(t, "hvp", "grad")
     out["hvp_backend"] = backend
+
+    # ---- CoCD step vs 2B forwards ------------------------------------------------------------------
+    from .optim.cocd import default_block
+
+    B = cocd_block or default_block(obj.dim)
+    say(f"CoCD step (B = {B}) vs {2 * B} forwards")
+    cocd = {mode: make_optimizer("cocd", lr=1e-9, cocd_block=B) for mode in ("loop", "batched")}
+    for mode, o in cocd.items():
+        o.source.eval_mode = mode
+    th_c = {mode: theta0.clone() for mode in cocd}
+    st_c = {mode: cocd[mode].init(th_c[mode]) for mode in cocd}
+    steps_c = iter(range(10**9))
+
+    def forwards_2b() -> None:
+        for _ in range(2 * B):
+            module_forward()
+
+    t = interleaved({"loop": lambda: cocd["loop"].step(obj, th_c["loop"], st_c["loop"], next(steps_c)),
+                     "batched": lambda: cocd["batched"].step(obj, th_c["batched"], st_c["batched"], next(steps_c)),
+                     "fwd": forwards_2b}, few, dev)
+    out["cocd_block"] = B
+    out["cocd_step_over_2b_forwards_loop"] = ratio(t, "loop", "fwd")
+    out["cocd_step_over_2b_forwards_batched"] = ratio(t, "batched", "fwd")
+    auto = make_optimizer("cocd", lr=1e-9, cocd_block=B).source.batch_queries(obj, theta0)
+    out["cocd_auto"] = "batched" if auto else "loop"
+    out["cocd_step_over_2b_forwards"] = out[f"cocd_step_over_2b_forwards_{out['cocd_auto']}"]
     return out
 
 
@@ -195,6 +225,9 @@ def format_table(res: dict[str, Any]) -> str:
         (f"sweep throughput / sequential, FO (K={res['copies']})", res["sweep_speedup_fo"], ""),
         ("HVP / gradient", res["hvp_over_grad"], f"back end {res['hvp_backend']}"),
         ("full batch / micro-batched forward", res["microbatch_speedup"], f"micro-batch {res['microbatch']}"),
+        (f"CoCD step / {2 * res['cocd_block']} forwards (B={res['cocd_block']})", res["cocd_step_over_2b_forwards"],
+         f"auto picks {res['cocd_auto']}; loop {res['cocd_step_over_2b_forwards_loop']:.3f}, batched "
+         f"{res['cocd_step_over_2b_forwards_batched']:.3f}; goal <= 1.2"),
     ]
     head = (f"eos-probe bench: {res['model']} ({res['n_params']:,} params, {res['n_train']} examples, {res['dtype']}) "
             f"on {res['device']}, torch {res['torch']}, {res['date']}")

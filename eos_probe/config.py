@@ -16,7 +16,8 @@ DEVICES = ("auto", "cpu", "cuda")
 #: initialisation (λ_max ≈ 3.4 on fashion4). Zeroth order: the literature's scale (ZO-GDM η = 1e-4 at
 #: β = 0.9, docs/theory.md §6), i.e. T = 2q(1−β)/η = 2000 for both ZO-GD and ZO-GDM. On an H100 check, ZO-GD at
 #: η = 0.05 and 0.01 diverged within 100 steps on the CNN, ViT and MLP: Tr(H) is far larger than λ_max.
-DEFAULT_LR = {"gd": 0.05, "gdm": 0.005, "adam": 1e-3, "zo-gd": 1e-3, "zo-gdm": 1e-4, "zo-adam": 1e-4}
+DEFAULT_LR = {"gd": 0.05, "gdm": 0.005, "adam": 1e-3, "zo-gd": 1e-3, "zo-gdm": 1e-4, "zo-adam": 1e-4,
+              "cocd": 0.01, "bccd": 0.01}  # CoCD: the reference setting of docs/theory.md §5d
 DTYPES = ("float32", "float64")
 
 
@@ -54,6 +55,12 @@ class TrainConfig:
     probe: list[str] | None = None  # default per optimizer (see eos_probe.probe)
     divergence_factor: float = 1e3
     out: str | None = None
+    # coherent coordinate descent (optimizer cocd / bccd, docs/theory.md §5d)
+    cocd_block: int | None = None  # B coordinates refreshed per step (default ⌈1 % of d⌉)
+    cocd_gamma: float | None = None  # decay γ of stale estimates (default 0.99 cocd, 0 bccd)
+    cocd_eps: float = 0.1  # central-difference radius ε
+    cocd_memory: int | None = None  # keep only the m most recent estimates (B <= m < d)
+    weight_decay: float = 0.0  # g = G + weight_decay·θ (cocd / bccd only)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -134,6 +141,35 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise UserError(f"beta2 must lie in [0, 1), got {cfg.beta2}")
     if cfg.seed < 0:
         raise UserError(f"seed must be a non-negative integer, got {cfg.seed}")
+    _validate_cocd(cfg)
     if cfg.momentum is not None and cfg.momentum > 0 and cfg.optimizer.removeprefix("zo-") == "gd":
         raise UserError(f"optimizer {cfg.optimizer} takes no momentum (got {cfg.momentum}); use {cfg.optimizer}m")
     return cfg
+
+
+def _validate_cocd(cfg: TrainConfig) -> None:
+    """CoCD options: ranges here; B > d and m >= d once the model is built (they need d)."""
+    from .optim import COCD_PRESETS
+
+    given = [n for n in ("cocd_block", "cocd_gamma", "cocd_memory") if getattr(cfg, n) is not None]
+    if cfg.cocd_eps != 0.1:
+        given.append("cocd_eps")
+    if cfg.weight_decay:
+        given.append("weight_decay")
+    if cfg.optimizer not in COCD_PRESETS:
+        if given:
+            raise UserError(f"{', '.join(given)} apply to the cocd and bccd optimizers only, not {cfg.optimizer}")
+        return
+    if cfg.momentum not in (None, 0, 0.0):
+        raise UserError(f"optimizer {cfg.optimizer} takes no momentum (got {cfg.momentum})")
+    if cfg.cocd_block is not None and cfg.cocd_block < 1:
+        raise UserError(f"cocd block size B must be a positive integer, got {cfg.cocd_block}")
+    if cfg.cocd_gamma is not None and not (0.0 <= cfg.cocd_gamma <= 1.0):
+        raise UserError(f"cocd gamma must lie in [0, 1], got {cfg.cocd_gamma}")
+    if cfg.optimizer == "bccd" and cfg.cocd_gamma not in (None, 0, 0.0):
+        raise UserError(f"bccd is CoCD with gamma = 0 (got gamma {cfg.cocd_gamma:g}); use cocd for gamma > 0")
+    _positive("cocd eps", cfg.cocd_eps)
+    if cfg.cocd_memory is not None and cfg.cocd_memory < 1:
+        raise UserError(f"cocd memory budget must be a positive integer, got {cfg.cocd_memory}")
+    if not (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0):
+        raise UserError(f"weight decay must be a non-negative finite number, got {cfg.weight_decay}")

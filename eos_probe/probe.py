@@ -861,3 +861,7 @@ def build_probe(cfg, setup=None, *, objective=None, optimizer=None, theta=None) 
     order = list(METRICS)
     metrics = sorted(seen.values(), key=lambda m: order.index(m.name))
     return Probe(metrics, cfg.probe_every, settings)
+
+
+# metrics of the related systems (CoCD edge/staleness, ZO eNTK fidelity) register themselves on import
+from . import probe_systems  # noqa: E402,F401

@@ -35,12 +35,21 @@ def _decode(v: Any) -> Any:
     return v
 
 
+#: optimizers without a spectral band: their exact edge needs H's eigenvectors (probe metric cocd_edge)
+COCD_BANDLESS = ("cocd", "bccd")
+COCD_BAND_WARNING = ("CoCD/BCCD: the line lambda_max(H) < 2/lr drawn here is exact only for B = d (finite-difference "
+                     "GD); the exact edge lr*(H, B, gamma) depends on H's eigenvectors (docs/theory.md section 5d) - "
+                     "see the probe series cocd_edge")
+
+
 def band_settings(config: dict[str, Any], dim: int | None = None) -> dict[str, Any]:
     """Keyword arguments of `eos_probe.theory.band` for a run's config (the run's optimizer settings).
 
     Adam runs use the EMA convention (the only one that applies to them); gd runs have no momentum.
     """
     optimizer = config.get("optimizer", "zo-gd")
+    if optimizer in COCD_BANDLESS:  # no spectral band: the classical GD line stands in (see band_for)
+        optimizer = "gd"
     base = optimizer.removeprefix("zo-")
     momentum = config.get("momentum")
     style = config.get("momentum_style") or "heavy_ball"
@@ -67,7 +76,13 @@ def band_for(config: dict[str, Any], dim: int | None = None):
     kw = band_settings(config, dim)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # they are kept in Band.warnings and shown beside every band
-        return band(kw.pop("lr"), kw.pop("optimizer"), **kw)
+        b = band(kw.pop("lr"), kw.pop("optimizer"), **kw)
+    if config.get("optimizer") in COCD_BANDLESS:
+        from dataclasses import replace
+
+        b = replace(b, optimizer=config["optimizer"], convention=f"{config['optimizer']}: coordinate-wise central "
+                    "differences with a decaying buffer, theta <- theta - lr G", warnings=(COCD_BAND_WARNING,))
+    return b
 
 
 @dataclass

@@ -121,6 +121,8 @@ def build(cfg: TrainConfig) -> Setup:
     objective = Objective(model, x, y, loss=cfg.loss, num_classes=ds.num_classes,
                           microbatch=cfg.microbatch or "auto")
     optimizer = _make_optimizer(cfg)
+    if hasattr(optimizer.source, "check_dim"):  # CoCD: B > d, m >= d are user errors known only now
+        optimizer.source.check_dim(objective.dim)
     return Setup(replace(cfg, data=data_name), device, ds, model, objective, optimizer, objective.initial_theta(),
                  source)
 
@@ -585,7 +587,9 @@ def _query_mode(opt: Optimizer, obj: Objective, theta: torch.Tensor) -> str:
 def _make_optimizer(cfg: TrainConfig) -> Optimizer:
     return make_optimizer(cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum, momentum_style=cfg.momentum_style,
                           beta2=cfg.beta2, eps=cfg.eps, queries=cfg.queries, mu=cfg.mu,
-                          directions=cfg.directions, difference=cfg.difference, seed=cfg.seed)
+                          directions=cfg.directions, difference=cfg.difference, seed=cfg.seed,
+                          cocd_block=cfg.cocd_block, cocd_gamma=cfg.cocd_gamma, cocd_eps=cfg.cocd_eps,
+                          cocd_memory=cfg.cocd_memory, weight_decay=cfg.weight_decay)
 
 
 def _stack_optimizers(opts: list[Optimizer], source: Any = None) -> Optimizer:

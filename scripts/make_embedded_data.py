@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Build data/fashion4.npz (THEORY.md §6 recipe on Fashion-MNIST) from the full IDX files.
+"""Build data/fashion4.npz (docs/theory.md §6 recipe on Fashion-MNIST) from the full IDX files.
 
     python scripts/make_embedded_data.py            # rewrite data/fashion4.npz
     python scripts/make_embedded_data.py --check    # verify the committed file is reproduced exactly

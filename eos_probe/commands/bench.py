@@ -25,10 +25,11 @@ def _positive(ctx, param, value):
 @click.option("--queries", type=int, default=8, show_default=True, callback=_positive, help="q of the batched-query item.")
 @click.option("--copies", type=int, default=3, show_default=True, callback=_positive, help="K of the sweep item.")
 @click.option("--microbatch", type=int, callback=_positive, help="Micro-batch size (default: automatic).")
+@click.option("--cocd-block", type=int, callback=_positive, help="B of the CoCD item (default: 1% of d).")
 @click.option("--threads", type=int, callback=_positive, help="torch intra-op threads (default: torch's choice).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
-def command(model, model_args, n_per_class, device, dtype, repeats, queries, copies, microbatch, threads,
-            as_json) -> None:
+def command(model, model_args, n_per_class, device, dtype, repeats, queries, copies, microbatch, cocd_block,
+            threads, as_json) -> None:
     """Time a ZO step against two forwards, a FO step against forward+backward, batched q, sweeps and HVPs."""
     import torch
 
@@ -38,5 +39,6 @@ def command(model, model_args, n_per_class, device, dtype, repeats, queries, cop
         torch.set_num_threads(threads)
     log = None if as_json else (lambda s: click.echo(f"  timing {s} ...", err=True))
     res = run_bench(model, model_args=_parse_kv("--model-arg", model_args), n_per_class=n_per_class, device=device, dtype=dtype,
-                    repeats=repeats, queries=queries, copies=copies, microbatch=microbatch, log=log)
+                    repeats=repeats, queries=queries, copies=copies, microbatch=microbatch, log=log,
+                    cocd_block=cocd_block)
     click.echo(json.dumps(res) if as_json else format_table(res))

@@ -9,12 +9,15 @@ from torch import Tensor
 
 from ..errors import UserError
 from .rules import GD, MOMENTUM_STYLES, Adam, HeavyBall
+from .cocd import CoCDSource
 from .sources import DIFFERENCES, DIRECTIONS, ExactSource, TwoPointSource, stream_seed
 
-PRESETS = ("gd", "gdm", "adam", "zo-gd", "zo-gdm", "zo-adam")
+PRESETS = ("gd", "gdm", "adam", "zo-gd", "zo-gdm", "zo-adam", "cocd", "bccd")
+#: coherent coordinate descent presets (docs/theory.md §5d): the CoCD source with plain GD steps
+COCD_PRESETS = ("cocd", "bccd")
 
 __all__ = ["Optimizer", "make_optimizer", "PRESETS", "DIRECTIONS", "DIFFERENCES", "MOMENTUM_STYLES",
-           "ExactSource", "TwoPointSource", "GD", "HeavyBall", "Adam", "stream_seed"]
+           "ExactSource", "TwoPointSource", "CoCDSource", "COCD_PRESETS", "GD", "HeavyBall", "Adam", "stream_seed"]
 
 
 @dataclass
@@ -28,7 +31,7 @@ class Optimizer:
 
     @property
     def zeroth_order(self) -> bool:
-        return isinstance(self.source, TwoPointSource)
+        return isinstance(self.source, TwoPointSource) or getattr(self.source, "zeroth_order", False)
 
     def init(self, theta: Tensor) -> dict[str, dict[str, Tensor]]:
         return {"source": self.source.init(theta), "rule": self.rule.init(theta)}
@@ -51,8 +54,12 @@ class Optimizer:
 def make_optimizer(preset: str, *, lr, momentum: float | None = None, momentum_style: str = "heavy_ball",
                    beta2: float = 0.999, eps: float = 1e-8, queries: int = 1, mu: float = 1e-3,
                    directions: str = "gaussian", difference: str = "central", seed: int = 0,
-                   frozen_preconditioner: Tensor | None = None) -> Optimizer:
-    """Build a preset: gd, gdm, adam (exact gradients) or zo-gd, zo-gdm, zo-adam (two-point ZO).
+                   frozen_preconditioner: Tensor | None = None, cocd_block: int | None = None,
+                   cocd_gamma: float | None = None, cocd_eps: float = 0.1, cocd_memory: int | None = None,
+                   weight_decay: float = 0.0) -> Optimizer:
+    """Build a preset: gd, gdm, adam (exact gradients), zo-gd, zo-gdm, zo-adam (two-point ZO), or cocd, bccd
+    (coherent / block cyclic coordinate descent: B = `cocd_block` coordinates refreshed per step, default
+    ⌈1 % of d⌉; decay γ = `cocd_gamma`, default 0.99 for cocd and 0 for bccd; radius `cocd_eps`).
 
     `momentum` is β for gdm (default 0.9) and β1 for adam (default 0.9); it is ignored by gd presets
     unless given, which is an error. `lr` may be a float or a per-copy tensor of shape (K, 1).
@@ -61,6 +68,17 @@ def make_optimizer(preset: str, *, lr, momentum: float | None = None, momentum_s
         raise UserError(f"unknown optimizer {preset!r}; choose one of {', '.join(PRESETS)}")
     if not isinstance(lr, Tensor) and not (lr > 0 and math.isfinite(lr)):
         raise UserError(f"lr must be a positive finite number, got {lr}")
+    if preset in COCD_PRESETS:
+        if momentum not in (None, 0, 0.0):
+            raise UserError(f"optimizer {preset} takes no momentum (got {momentum})")
+        if preset == "bccd" and cocd_gamma not in (None, 0, 0.0):
+            raise UserError(f"bccd is CoCD with gamma = 0 (got gamma {cocd_gamma}); use cocd for gamma > 0")
+        gamma = (0.99 if preset == "cocd" else 0.0) if cocd_gamma is None else cocd_gamma
+        source = CoCDSource(block=cocd_block, gamma=gamma, eps=cocd_eps, memory=cocd_memory,
+                            weight_decay=weight_decay)
+        return Optimizer(preset, source, GD(lr))
+    if weight_decay:
+        raise UserError(f"weight decay is implemented for the cocd and bccd presets only, not {preset}")
     base = preset.removeprefix("zo-")
     source = (TwoPointSource(queries=queries, mu=mu, directions=directions, difference=difference, seed=seed)
               if preset.startswith("zo-") else ExactSource())

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import UserError
 from ..run import Run, band_for
 
-KINDS = ("bands", "lambda", "loss", "margin", "spectrum", "commutator", "all")
+KINDS = ("bands", "lambda", "loss", "margin", "spectrum", "commutator", "entk", "cocd-edge", "all")
 FORMATS = (".png", ".pdf", ".svg")
 
 #: Okabe–Ito colour-blind-safe palette (black last: reserved for references)
@@ -632,13 +632,21 @@ def build_figure(runs: Sequence[Run | str | Path], kind: str, *, normalize: bool
             else:
                 {"bands": lambda: draw_bands(ax, runs, normalize), "lambda": lambda: draw_lambda(ax, runs),
                  "margin": lambda: draw_margin(ax, runs),
-                 "loss": lambda: draw_loss(ax, runs), "commutator": lambda: draw_commutator(ax, runs)}[kind]()
+                 "loss": lambda: draw_loss(ax, runs), "commutator": lambda: draw_commutator(ax, runs),
+                 "entk": lambda: _systems().draw_entk(ax, runs),
+                 "cocd-edge": lambda: _systems().draw_cocd_edge(ax, runs)}[kind]()
         except BaseException:
             plt.close(fig)
             raise
         if kind == "bands":
             _footnote(fig, _notes(runs), width=110)
         return _titled(fig, title)
+
+
+def _systems():
+    from . import systems
+
+    return systems
 
 
 def _titled(fig, title: str | None):
