@@ -53,6 +53,7 @@ class TrainConfig:
     probe: list[str] | None = None  # default per optimizer (see eos_probe.probe)
     divergence_factor: float = 1e3
     out: str | None = None
+    zo_trace_window: int = 50  # ZO runs: logged samples in the /train/zo_trace window (eos_probe.zo_monitor)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -127,6 +128,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         _positive(name, getattr(cfg, name))
     for name in ("n_per_class", "microbatch", "log_every"):
         _positive(name, getattr(cfg, name), allow_none=True)
+    if isinstance(cfg.zo_trace_window, bool) or not isinstance(cfg.zo_trace_window, int) or cfg.zo_trace_window < 1:
+        raise UserError(f"zo_trace_window must be a positive number of logged steps, got {cfg.zo_trace_window}")
     if cfg.momentum is not None and not (0.0 <= cfg.momentum < 1.0):
         raise UserError(f"momentum must lie in [0, 1), got {cfg.momentum}")
     if not (0.0 <= cfg.beta2 < 1.0):

@@ -29,6 +29,9 @@ from .errors import CorruptFileError, DivergedError, UserError
 from .objective import LOSS_CONVENTIONS, Objective
 from .optim import Optimizer, make_optimizer
 from .store import RunWriter, check_writable, fsync_path, open_run
+from .zo_monitor import COLUMNS as ZO_COLUMNS
+from .zo_monitor import DESCRIPTIONS as ZO_DESCRIPTIONS
+from .zo_monitor import ZOTraceMonitor
 
 
 @dataclass
@@ -316,6 +319,9 @@ def _train(cfgs: list[TrainConfig], paths: list[Path], *, overwrite: bool, resum
         return theta[i], {part: {n: t[i] for n, t in v.items()} for part, v in state.items()}
 
     loss0_all = obj.evaluate(theta)[0] if not resuming else None
+    # the free curvature monitor: central-difference ZO runs, sampled on every logged step (L(θ) known there)
+    zo_monitor = (ZOTraceMonitor(cfg.zo_trace_window)
+                  if opt.zeroth_order and getattr(opt.source, "difference", "") == "central" else None)
     writers_open: list[Any] = []
     try:
         for i, c in enumerate(copies):
@@ -345,6 +351,14 @@ def _train(cfgs: list[TrainConfig], paths: list[Path], *, overwrite: bool, resum
             writers_open.append(c.writer)
             for name, dtype in (("step", "i8"), ("loss", "f8"), ("accuracy", "f8"), ("wall_time", "f8")):
                 c.writer.declare("train", name, dtype)
+            if resuming and zo_monitor is not None and "zo_trace_raw" not in c.writer.f["train"] \
+                    and c.writer.f["train/step"].shape[0]:
+                zo_monitor = None  # a file from before the monitor: its /train rows must stay equally long
+            if zo_monitor is not None:
+                for name in ZO_COLUMNS:
+                    c.writer.declare("train", name, "f8", attrs=_zo_attrs(name, c.cfg))
+                if resuming:
+                    zo_monitor.restore(i, c.writer.f["train/zo_trace_raw"][()])
             if c.probe is not None:
                 c.probe.declare(c.writer)
                 if ckpt is not None and "probe" in ckpt:
@@ -403,10 +417,13 @@ def _train(cfgs: list[TrainConfig], paths: list[Path], *, overwrite: bool, resum
                                 writer=c.writer, config=c.cfg)
                     c.writer.flush()
                     c.probe_seconds += time.perf_counter() - tp
+            zo_sample = None
             if not final:
                 info = opt.step(obj, theta, state, step)
                 if log_due and metrics is None:
                     metrics = (info["loss"], info["accuracy"])
+                if log_due and zo_monitor is not None:
+                    zo_sample = opt.source.curvature_sample(info, metrics[0])
             if log_due:
                 losses = metrics[0].tolist() if stacked else [float(metrics[0])]
                 accs = metrics[1].tolist() if stacked else [float(metrics[1])]
@@ -415,8 +432,11 @@ def _train(cfgs: list[TrainConfig], paths: list[Path], *, overwrite: bool, resum
                 for i, j in enumerate(alive):
                     c = copies[j]
                     c.last = (losses[i], accs[i])
-                    c.writer.append("train", {"step": step, "loss": losses[i], "accuracy": accs[i],
-                                              "wall_time": c.wall_offset + wall})
+                    row = {"step": step, "loss": losses[i], "accuracy": accs[i], "wall_time": c.wall_offset + wall}
+                    if zo_monitor is not None:
+                        sample = math.nan if zo_sample is None else float(zo_sample[i] if stacked else zo_sample)
+                        row.update(zo_monitor.update(j, sample))
+                    c.writer.append("train", row)
                     try:
                         _check_divergence(losses[i], c.loss0, c.cfg.divergence_factor, step)
                     except DivergedError as e:
@@ -451,6 +471,14 @@ def _train(cfgs: list[TrainConfig], paths: list[Path], *, overwrite: bool, resum
             results.append(RunResult(c.path, "diverged", c.error.step - start, c.last[0], c.last[1], seconds,
                                      c.probe_seconds, c.error.reason, c.error))
     return results
+
+
+def _zo_attrs(name: str, cfg: TrainConfig) -> dict[str, Any]:
+    adam = cfg.optimizer.removeprefix("zo-") == "adam"
+    return {"description": ZO_DESCRIPTIONS[name], "window": cfg.zo_trace_window, "mu": cfg.mu,
+            "directions": cfg.directions,
+            "operator": "H" + (" (the plain Hessian: ZO directions are isotropic in theta-space, "
+                               "so not P^-1 H under Adam)" if adam else "")}
 
 
 def _timing(seconds: float, probe_seconds: float) -> dict[str, float]:
