@@ -67,7 +67,8 @@ def device_name(device: torch.device) -> str:
 
 def run_bench(model: str = "cnn", *, model_args: dict | None = None, n_per_class: int | None = None,
               device: str = "auto", dtype: str = "float32", repeats: int = 5, queries: int = 8, copies: int = 3,
-              microbatch: int | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+              microbatch: int | None = None, log: Callable[[str], None] | None = None, probe: bool = True,
+              probe_memory: str | None = None, optimizer: str = "zo-gd") -> dict[str, Any]:
     """Measure the issue-6 ratios for one model on the default data; returns a JSON-ready dict.
 
     `repeats` rounds per ratio (the q-query and HVP items, several times dearer, use about half).
@@ -181,6 +182,17 @@ def run_bench(model: str = "cnn", *, model_args: dict | None = None, n_per_class
     t = interleaved({"hvp": lambda: op.matvec(v), "grad": lambda: obj.grad(theta0)}, few, dev)
     out["hvp_over_grad"] = ratio(t, "hvp", "grad")
     out["hvp_backend"] = backend
+
+    # ---- one default probe: cost in forward passes and peak memory (eos_probe.budget) ----------------
+    if probe:
+        from dataclasses import replace
+
+        from .budget import measure_probe
+
+        say(f"one default {optimizer} probe")
+        pcfg = replace(cfg, optimizer=optimizer, lr=None, probe=None, probe_memory=probe_memory)
+        psetup = build(pcfg)
+        out.update(measure_probe(psetup))
     return out
 
 
@@ -203,6 +215,10 @@ def format_table(res: dict[str, Any]) -> str:
                    f"FO step {res['fo_step_ms']:.1f} ms (medians)"]
     for name, value, note in rows:
         lines.append(f"  {name:<{width}}  {_fmt(value)}  {note}".rstrip())
+    if "probe_forward_equivalents" in res:
+        lines.append(f"  default probe ({', '.join(res['probe_metrics'])}): {res['probe_forward_equivalents']:,.0f} "
+                     f"forward passes ({res['probe_seconds']:.1f} s, {res['probe_hvps']} HVPs), peak memory "
+                     f"{res['probe_peak_bytes'] / 2**20:,.0f} MB (budget {res['probe_memory'] / 2**30:g} GB)")
     return "\n".join(lines)
 
 

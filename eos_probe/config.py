@@ -54,6 +54,7 @@ class TrainConfig:
     divergence_factor: float = 1e3
     out: str | None = None
     zo_trace_window: int = 50  # ZO runs: logged samples in the /train/zo_trace window (eos_probe.zo_monitor)
+    probe_memory: str | None = None  # probe peak-memory budget, e.g. "2GB" (default 2 GB; eos_probe.budget)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -130,6 +131,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         _positive(name, getattr(cfg, name), allow_none=True)
     if isinstance(cfg.zo_trace_window, bool) or not isinstance(cfg.zo_trace_window, int) or cfg.zo_trace_window < 1:
         raise UserError(f"zo_trace_window must be a positive number of logged steps, got {cfg.zo_trace_window}")
+    if cfg.probe_memory is not None:
+        from .budget import parse_bytes
+
+        parse_bytes(cfg.probe_memory)
     if cfg.momentum is not None and not (0.0 <= cfg.momentum < 1.0):
         raise UserError(f"momentum must lie in [0, 1), got {cfg.momentum}")
     if not (0.0 <= cfg.beta2 < 1.0):

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import __version__
@@ -109,6 +110,10 @@ def build(cfg: TrainConfig) -> Setup:
     # no --microbatch: chunk by a shape-only rule (faster on CPU, same chunks on every run of a config)
     objective = Objective(model, x, y, loss=cfg.loss, num_classes=ds.num_classes,
                           microbatch=cfg.microbatch or "auto")
+    if cfg.probe_memory is not None:
+        from .budget import parse_bytes
+
+        objective.probe_memory = parse_bytes(cfg.probe_memory)
     optimizer = _make_optimizer(cfg)
     return Setup(replace(cfg, data=data_name), device, ds, model, objective, optimizer, objective.initial_theta())
 
@@ -394,6 +399,7 @@ def _train(cfgs: list[TrainConfig], paths: list[Path], *, overwrite: bool, resum
         opt.last_direction = None if last is None else last.index_select(0, idx)
 
     bar = _progress(progress, start, cfg.steps)
+    cost_said = False
     t0 = time.perf_counter()
     step = start
     try:
@@ -413,10 +419,14 @@ def _train(cfgs: list[TrainConfig], paths: list[Path], *, overwrite: bool, resum
                     th_i, st_i = view(i)
                     if stacked and opt.last_direction is not None:
                         c.optimizer.last_direction = opt.last_direction[i]
-                    c.probe.run(step=step, theta=th_i, state=st_i, optimizer=c.optimizer, objective=obj,
-                                writer=c.writer, config=c.cfg)
+                    prow = c.probe.run(step=step, theta=th_i, state=st_i, optimizer=c.optimizer, objective=obj,
+                                       writer=c.writer, config=c.cfg)
                     c.writer.flush()
                     c.probe_seconds += time.perf_counter() - tp
+                    if progress and not cost_said:
+                        cost_said = True
+                        bar.write(_probe_cost_line(prow, time.perf_counter() - tp, obj, th_i, cfg, opt,
+                                                   log_every, len(alive)))
             zo_sample = None
             if not final:
                 info = opt.step(obj, theta, state, step)
@@ -471,6 +481,23 @@ def _train(cfgs: list[TrainConfig], paths: list[Path], *, overwrite: bool, resum
             results.append(RunResult(c.path, "diverged", c.error.step - start, c.last[0], c.last[1], seconds,
                                      c.probe_seconds, c.error.reason, c.error))
     return results
+
+
+def _probe_cost_line(row: dict, seconds: float, obj: Objective, theta: torch.Tensor, cfg: TrainConfig,
+                     opt: Optimizer, log_every: int, copies: int) -> str:
+    """One line after the first probe: its cost in full-batch forward passes and the share of the run
+    it implies (step cost in forwards: 2q central / q+1 forward ZO, plus the loss log every `log_every`;
+    first order counted as 3, a forward+backward)."""
+    from .budget import forward_seconds, step_forwards
+
+    fwd = forward_seconds(obj, theta)
+    fe = seconds / fwd if fwd > 0 else math.nan
+    step = step_forwards(opt, log_every)
+    share = fe / (fe + cfg.probe_every * step) if math.isfinite(fe) else math.nan
+    nhvp = int(sum(v for k, v in row.items() if k.endswith("_nhvp") and np.ndim(v) == 0 and np.isfinite(v)))
+    per = " per copy" if copies > 1 else ""
+    return (f"probe cost: one probe = {fe:,.0f} forward passes{per} ({seconds:.1f} s, {nhvp} HVPs); one step = "
+            f"{step:.2g} forwards; every {cfg.probe_every} steps -> expected probe share {100 * share:.0f}%")
 
 
 def _zo_attrs(name: str, cfg: TrainConfig) -> dict[str, Any]:
@@ -529,6 +556,7 @@ def _default_probe(cfg: TrainConfig, setup: Setup, optimizer: Optimizer | None =
 
 
 class _NoBar:
+    def write(self, s: str) -> None: ...
     def update(self, n: int = 1) -> None: ...
     def set_postfix_str(self, s: str, refresh: bool = True) -> None: ...
     def close(self) -> None: ...

@@ -77,6 +77,7 @@ def _finite(ctx, param, value):
 @click.option("--probe-every", type=int, help="Measure curvature every N steps (default 100).")
 @click.option("--probe", "probe_metrics", help="Comma list of probe metrics, or 'none'.")
 @click.option("--zo-trace-window", type=int, help="ZO runs: logged samples averaged in /train/zo_trace, the free Tr(H) monitor (default 50).")
+@click.option("--probe-memory", help="Peak-memory budget of one probe, e.g. 2GB or 512MB (default 2GB); HVPs and Jacobians are chunked to fit.")
 @click.option("--divergence-factor", type=float, callback=_finite, help="Stop when loss > factor × initial loss (default 1000).")
 @click.option("--out", type=click.Path(dir_okay=False), help="Run file (default runs/<model>-<optimizer>-lr<lr>-s<seed>.h5).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run file.")
