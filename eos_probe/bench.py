@@ -71,7 +71,8 @@ def device_name(device: torch.device) -> str:
 def run_bench(model: str = "cnn", *, model_args: dict | None = None, n_per_class: int | None = None,
               device: str = "auto", dtype: str = "float32", repeats: int = 5, queries: int = 8, copies: int = 3,
               microbatch: int | None = None, log: Callable[[str], None] | None = None,
-              cocd_block: int | None = None) -> dict[str, Any]:
+              cocd_block: int | None = None, probe: bool = True,
+              probe_memory: str | None = None, optimizer: str = "zo-gd") -> dict[str, Any]:
     """Measure the issue-6 ratios for one model on the default data; returns a JSON-ready dict.
 
     `repeats` rounds per ratio (the q-query and HVP items, several times dearer, use about half).
@@ -211,6 +212,16 @@ def run_bench(model: str = "cnn", *, model_args: dict | None = None, n_per_class
     auto = make_optimizer("cocd", lr=1e-9, cocd_block=B).source.batch_queries(obj, theta0)
     out["cocd_auto"] = "batched" if auto else "loop"
     out["cocd_step_over_2b_forwards"] = out[f"cocd_step_over_2b_forwards_{out['cocd_auto']}"]
+    # ---- one default probe: cost in forward passes and peak memory (eos_probe.budget) ----------------
+    if probe:
+        from dataclasses import replace
+
+        from .budget import measure_probe
+
+        say(f"one default {optimizer} probe")
+        pcfg = replace(cfg, optimizer=optimizer, lr=None, probe=None, probe_memory=probe_memory)
+        psetup = build(pcfg)
+        out.update(measure_probe(psetup))
     return out
 
 
@@ -236,6 +247,10 @@ def format_table(res: dict[str, Any]) -> str:
                    f"FO step {res['fo_step_ms']:.1f} ms (medians)"]
     for name, value, note in rows:
         lines.append(f"  {name:<{width}}  {_fmt(value)}  {note}".rstrip())
+    if "probe_forward_equivalents" in res:
+        lines.append(f"  default probe ({', '.join(res['probe_metrics'])}): {res['probe_forward_equivalents']:,.0f} "
+                     f"forward passes ({res['probe_seconds']:.1f} s, {res['probe_hvps']} HVPs), peak memory "
+                     f"{res['probe_peak_bytes'] / 2**20:,.0f} MB (budget {res['probe_memory'] / 2**30:g} GB)")
     return "\n".join(lines)
 
 

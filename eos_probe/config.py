@@ -61,6 +61,8 @@ class TrainConfig:
     cocd_eps: float = 0.1  # central-difference radius ε
     cocd_memory: int | None = None  # keep only the m most recent estimates (B <= m < d)
     weight_decay: float = 0.0  # g = G + weight_decay·θ (cocd / bccd only)
+    zo_trace_window: int = 50  # ZO runs: logged samples in the /train/zo_trace window (eos_probe.zo_monitor)
+    probe_memory: str | None = None  # probe peak-memory budget, e.g. "2GB" (default 2 GB; eos_probe.budget)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -135,6 +137,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         _positive(name, getattr(cfg, name))
     for name in ("n_per_class", "microbatch", "log_every", "checkpoint_every", "keep_checkpoints_every"):
         _positive(name, getattr(cfg, name), allow_none=True)
+    if isinstance(cfg.zo_trace_window, bool) or not isinstance(cfg.zo_trace_window, int) or cfg.zo_trace_window < 1:
+        raise UserError(f"zo_trace_window must be a positive number of logged steps, got {cfg.zo_trace_window}")
+    if cfg.probe_memory is not None:
+        from .budget import parse_bytes
+
+        parse_bytes(cfg.probe_memory)
     if cfg.momentum is not None and not (0.0 <= cfg.momentum < 1.0):
         raise UserError(f"momentum must lie in [0, 1), got {cfg.momentum}")
     if not (0.0 <= cfg.beta2 < 1.0):

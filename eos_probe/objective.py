@@ -44,6 +44,18 @@ AUTO_MIN_CHUNK = 32
 #: 1.0-2x slower, and a loop rounds each row exactly as a single evaluation does). CUDA always vmaps.
 VMAP_MAX_ACTIVATION = 16 * 1024
 
+#: the probe's memory model (`Objective.work_chunks`): peak bytes of one piece of curvature work, per example
+#: and per vector worked on at once, in units of A = `activation_bytes(...)[1]` (all batch-leading tensors of
+#: one inference forward, per example). Measured with RSS peaks (VmHWM) per family on CPU
+#: (benchmarks/probe_budget.py); each factor is the largest measured over mlp/cnn/resnet/vit/lstm/mamba,
+#: rounded up. Shape-only, so a config always chunks (and rounds) the same way.
+MEMORY_FACTORS = {
+    "fwd-rev": 8.0,          # one forward-over-reverse HVP of a chunk (primal + tangents + saved graph)
+    "double-backward": 4.0,  # the create_graph gradient graph of a chunk, as retained between products
+    "jacobian": 6.0,         # per example and per output row of vmap(jacrev) (the GGN trace, generic path)
+    "jvp": 8.0,              # per example and per probe vector of the vmapped GGN quadratic
+}
+
 LOSS_CONVENTIONS = {
     "mse": "0.5*sum_outputs(f-onehot)^2, mean over loss terms (lambda_max = C/2 x nn.MSELoss mean)",
     "ce": "cross-entropy, mean over loss terms",
@@ -124,6 +136,11 @@ class Objective:
         self.chunks: list[tuple[Tensor, Tensor]] = list(zip(x.split(mb), y.split(mb)))
         self.hvp_backend = hvp_backend
         self.device = x.device
+        from .budget import DEFAULT_PROBE_MEMORY
+
+        #: peak-memory budget (bytes) of one piece of curvature work; see `work_chunks`
+        self.probe_memory = DEFAULT_PROBE_MEMORY
+        self._example_bytes: int | None = None
 
     # ----------------------------------------------------------------- parameters
     @property
@@ -231,6 +248,42 @@ class Objective:
     def grad(self, theta: Tensor) -> Tensor:
         """∇L(θ) as a flat vector."""
         return self.value_and_grad(theta)[2]
+
+    # ----------------------------------------------------------------- memory budget of curvature work
+    @property
+    def example_bytes(self) -> int:
+        """A: bytes per example of all batch-leading tensors of one inference forward (shape-only, cached)."""
+        if self._example_bytes is None:
+            self._example_bytes = max(1, activation_bytes(self.model, self.x)[1])
+        return self._example_bytes
+
+    def max_examples(self, work: str, width: int = 1) -> int:
+        """How many examples one piece of `work` (a MEMORY_FACTORS key) may take at once with `width`
+        vectors (or output rows) in flight, so that its estimated peak stays within `probe_memory`."""
+        per = MEMORY_FACTORS[work] * self.example_bytes * max(1, width)
+        return max(1, int(self.probe_memory // per))
+
+    def work_chunks(self, work: str, width: int = 1) -> list[tuple[Tensor, Tensor]]:
+        """The training set in chunks small enough for `work` within the memory budget.
+
+        The objective's own chunks when they fit (the usual case: the same chunks and rounding as the
+        loss); otherwise each of them split into equal parts. Depends only on shapes and the budget.
+        """
+        limit = self.max_examples(work, width)
+        if all(int(x.shape[0]) <= limit for x, _ in self.chunks):
+            return self.chunks
+        out = []
+        for x, y in self.chunks:
+            n = int(x.shape[0])
+            parts = -(-n // limit)
+            size = -(-n // parts)
+            out += list(zip(x.split(size), y.split(size)))
+        return out
+
+    def rows_per_block(self, work: str, chunks: list[tuple[Tensor, Tensor]]) -> int:
+        """How many vectors a vmapped product over `chunks` may take at once within the memory budget."""
+        biggest = max(int(x.shape[0]) for x, _ in chunks)
+        return max(1, int(self.probe_memory // (MEMORY_FACTORS[work] * self.example_bytes * biggest)))
 
     # ----------------------------------------------------------------- Hessian-vector products
     def hvp_at(self, theta: Tensor, backend: str | None = None) -> "HVP":
@@ -353,13 +406,27 @@ class HVP:
         raise NotImplementedError
 
 
+def _row_blocks(V: Tensor, rows: int, fn) -> Tensor:
+    """fn over row blocks of V (at most `rows` rows each), concatenated: bounded memory for vmapped work."""
+    if V.shape[0] <= rows:
+        return fn(V)
+    return torch.cat([fn(B) for B in V.split(rows)])
+
+
 class _FwdRevHVP(HVP):
+    """Forward-over-reverse per chunk; chunks (and vmapped row blocks) sized to the memory budget."""
+
     name = "fwd-rev"
+
+    def __init__(self, objective: Objective, theta: Tensor) -> None:
+        super().__init__(objective, theta)
+        self.chunks = objective.work_chunks("fwd-rev")
+        self.rows = objective.rows_per_block("fwd-rev", self.chunks)
 
     def _chunk_hvp(self, v: Tensor) -> Tensor:
         obj = self.objective
         total = None
-        for x, y in obj.chunks:
+        for x, y in self.chunks:
             g = grad(lambda t: obj._chunk_sum(t, x, y)[0] / obj.n_terms)
             hv = jvp(g, (self.theta,), (v,))[1]
             total = hv if total is None else total + hv
@@ -372,40 +439,61 @@ class _FwdRevHVP(HVP):
         if not self.objective.vectorizes_stacks:
             return super()._matmat(V)  # CPU conv/attention: batched HVPs measured 7-55% slower per product
         try:
-            return vmap(self._chunk_hvp)(V)
+            return _row_blocks(V, self.rows, vmap(self._chunk_hvp))
         except (NotImplementedError, RuntimeError):
             return super()._matmat(V)
 
 
 class _DoubleBackwardHVP(HVP):
-    """Double backward through a gradient graph built once per θ (one graph per micro-batch)."""
+    """Double backward through a gradient graph built once per θ (one graph per micro-batch).
+
+    The graphs of the whole batch are kept between products only while they fit the memory budget
+    (`Objective.probe_memory`); otherwise ("streaming") each product rebuilds one chunk's graph at a time,
+    which costs one more forward+backward per chunk and product but holds a single chunk's graph.
+    """
 
     name = "double-backward"
 
     def __init__(self, objective: Objective, theta: Tensor) -> None:
         super().__init__(objective, theta)
         self._leaf = self.theta.clone().requires_grad_(True)
-        self._grads = []
+        n = sum(int(x.shape[0]) for x, _ in objective.chunks)
+        self.streaming = n > objective.max_examples("double-backward")
+        self.chunks = objective.work_chunks("double-backward") if self.streaming else objective.chunks
+        self.rows = objective.rows_per_block("double-backward", self.chunks)
+        self._grads = [] if self.streaming else [self._graph(x, y) for x, y in self.chunks]
+
+    def _graph(self, x: Tensor, y: Tensor) -> Tensor:
+        obj = self.objective
         with torch.enable_grad():
-            for x, y in objective.chunks:
-                s, _ = objective._chunk_sum(self._leaf, x, y)
-                (g,) = torch.autograd.grad(s / objective.n_terms, self._leaf, create_graph=True)
-                self._grads.append(g)
+            s, _ = obj._chunk_sum(self._leaf, x, y)
+            (g,) = torch.autograd.grad(s / obj.n_terms, self._leaf, create_graph=True)
+        return g
+
+    def _graphs(self):
+        if not self.streaming:
+            yield from self._grads
+        else:
+            for x, y in self.chunks:
+                yield self._graph(x, y)
 
     def _matvec(self, v: Tensor) -> Tensor:
         total = None
-        for g in self._grads:
-            (hv,) = torch.autograd.grad(g, self._leaf, v, retain_graph=True)
+        for g in self._graphs():
+            (hv,) = torch.autograd.grad(g, self._leaf, v, retain_graph=not self.streaming)
             total = hv if total is None else total + hv
         return total.detach()
 
     def _matmat(self, V: Tensor) -> Tensor:
         if not self.objective.vectorizes_stacks:
             return super()._matmat(V)  # see _FwdRevHVP._matmat
+        if V.shape[0] > self.rows:
+            return torch.cat([self._matmat(B) for B in V.split(self.rows)])
         total = None
-        for g in self._grads:
+        for g in self._graphs():
             try:
-                (hv,) = torch.autograd.grad(g, self._leaf, V, retain_graph=True, is_grads_batched=True)
+                (hv,) = torch.autograd.grad(g, self._leaf, V, retain_graph=not self.streaming,
+                                            is_grads_batched=True)
             except (NotImplementedError, RuntimeError):
                 return super()._matmat(V)
             total = hv if total is None else total + hv

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import __version__
@@ -32,6 +33,10 @@ from .objective import Objective
 from .optim import Optimizer, make_optimizer
 from .interrupt import Guard, RunInterrupted
 from .store import RunWriter, check_writable, crash_point, fsync_path, open_run, write_error_message
+from .store import RunWriter, check_writable, fsync_path, open_run
+from .zo_monitor import COLUMNS as ZO_COLUMNS
+from .zo_monitor import DESCRIPTIONS as ZO_DESCRIPTIONS
+from .zo_monitor import ZOTraceMonitor
 
 
 @dataclass
@@ -120,6 +125,10 @@ def build(cfg: TrainConfig) -> Setup:
     # no --microbatch: chunk by a shape-only rule (faster on CPU, same chunks on every run of a config)
     objective = Objective(model, x, y, loss=cfg.loss, num_classes=ds.num_classes,
                           microbatch=cfg.microbatch or "auto")
+    if cfg.probe_memory is not None:
+        from .budget import parse_bytes
+
+        objective.probe_memory = parse_bytes(cfg.probe_memory)
     optimizer = _make_optimizer(cfg)
     if hasattr(optimizer.source, "check_dim"):  # CoCD: B > d, m >= d are user errors known only now
         optimizer.source.check_dim(objective.dim)
@@ -389,6 +398,9 @@ def _train_guarded(cfgs: list[TrainConfig], paths: list[Path], *, overwrite: boo
         return theta[i], {part: {n: t[i] for n, t in v.items()} for part, v in state.items()}
 
     loss0_all = obj.evaluate(theta)[0] if not resuming else None
+    # the free curvature monitor: central-difference ZO runs, sampled on every logged step (L(θ) known there)
+    zo_monitor = (ZOTraceMonitor(cfg.zo_trace_window)
+                  if opt.zeroth_order and getattr(opt.source, "difference", "") == "central" else None)
     writers_open: list[Any] = []
     try:
         for i, c in enumerate(copies):
@@ -423,6 +435,14 @@ def _train_guarded(cfgs: list[TrainConfig], paths: list[Path], *, overwrite: boo
             c.run_id = rid.decode() if isinstance(rid, bytes) else rid
             for name, dtype in (("step", "i8"), ("loss", "f8"), ("accuracy", "f8"), ("wall_time", "f8")):
                 c.writer.declare("train", name, dtype)
+            if resuming and zo_monitor is not None and "zo_trace_raw" not in c.writer.f["train"] \
+                    and c.writer.f["train/step"].shape[0]:
+                zo_monitor = None  # a file from before the monitor: its /train rows must stay equally long
+            if zo_monitor is not None:
+                for name in ZO_COLUMNS:
+                    c.writer.declare("train", name, "f8", attrs=_zo_attrs(name, c.cfg))
+                if resuming:
+                    zo_monitor.restore(i, c.writer.f["train/zo_trace_raw"][()])
             if c.probe is not None:
                 c.probe.declare(c.writer)
                 if ckpt is not None and "probe" in ckpt:
@@ -463,6 +483,7 @@ def _train_guarded(cfgs: list[TrainConfig], paths: list[Path], *, overwrite: boo
         opt.last_direction = None if last is None else last.index_select(0, idx)
 
     bar = _progress(progress, start, cfg.steps)
+    cost_said = False
     t0 = time.perf_counter()
     step = start
     last_checkpoint = time.monotonic()
@@ -498,15 +519,22 @@ def _train_guarded(cfgs: list[TrainConfig], paths: list[Path], *, overwrite: boo
                     pre_probe[j] = c.probe.state_dict()  # what a checkpoint at this step holds
                     crash_point("probe")
                     with guard.interruptible():  # a probe may take minutes: a signal cuts it short
-                        c.probe.run(step=step, theta=th_i, state=st_i, optimizer=c.optimizer, objective=obj,
-                                    writer=guard.shielded(c.writer), config=c.cfg)
+                        prow = c.probe.run(step=step, theta=th_i, state=st_i, optimizer=c.optimizer, objective=obj,
+                                           writer=guard.shielded(c.writer), config=c.cfg)
                     c.writer.flush()
                     c.probe_seconds += time.perf_counter() - tp
                     probed = True
+                    if progress and not cost_said:
+                        cost_said = True
+                        bar.write(_probe_cost_line(prow, time.perf_counter() - tp, obj, th_i, cfg, opt,
+                                                   log_every, len(alive)))
+            zo_sample = None
             if not final:
                 info = opt.step(obj, theta, state, step)
                 if log_due and metrics is None:
                     metrics = (info["loss"], info["accuracy"])
+                if log_due and zo_monitor is not None:
+                    zo_sample = opt.source.curvature_sample(info, metrics[0])
             if log_due:
                 losses = metrics[0].tolist() if stacked else [float(metrics[0])]
                 accs = metrics[1].tolist() if stacked else [float(metrics[1])]
@@ -515,8 +543,11 @@ def _train_guarded(cfgs: list[TrainConfig], paths: list[Path], *, overwrite: boo
                 for i, j in enumerate(alive):
                     c = copies[j]
                     c.last = (losses[i], accs[i])
-                    c.writer.append("train", {"step": step, "loss": losses[i], "accuracy": accs[i],
-                                              "wall_time": c.wall_offset + wall})
+                    row = {"step": step, "loss": losses[i], "accuracy": accs[i], "wall_time": c.wall_offset + wall}
+                    if zo_monitor is not None:
+                        sample = math.nan if zo_sample is None else float(zo_sample[i] if stacked else zo_sample)
+                        row.update(zo_monitor.update(j, sample))
+                    c.writer.append("train", row)
                     try:
                         _check_divergence(losses[i], c.loss0, c.cfg.divergence_factor, step)
                     except DivergedError as e:
@@ -570,6 +601,29 @@ def _close_quietly(writer: RunWriter) -> None:
         writer.close()
     except (UserError, OSError):
         pass
+def _probe_cost_line(row: dict, seconds: float, obj: Objective, theta: torch.Tensor, cfg: TrainConfig,
+                     opt: Optimizer, log_every: int, copies: int) -> str:
+    """One line after the first probe: its cost in full-batch forward passes and the share of the run
+    it implies (step cost in forwards: 2q central / q+1 forward ZO, plus the loss log every `log_every`;
+    first order counted as 3, a forward+backward)."""
+    from .budget import forward_seconds, step_forwards
+
+    fwd = forward_seconds(obj, theta)
+    fe = seconds / fwd if fwd > 0 else math.nan
+    step = step_forwards(opt, log_every)
+    share = fe / (fe + cfg.probe_every * step) if math.isfinite(fe) else math.nan
+    nhvp = int(sum(v for k, v in row.items() if k.endswith("_nhvp") and np.ndim(v) == 0 and np.isfinite(v)))
+    per = " per copy" if copies > 1 else ""
+    return (f"probe cost: one probe = {fe:,.0f} forward passes{per} ({seconds:.1f} s, {nhvp} HVPs); one step = "
+            f"{step:.2g} forwards; every {cfg.probe_every} steps -> expected probe share {100 * share:.0f}%")
+
+
+def _zo_attrs(name: str, cfg: TrainConfig) -> dict[str, Any]:
+    adam = cfg.optimizer.removeprefix("zo-") == "adam"
+    return {"description": ZO_DESCRIPTIONS[name], "window": cfg.zo_trace_window, "mu": cfg.mu,
+            "directions": cfg.directions,
+            "operator": "H" + (" (the plain Hessian: ZO directions are isotropic in theta-space, "
+                               "so not P^-1 H under Adam)" if adam else "")}
 
 
 def _timing(seconds: float, probe_seconds: float) -> dict[str, float]:
@@ -622,6 +676,7 @@ def _default_probe(cfg: TrainConfig, setup: Setup, optimizer: Optimizer | None =
 
 
 class _NoBar:
+    def write(self, s: str) -> None: ...
     def update(self, n: int = 1) -> None: ...
     def set_postfix_str(self, s: str, refresh: bool = True) -> None: ...
     def close(self) -> None: ...

@@ -91,6 +91,25 @@ def test_bands_draw_trace_upper_bound_and_threshold_per_run(runs) -> None:
     _close(fig)
 
 
+def test_bands_draw_the_free_zo_trace_beside_the_probe_trace(runs) -> None:
+    r = runs["zo1"]
+    zt, steps = r.train["zo_trace"].to_numpy(), r.train["step"].to_numpy()
+    ok = np.isfinite(zt)
+    assert ok.any()
+    for normalize, scale in ((False, 1.0), (True, r.lr / 2)):
+        fig = build_figure([r], "bands", normalize=normalize)
+        assert _has_line(fig.axes[0], zt[ok] * scale, steps[ok])
+        assert "zo_trace" in _texts(fig)
+        _close(fig)
+    # Adam: the band is about P^-1 H, the ZO directions measure H — not drawn on that axis
+    a = runs["adam"]
+    assert "zo_trace" in a.train
+    fig = build_figure([a], "bands")
+    assert "zo_trace" not in _texts(fig)
+    assert not _has_line(fig.axes[0], a.train["zo_trace"].to_numpy()[np.isfinite(a.train["zo_trace"].to_numpy())])
+    _close(fig)
+
+
 def test_adam_bands_use_the_preconditioned_hessian_and_say_so(runs) -> None:
     r = runs["adam"]
     fig = build_figure([r], "bands")

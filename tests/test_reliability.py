@@ -37,7 +37,8 @@ def _series(path: Path) -> dict[str, np.ndarray]:
 def _assert_consistent(run) -> None:
     steps = run.train["step"].to_numpy()
     assert np.all(np.diff(steps) > 0), "duplicate or unordered steps"
-    assert not run.train.isna().any().any(), "half-written row"
+    # zo_trace_raw is NaN by design where a step has no sample (the final step); zo_trace_err for n < 2
+    assert not run.train[["step", "loss", "accuracy", "wall_time"]].isna().any().any(), "half-written row"
 
 
 @pytest.mark.slow

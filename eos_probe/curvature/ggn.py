@@ -167,7 +167,9 @@ def _trace_jacobians(objective, theta: Tensor) -> Tensor:
     for x, y in objective.chunks:
         with torch.no_grad():
             K = _whiten(objective, _outputs(objective, theta, x[:1]), y[:1]).shape[1]
-        m = max(1, JACOBIAN_BUDGET // max(1, K * objective.dim))
+        # the Jacobian itself (K·d per example) and vmap(jacrev)'s K backward passes per example
+        # (Objective.MEMORY_FACTORS["jacobian"]) both within budget
+        m = max(1, min(JACOBIAN_BUDGET // max(1, K * objective.dim), _max_examples(objective, "jacobian", K)))
         for xs, ys in zip(x.split(m), y.split(m)):
             J = jac(theta.detach(), xs, ys)
             total = total + (J.detach() ** 2).sum()
@@ -202,13 +204,22 @@ def ggn_trace(objective, theta: Tensor, path: str = "auto") -> tuple[float, dict
     return float(value) / objective.n_terms, {"path": used, "seconds": time.perf_counter() - t0}
 
 
+def _max_examples(objective, work: str, width: int) -> int:
+    fn = getattr(objective, "max_examples", None)  # objectives without a memory model: no extra limit
+    return fn(work, width) if fn is not None else 1 << 62
+
+
 def ggn_quadratic(objective, theta: Tensor, Z: Tensor) -> Tensor:
-    """zᵀ G z for each row z of Z (m, d), by forward-mode products of the whitened outputs."""
+    """zᵀ G z for each row z of Z (m, d), by forward-mode products of the whitened outputs.
+
+    Vmapped over row blocks of Z and over chunks of the data sized to the objective's memory budget."""
     theta = theta.detach()
+    chunks = objective.work_chunks("jvp") if hasattr(objective, "work_chunks") else objective.chunks
+    rows = objective.rows_per_block("jvp", chunks) if hasattr(objective, "rows_per_block") else Z.shape[0]
 
     def one(z: Tensor) -> Tensor:
         total = None
-        for x, y in objective.chunks:
+        for x, y in chunks:
             out, jout = jvp(lambda t: _outputs(objective, t, x), (theta,), (z,))
             if objective.loss_name == "ce":
                 p = torch.softmax(out.detach(), -1)
@@ -222,6 +233,6 @@ def ggn_quadratic(objective, theta: Tensor, Z: Tensor) -> Tensor:
         return total / objective.n_terms
 
     try:
-        return vmap(one)(Z).detach()
+        return torch.cat([vmap(one)(B) for B in Z.split(rows)]).detach()
     except (NotImplementedError, RuntimeError):
         return torch.stack([one(z) for z in Z]).detach()

@@ -176,6 +176,7 @@ class TwoPointSource:
             return self._batched_step(objective, theta, u, point, g, gen, f0)
         g.zero_()
         u = u[0]
+        lps, lms = [], []
         for _ in range(q):
             self.sample(u, gen)
             torch.add(theta, u, alpha=mu, out=point[0])
@@ -184,13 +185,18 @@ class TwoPointSource:
                 torch.add(theta, u, alpha=-mu, out=point[0])
                 lm = objective.loss(point[0])
                 coef = (lp - lm) / (2 * mu * q)
+                lps.append(lp)
+                lms.append(lm)
             else:
                 lm = f0
                 coef = (lp - f0) / (mu * q)
             # coef stays a tensor: no host-device synchronisation on the hot path
             g.addcmul_(u, coef.unsqueeze(-1) if coef.dim() else coef)
         # the mean of the last pair is a free O(μ²)-biased loss reading, used for divergence checks
-        return g, {"loss_pm": 0.5 * (lp + lm)}
+        info = {"loss_pm": 0.5 * (lp + lm)}
+        if f0 is None:  # the pairs' losses feed the free curvature monitor (eos_probe.zo_monitor)
+            info["query_losses"] = (torch.stack(lps), torch.stack(lms))
+        return g, info
 
     def _batched_step(self, objective, theta: Tensor, u: Tensor, point: Tensor, g: Tensor,
                       gen: torch.Generator, f0: Tensor | None) -> tuple[Tensor, dict]:
@@ -211,7 +217,20 @@ class TwoPointSource:
             lm = f0.expand_as(lp)
             coef = (lp - f0) / (mu * q)
         torch.sum(coef.unsqueeze(-1) * ub, dim=0, out=g)
-        return g, {"loss_pm": 0.5 * (lp[-1] + lm[-1])}
+        info = {"loss_pm": 0.5 * (lp[-1] + lm[-1])}
+        if f0 is None:
+            info["query_losses"] = (lp, lm)
+        return g, info
+
+    def curvature_sample(self, info: dict, loss0: Tensor) -> Tensor | None:
+        """This step's Hutchinson sample of Tr H per copy from its query losses and the loss at θ
+        (`eos_probe.zo_monitor.curvature_sample`); None for forward differences (no symmetric pair)."""
+        if "query_losses" not in info:
+            return None
+        from ..zo_monitor import curvature_sample
+
+        lp, lm = info["query_losses"]
+        return curvature_sample(lp, lm, loss0, self.mu)
 
 
 def _fits_batched(objective, theta: Tensor, n_points: int) -> bool:

@@ -154,6 +154,7 @@ def draw_bands(ax, runs: Sequence[Run], normalize: bool = False, *, colors: dict
     handles = []
     quantities = set()
     classical_only = True
+    zo_drawn = False
     for r in runs:
         b = r.band()
         col = colors[_key(r)]
@@ -172,6 +173,8 @@ def draw_bands(ax, runs: Sequence[Run], normalize: bool = False, *, colors: dict
             _shade(ax, s, tr, tre, col)
             ax.plot(s, upper, color=col, ls="-.", lw=1.1, alpha=0.9)
             plotted += [tr, upper, _lower(tr, tre)]
+            if _draw_zo_trace(ax, r, scale, col):
+                zo_drawn = True
         quantities.add(b.quantity)
         T = 1.0 if normalize else b.threshold
         thresholds.append(T)
@@ -186,6 +189,9 @@ def draw_bands(ax, runs: Sequence[Run], normalize: bool = False, *, colors: dict
     if not classical_only:
         c_text = f"c={next(iter(cs)):.3g}" if len(cs) == 1 else "c per run"
         style.append(Line2D([], [], color="0.3", ls="-.", label=f"{q} + c·{lam}  ({c_text})"))
+    if zo_drawn:
+        style.append(Line2D([], [], color="0.3", lw=0.7, alpha=0.6,
+                            label=r"Tr(H) from the ZO steps (zo_trace, window mean)"))
     style.append(Line2D([], [], color="0.3", ls="--", label="threshold T" + (" (= 1)" if normalize else "")))
     if any(r.status == "diverged" for r in runs):
         style.append(Line2D([], [], color="0.3", ls=":", lw=0.9, label="run diverged"))
@@ -200,6 +206,20 @@ def draw_bands(ax, runs: Sequence[Run], normalize: bool = False, *, colors: dict
     _legend(ax, legend, handles, style)
     ax.set_title("measured curvature vs mean-square stability band" if not classical_only
                  else "measured curvature vs classical stability threshold")
+
+
+def _draw_zo_trace(ax, run: Run, scale: float, color: str) -> bool:
+    """The free Tr(H) monitor of a ZO run (/train/zo_trace) as a thin line beside the probe's trace.
+
+    Not drawn for Adam runs: their band is about P⁻¹H, while the ZO directions measure the plain H."""
+    if run.preconditioned or "zo_trace" not in run.train:
+        return False
+    zt = run.train["zo_trace"].to_numpy() * scale
+    ok = np.isfinite(zt)
+    if not ok.any():
+        return False
+    ax.plot(run.train["step"].to_numpy()[ok], zt[ok], color=color, lw=0.7, alpha=0.6)
+    return True
 
 
 def _legend(ax, mode: str, runs_handles: list, style_handles: list) -> None:
