@@ -1,4 +1,4 @@
-"""A free curvature monitor from the ZO step itself (THEORY.md §4, `zo_trace`).
+"""A free curvature monitor from the ZO step itself (docs/theory.md §4, `zo_trace`).
 
 With the central difference and the loss at θ,
 
