@@ -150,7 +150,7 @@ def split_trace_fn(f: Callable[[np.ndarray], np.ndarray], ritz_values: np.ndarra
     """Tr f(H) = Σ f(θ_i) + Tr f(A), f vectorised; inf if any term is inf.
 
     ``linear = (slope, trace, trace_err)``: a control variate. When an independent estimate of Tr H is at
-    hand, Tr f(A) = slope·(Tr H − Σθ_i) + Tr[f − slope·λ](A), and only the small remainder is sampled.
+    hand, Tr f(A) = slope·(Tr H − Σθ_i) + ``Tr[f − slope·λ](A)``, and only the small remainder is sampled.
     The error adds the rest's standard error, the trace's, the quadrature error (full minus half-length
     nested rule) and |f'(θ_i)|·err_i of the Ritz values.
 
