@@ -404,8 +404,8 @@ class MSMargin(Metric):
     probe's shared Lanczos run (converged: residual and gap check). The rest comes from stochastic Lanczos
     quadrature on the operator with those Ritz vectors projected out (``curvature.deflated``), from probes
     shared with the ``krylov`` trace. When an independent trace estimate runs anyway (``trace_method`` or the
-    trace metric other than krylov), it is a control variate: S = Σ_top f(θ_i) + (Tr H − Σθ_i)/T + Tr[f −
-    λ/T](rest), and only the O(λ²) remainder is sampled.
+    trace metric other than krylov), it is a control variate: ``S = Σ_top f(θ_i) + (Tr H − Σθ_i)/T +
+    Tr[f − λ/T](rest)``, and only the O(λ²) remainder is sampled.
 
     Negative eigenvalues are excluded from S and reported beside it (``ms_margin_neg`` = Σ_{λ<0} |λ| / T).
     In the quadratic model a negative-curvature mode is unstable in mean square for every η > 0 — its mean

@@ -54,6 +54,8 @@ class CoCDEdge(Metric):
     eigenvalues next to 1, which neither decides the edge nor lets ARPACK converge). The first probe scans
     `grid` step sizes; later ones bisect a ±10 % bracket around the previous edge. Above `dense_max`
     parameters the row is NaN (said once, at start).
+
+    Theory: [docs/theory.md#metric-cocd_edge][metric-cocd_edge].
     """
 
     name = "cocd_edge"
@@ -112,7 +114,10 @@ class CoCDStaleness(Metric):
     """How far CoCD's buffer is from the gradient: ‖ĝ − ∇L‖/‖∇L‖ and cos(ĝ, ∇L) for the direction ĝ the
     optimizer uses at this step (one backward pass + the step's own 2B differences on a copy of the
     state), beside the paper's sufficient condition lr < 2/(L(1 + dτ)), τ = d/B − 1, L = λ_max, and
-    δ = the largest step norm lr·‖g‖ of the last K = ⌈d/B⌉ steps."""
+    δ = the largest step norm lr·‖g‖ of the last K = ⌈d/B⌉ steps.
+
+    Theory: [docs/theory.md#metric-cocd_staleness][metric-cocd_staleness].
+    """
 
     name = "cocd_staleness"
     description = ("relative error ||g_hat - grad L|| / ||grad L|| of the CoCD direction at this step (err column: "
@@ -183,6 +188,8 @@ class EntkFidelity(Metric):
     `entk_fidelity` itself is the measured/predicted MSE ratio averaged over P ≥ 4 (1 = the law holds).
     For ZO runs also the function-space error of this step's actual update on the batch, ‖J(ĝ − ∇L)‖/‖J∇L‖,
     beside its prediction √((1 + Tr K ‖∇L‖²/‖J∇L‖²)/q) (Gaussian).
+
+    Theory: [docs/theory.md#metric-entk_fidelity][metric-entk_fidelity].
     """
 
     name = "entk_fidelity"

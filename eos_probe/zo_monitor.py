@@ -47,13 +47,18 @@ def curvature_sample(lp: Tensor, lm: Tensor, loss0: Tensor, mu: float) -> Tensor
     `lp`, `lm`: (q, *lead) losses at θ ± μu_k; `loss0`: (*lead) loss at θ. The combination is formed in
     float64 so no rounding is added to the float32 losses' own (that one is unavoidable: a relative loss
     error δ becomes ≈ 4δL/μ² here).
+
+    Theory: [docs/theory.md#zo-trace][zo-trace].
     """
     s = lp.double() + lm.double() - 2.0 * loss0.double()
     return s.mean(0) / (mu * mu)
 
 
 class ZOTraceMonitor:
-    """Windowed mean and standard error of the per-step `zo_trace` samples, one window per copy."""
+    """Windowed mean and standard error of the per-step `zo_trace` samples, one window per copy.
+
+    Theory: [docs/theory.md#zo-trace][zo-trace].
+    """
 
     def __init__(self, window: int = DEFAULT_WINDOW) -> None:
         self.window = int(window)

@@ -133,7 +133,10 @@ def _mean_se(samples: np.ndarray) -> tuple[float, float]:
 
 
 def split_trace(ritz_values: np.ndarray, rest: RestQuadrature, n_hvp: int | None = None) -> Estimate:
-    """Tr H = Σ θ_i (exact part) + Hutchinson on the deflated rest; error = t-corrected standard error."""
+    """Tr H = Σ θ_i (exact part) + Hutchinson on the deflated rest; error = t-corrected standard error.
+
+    Theory: [docs/theory.md#metric-trace][metric-trace].
+    """
     exact = float(np.sum(ritz_values))
     samples = rest.hutchinson()
     mean, se = _mean_se(samples)
@@ -147,9 +150,11 @@ def split_trace_fn(f: Callable[[np.ndarray], np.ndarray], ritz_values: np.ndarra
     """Tr f(H) = Σ f(θ_i) + Tr f(A), f vectorised; inf if any term is inf.
 
     ``linear = (slope, trace, trace_err)``: a control variate. When an independent estimate of Tr H is at
-    hand, Tr f(A) = slope·(Tr H − Σθ_i) + Tr[f − slope·λ](A), and only the small remainder is sampled.
+    hand, Tr f(A) = slope·(Tr H − Σθ_i) + ``Tr[f − slope·λ](A)``, and only the small remainder is sampled.
     The error adds the rest's standard error, the trace's, the quadrature error (full minus half-length
     nested rule) and |f'(θ_i)|·err_i of the Ritz values.
+
+    Theory: [docs/theory.md#metric-ms_margin][metric-ms_margin].
     """
     theta = np.asarray(ritz_values, dtype=float)
     top = np.asarray(f(theta), dtype=float)

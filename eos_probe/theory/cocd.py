@@ -113,7 +113,10 @@ def _apply_cycle(H: np.ndarray, lr: float, s: CoCDSchedule, X: np.ndarray) -> np
 
 def monodromy(H, lr: float, block: int, gamma: float, *, memory: int | None = None,
               weight_decay: float = 0.0) -> np.ndarray:
-    """The dense (2d × 2d) one-cycle map Φ of CoCD on ``½θᵀHθ``, acting on (θ, G) at a cycle start."""
+    """The dense (2d × 2d) one-cycle map Φ of CoCD on ``½θᵀHθ``, acting on (θ, G) at a cycle start.
+
+    Theory: [docs/theory.md#cocd][cocd].
+    """
     H = _check_hessian(H)
     s = schedule(H.shape[0], block, gamma, memory, weight_decay)
     return _apply_cycle(H, float(lr), s, np.eye(2 * s.dim))
@@ -121,7 +124,10 @@ def monodromy(H, lr: float, block: int, gamma: float, *, memory: int | None = No
 
 def spectral_radius(H, lr: float, block: int, gamma: float, *, memory: int | None = None,
                     weight_decay: float = 0.0, method: str = "auto") -> float:
-    """ρ(Φ): dense eigenvalues for d ≤ DENSE_EIG_MAX (or method='dense'), else ARPACK on the matrix-free Φ."""
+    """ρ(Φ): dense eigenvalues for d ≤ DENSE_EIG_MAX (or method='dense'), else ARPACK on the matrix-free Φ.
+
+    Theory: [docs/theory.md#cocd][cocd].
+    """
     H = _check_hessian(H)
     s = schedule(H.shape[0], block, gamma, memory, weight_decay)
     return _radius(H, float(lr), s, method)
@@ -157,6 +163,8 @@ def critical_lr(H, block: int, gamma: float, *, memory: int | None = None, weigh
     H has a negative eigenvalue (every step size is unstable). With ``guess`` (e.g. the previous probe's
     α*), a bracket [0.9, 1.1]·guess that is stable at its left end and unstable at its right is bisected
     directly (a crossing below 0.9·guess would then be missed); otherwise the full scan runs.
+
+    Theory: [docs/theory.md#cocd][cocd].
     """
     H = _check_hessian(H)
     s = schedule(H.shape[0], block, gamma, memory, weight_decay)
@@ -207,7 +215,10 @@ def _bisect(stable, lo: float, hi: float, rtol: float) -> float:
 
 
 def staleness_bound(lambda_max: float, dim: int, block: int) -> float:
-    """The paper's sufficient condition α < 2/(L(1 + dτ)), τ = d/B − 1, with L = λ_max (docs/theory.md §5d)."""
+    """The paper's sufficient condition α < 2/(L(1 + dτ)), τ = d/B − 1, with L = λ_max (docs/theory.md §5d).
+
+    Theory: [docs/theory.md#cocd][cocd].
+    """
     tau = dim / block - 1.0
     return 2.0 / (lambda_max * (1.0 + dim * tau))
 

@@ -31,7 +31,10 @@ class CoCDGrowth:
 def simulate_cocd(H, lrs: Sequence[float], block: int, gamma: float, *, memory: int | None = None,
                   weight_decay: float = 0.0, eps: float = 0.1, starts: int = 2, cycles: int = 300,
                   fit_from: float = 0.5, seed: int = 0, predict: bool = True) -> list[CoCDGrowth]:
-    """Run the project's cocd optimizer on ``½θᵀHθ`` at each step size (``starts`` random starts each)."""
+    """Run the project's cocd optimizer on ``½θᵀHθ`` at each step size (``starts`` random starts each).
+
+    Theory: [docs/theory.md#cocd][cocd].
+    """
     import torch
 
     from ..data.quadratic import QuadraticObjective
@@ -94,7 +97,10 @@ def mc_critical_lr(H, block: int, gamma: float, guess: float, *, span: float = 0
                    refine: int = 2, **kw) -> float:
     """The step size where the simulated growth changes sign, by nested grids around ``guess``
     (``points`` step sizes over ±``span``·guess, then ``refine`` finer grids around the first crossing).
-    Resolution: ``2·span/(points−1)/(points−1)^refine`` of ``guess``."""
+    Resolution: ``2·span/(points−1)/(points−1)^refine`` of ``guess``.
+
+    Theory: [docs/theory.md#cocd][cocd].
+    """
     lo, hi = guess * (1 - span), guess * (1 + span)
     grid = np.linspace(lo, hi, points)
     for level in range(refine + 1):

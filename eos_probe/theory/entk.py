@@ -20,7 +20,10 @@ LAWS = ("gaussian", "sphere", "rademacher")
 
 
 def effective_rank(K: np.ndarray) -> float:
-    """r_eff = (Tr K)² / ‖K‖_F²."""
+    """r_eff = (Tr K)² / ‖K‖_F².
+
+    Theory: [docs/theory.md#zo-entk][zo-entk].
+    """
     K = np.asarray(K, dtype=float)
     return float(np.trace(K) ** 2 / np.sum(K * K))
 
@@ -31,6 +34,8 @@ def zo_kernel_mse(A: np.ndarray, B: np.ndarray, P: int, law: str = "gaussian") -
     One direction: E‖Auuᵀ Bᵀ‖_F² = E[(uᵀMu)(uᵀNu)] with M = AᵀA, N = BᵀB, minus ‖K‖_F² (the mean);
     P independent directions divide the variance by P. Gaussian: E[(uᵀMu)(uᵀNu)] = TrM·TrN + 2Tr(MN);
     Rademacher: minus 2 Σ_k M_kk N_kk; sphere of radius √d: d/(d+2) times the Gaussian value.
+
+    Theory: [docs/theory.md#zo-entk][zo-entk].
     """
     if law not in LAWS:
         raise UserError(f"unknown direction law {law!r}; choose one of {', '.join(LAWS)}")
@@ -49,7 +54,10 @@ def zo_kernel_mse(A: np.ndarray, B: np.ndarray, P: int, law: str = "gaussian") -
 
 
 def relative_mse(J: np.ndarray, P: int, law: str = "gaussian") -> float:
-    """E‖K_ZO − K‖_F²/‖K‖_F² on a probe batch (A = B = J, K = JJᵀ). Gaussian: (1 + r_eff)/P."""
+    """E‖K_ZO − K‖_F²/‖K‖_F² on a probe batch (A = B = J, K = JJᵀ). Gaussian: (1 + r_eff)/P.
+
+    Theory: [docs/theory.md#zo-entk][zo-entk].
+    """
     J = np.asarray(J, dtype=float)
     K = J @ J.T
     return zo_kernel_mse(J, J, P, law) / float(np.sum(K * K))
