@@ -81,7 +81,7 @@ def _finite(ctx, param, value):
 @click.option("--checkpoint-every", type=int, help="Also checkpoint every M steps (always: after every probe and every 5 minutes of work).")
 @click.option("--keep-checkpoints-every", type=int, help="Also keep the checkpoint of every N-th step as RUN.h5.step<N>.ckpt (for `eos-probe edge --step`).")
 @click.option("--probe-every", type=int, help="Measure curvature every N steps (default 100).")
-@click.option("--probe", "probe_metrics", help="Comma list of probe metrics with options as name:key=value, or 'none'. Metrics: lambda_max, top_k, trace, density, ms_margin, dir_curvature; Adam runs also precond_lambda_max, precond_trace, precond_density, commutator_ratio (default: lambda_max,trace, + ms_margin for ZO, + the preconditioned ones and commutator_ratio for Adam; README 'Probing' lists the options).")
+@click.option("--probe", "probe_metrics", help="Comma list of probe metrics with options as name:key=value, or 'none'. Metrics: lambda_max, top_k, trace, density, ms_margin, dir_curvature; Adam runs also precond_lambda_max, precond_trace, precond_density, commutator_ratio; cocd runs cocd_edge, cocd_staleness; entk_fidelity (ZO eNTK on a probe batch). Default: lambda_max,trace, + ms_margin for ZO, + precond_lambda_max, precond_trace, commutator_ratio for Adam; README 'Probing' lists the options.")
 @click.option("--zo-trace-window", type=int, help="ZO runs: logged samples averaged in /train/zo_trace, the free Tr(H) monitor (default 50).")
 @click.option("--probe-memory", help="Peak-memory budget of one probe, e.g. 2GB or 512MB (default 2GB); HVPs and Jacobians are chunked to fit.")
 @click.option("--divergence-factor", type=float, callback=_finite, help="Stop when loss > factor × initial loss (default 1000).")
