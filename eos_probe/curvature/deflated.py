@@ -24,13 +24,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.linalg import eigh_tridiagonal
 from torch import Tensor
 
 from ..errors import UserError
 from ._probes import default_generator, rademacher
 from .estimate import Estimate
 from .lanczos import lanczos_tridiagonal
+from .slq import gauss_rules
 from .operators import CurvatureOperator
 from .trace import t_factor
 
@@ -101,26 +101,11 @@ def rest_quadrature(op: CurvatureOperator, V: Tensor | None, n_probes: int, n_st
     norms = (Z * Z).sum(1).double().cpu().numpy()
     runs = lanczos_tridiagonal(A, Z, n_steps)
     width = min(n_steps, op.dim)
-    nodes, weights = _gauss_rules(runs, width)
+    nodes, weights = gauss_rules(runs, width)
     half = max(1, (width + 1) // 2)
-    h_nodes, h_weights = _gauss_rules([(a[:half], b[: max(0, min(half, a.shape[0]) - 1)]) for a, b in runs], half)
+    h_nodes, h_weights = gauss_rules([(a[:half], b[: max(0, min(half, a.shape[0]) - 1)]) for a, b in runs], half)
     k = 0 if A.V is None else A.V.shape[0]
     return RestQuadrature(nodes, weights, norms, op.n_hvp - n0, op.dim, k, h_nodes, h_weights)
-
-
-def _gauss_rules(runs, width: int) -> tuple[np.ndarray, np.ndarray]:
-    nodes = np.zeros((len(runs), width))
-    weights = np.zeros((len(runs), width))
-    for i, (a, b) in enumerate(runs):
-        if a.shape[0] == 1:
-            theta, S = a.copy(), np.ones((1, 1))
-        else:
-            theta, S = eigh_tridiagonal(a, b)
-        m = theta.shape[0]
-        nodes[i, :m] = theta
-        nodes[i, m:] = theta[0]
-        weights[i, :m] = S[0, :] ** 2
-    return nodes, weights
 
 
 def _mean_se(samples: np.ndarray) -> tuple[float, float]:

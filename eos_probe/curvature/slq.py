@@ -33,8 +33,17 @@ def quadrature(op: CurvatureOperator, n_probes: int, n_steps: int,
     Z = rademacher(n_probes, op.dim, gen, op.dtype, op.device)
     runs = lanczos_tridiagonal(op, Z, n_steps)
     width = min(n_steps, op.dim)
-    nodes = np.zeros((n_probes, width))
-    weights = np.zeros((n_probes, width))
+    nodes, weights = gauss_rules(runs, width)
+    return nodes, weights, op.n_hvp - n0
+
+
+def gauss_rules(runs, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss quadrature (nodes, weights) of each Lanczos tridiagonal (a, b), padded to `width` columns.
+
+    The nodes are the Ritz values, the weights the squared first components of their eigenvectors; padding
+    repeats the first node with weight 0 (a value every f is defined at)."""
+    nodes = np.zeros((len(runs), width))
+    weights = np.zeros((len(runs), width))
     for i, (a, b) in enumerate(runs):
         if a.shape[0] == 1:
             theta, S = a.copy(), np.ones((1, 1))
@@ -42,9 +51,9 @@ def quadrature(op: CurvatureOperator, n_probes: int, n_steps: int,
             theta, S = eigh_tridiagonal(a, b)
         m = theta.shape[0]
         nodes[i, :m] = theta
-        nodes[i, m:] = theta[0]  # harmless padding: weight 0, and a value f is defined at
+        nodes[i, m:] = theta[0]
         weights[i, :m] = S[0, :] ** 2
-    return nodes, weights, op.n_hvp - n0
+    return nodes, weights
 
 
 def spectral_density(op: CurvatureOperator, n_probes: int = 4, n_steps: int = 40,
