@@ -127,7 +127,8 @@ def _check_readable(path: Path) -> str:
         assert "schema_version" in f.attrs
     run = eos_probe.load(path)
     steps = run.train["step"].to_numpy()
-    assert np.all(np.diff(steps) > 0) and not run.train.isna().any().any()
+    # zo_trace_err is NaN by design until the window holds two samples; the exact columns must be whole
+    assert np.all(np.diff(steps) > 0) and not run.train[["step", "loss", "accuracy", "wall_time"]].isna().any().any()
     assert run.status in ("interrupted", "finished")
     return run.status
 

@@ -108,7 +108,9 @@ def test_example_config_lists_every_key() -> None:
 
 
 # ------------------------------------------------------------------------------------------- every bash block
-SKIP = ("pip install", "python3 -m venv", "pytest", ". .venv/bin/activate")
+#: install steps, the test runner itself, and the docs build (checked by `.ci/run`'s strict build and by
+#: tests/test_docs.py, with the `docs` extra that this suite does not install)
+SKIP = ("pip install", "python3 -m venv", "pytest", ". .venv/bin/activate", "mkdocs build")
 #: keep every command short: few steps, few examples, cheap probes (the commands' own flags still win
 #: where they matter: model, optimizer, lr, kind, paths)
 SMALL = {"--steps": "4", "--probe-every": "2", "--checkpoint-every": "2"}
