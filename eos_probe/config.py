@@ -84,15 +84,21 @@ def _expected(name: str) -> tuple[type, ...]:
     return (str,)
 
 
+def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """The parsed TOML file at `path`; a missing or malformed file is one-line UserError naming `what`."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{what} {p} does not exist")
+    try:
+        return tomllib.loads(p.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{what} {p} is not valid TOML: {e}") from None
+
+
 def load_toml(path: str | Path) -> dict[str, Any]:
     """Read a TOML config; unknown keys and wrong types are user errors (one line each, first one raised)."""
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"config file {p} does not exist")
-    try:
-        raw = tomllib.loads(p.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"config file {p} is not valid TOML: {e}") from None
+    raw = read_toml(p)
     raw = raw.get("train", raw)  # accept a [train] table or top-level keys
     for key, value in raw.items():
         if key not in _FIELDS:

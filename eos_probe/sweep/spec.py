@@ -17,7 +17,6 @@ import hashlib
 import itertools
 import json
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,14 +170,9 @@ def parse_sweep(raw: dict[str, Any], source: str = "sweep config") -> SweepSpec:
 
 def load_sweep_config(path: str | Path) -> SweepSpec:
     """Read and check a sweep TOML file."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"sweep config {p} does not exist")
-    try:
-        raw = tomllib.loads(p.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"sweep config {p} is not valid TOML: {e}") from None
-    return parse_sweep(raw, str(p))
+    from ..config import read_toml
+
+    return parse_sweep(read_toml(path, "sweep config"), str(path))
 
 
 def packs(points: list[Point]) -> list[list[Point]]:
