@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from .errors import UserError
+from .errors import EosProbeError
 
 #: verb -> "module:attribute" of its click command
 COMMANDS = {
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as e:
         click.echo(f"error: {e.format_message()}", err=True)
         sys.exit(e.exit_code if e.exit_code else 2)
-    except UserError as e:
+    except EosProbeError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:

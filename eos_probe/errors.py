@@ -1,4 +1,15 @@
-"""Exceptions that the command line turns into one clear line and an exit code."""
+"""The library's exceptions, each with the exit code the command line uses for it.
+
+Hierarchy (the CLI maps every `EosProbeError` to one line on stderr and its `exit_code`, in `cli.main`)::
+
+    EosProbeError                  base; exit 2
+    ├── UserError                  what was asked for cannot be done (bad flag, missing file, ...); exit 2
+    │   ├── InvalidValueError      a bad argument value; also a ValueError, so library callers can catch that
+    │   └── CorruptFileError       a run file that cannot be read as an eos-probe run; exit 4
+    └── DivergedError              training stopped on a non-finite or exploding loss; exit 3
+
+Numerical code (curvature, theory, optim) raises `InvalidValueError`; it never needs to know about the CLI.
+"""
 from __future__ import annotations
 
 #: exit codes used by every verb of the command line
@@ -7,20 +18,33 @@ EXIT_DIVERGED = 3
 EXIT_CORRUPT = 4
 
 
-class UserError(Exception):
+class EosProbeError(Exception):
+    """Base of every error eos-probe raises on purpose; `exit_code` is what the CLI exits with."""
+
+    exit_code = EXIT_USER_ERROR
+
+
+class UserError(EosProbeError):
     """A mistake in what the user asked for (bad flag, missing file, ...): exit code 2."""
 
     exit_code = EXIT_USER_ERROR
 
 
+class InvalidValueError(UserError, ValueError):
+    """An argument with a value outside its domain (lr ≤ 0, unknown method, wrong shape): exit code 2."""
+
+
 class CorruptFileError(UserError):
-    """A run file that cannot be read as an eos-probe run (truncated, damaged, foreign)."""
+    """A run file that cannot be read as an eos-probe run (truncated, damaged, foreign): exit code 4."""
 
     exit_code = EXIT_CORRUPT
 
 
-class DivergedError(Exception):
-    """Training stopped because the loss became non-finite or exploded: exit code 3."""
+class DivergedError(EosProbeError):
+    """Training stopped because the loss became non-finite or exploded: exit code 3.
+
+    Attributes: `step` (the step at which it was detected) and `reason` (recorded in the run file).
+    """
 
     exit_code = EXIT_DIVERGED
 
