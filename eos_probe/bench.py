@@ -29,17 +29,13 @@ from typing import Any
 
 import torch
 
+from ._util import sync as _sync
 from .config import TrainConfig
 
 #: keys of `run_bench`'s result that are ratios (the test checks they are finite and positive)
 RATIO_KEYS = ("zo_step_over_two_forwards", "fo_step_over_forward_backward", "batched_q_speedup",
               "batched_q_auto_speedup", "sweep_speedup", "sweep_speedup_fo", "hvp_over_grad",
               "microbatch_speedup", "cocd_step_over_2b_forwards")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def interleaved(fns: dict[str, Callable[[], Any]], rounds: int, device: torch.device,
