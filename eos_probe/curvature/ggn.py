@@ -21,7 +21,6 @@ Loss terms must not interact across examples (no batch statistics), which holds 
 """
 from __future__ import annotations
 
-import math
 import time
 
 import torch

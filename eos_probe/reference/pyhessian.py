@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..curvature.estimate import Estimate
 from ..errors import UserError
