@@ -13,7 +13,7 @@ __all__ = ["probe_sums", "gaussian_density"]
 
 
 def probe_sums(nodes: np.ndarray, weights: np.ndarray, f: Callable[[np.ndarray], np.ndarray],
-               scale) -> np.ndarray:
+               scale: float | np.ndarray) -> np.ndarray:
     """Per-probe SLQ estimates of Tr f(A): ``scale · Σ_k w_k f(node_k)`` for each row.
 
     Args:
@@ -35,7 +35,8 @@ def gaussian_density(nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray, s
     """Gaussian-broadened density of each quadrature rule on ``grid``: Σ_k w_k N(x; node_k, σ²).
 
     Args:
-        nodes, weights: (..., s) rules (the last axis is summed over).
+        nodes: (..., s) Ritz values of each rule (the last axis is summed over).
+        weights: (..., s) their Gauss weights.
         grid: (G,) evaluation points.
         sigma: the broadening width (> 0).
 
