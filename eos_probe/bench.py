@@ -29,17 +29,13 @@ from typing import Any
 
 import torch
 
+from ._util import sync as _sync
 from .config import TrainConfig
 
 #: keys of `run_bench`'s result that are ratios (the test checks they are finite and positive)
 RATIO_KEYS = ("zo_step_over_two_forwards", "fo_step_over_forward_backward", "batched_q_speedup",
               "batched_q_auto_speedup", "sweep_speedup", "sweep_speedup_fo", "hvp_over_grad",
               "microbatch_speedup", "cocd_step_over_2b_forwards")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def interleaved(fns: dict[str, Callable[[], Any]], rounds: int, device: torch.device,
@@ -77,152 +73,199 @@ def run_bench(model: str = "cnn", *, model_args: dict | None = None, n_per_class
 
     `repeats` rounds per ratio (the q-query and HVP items, several times dearer, use about half).
     """
-    from .objective import Objective
-    from .optim import make_optimizer
-    from .train import _stack_optimizers, build
+    from .train import build
 
     say = log or (lambda s: None)
     cfg = TrainConfig(model=model, model_args=dict(model_args or {}), n_per_class=n_per_class, device=device,
                       dtype=dtype, microbatch=microbatch, probe=[], optimizer="zo-gd")
-    setup = build(cfg)
-    obj, dev, module = setup.objective, setup.device, setup.model
-    theta0 = setup.theta
-    chunks = [x for x, _ in obj.chunks]
-    few = max(1, (repeats + 1) // 2)
+    b = _Bench(build(cfg), repeats, say)
+    obj = b.obj
     out: dict[str, Any] = {
-        "model": model, "model_args": dict(model_args or {}), "device": device_name(dev), "dtype": dtype,
+        "model": model, "model_args": dict(model_args or {}), "device": device_name(b.dev), "dtype": dtype,
         "n_params": obj.dim, "n_train": int(obj.x.shape[0]), "microbatch": obj.microbatch or int(obj.x.shape[0]),
         "repeats": repeats, "torch": torch.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
-
-    def module_forward() -> None:
-        with torch.inference_mode():
-            for x in chunks:
-                module(x)
-
-    def module_forward_backward() -> None:
-        module.zero_grad(set_to_none=True)
-        for (x, y) in obj.chunks:
-            f = module(x)
-            target = y.clamp(min=0)
-            if obj.loss_name == "mse":
-                per = 0.5 * ((f - torch.nn.functional.one_hot(target, obj.num_classes).to(f.dtype)) ** 2).sum(-1)
-            else:
-                per = torch.nn.functional.cross_entropy(f.reshape(-1, f.shape[-1]), target.reshape(-1),
-                                                        reduction="none").reshape(target.shape)
-            ((per * (y >= 0)).sum() / obj.n_terms).backward()
-
-    # ---- ZO step vs two forwards -------------------------------------------------------------------
-    say("ZO step vs two forwards")
-    zo = make_optimizer("zo-gd", lr=1e-6, seed=0)
-    th = theta0.clone()
-    st = zo.init(th)
-    counter = iter(range(10**9))
-    t = interleaved({"zo": lambda: zo.step(obj, th, st, next(counter)),
-                     "fwd2": lambda: (module_forward(), module_forward()),
-                     "obj2": lambda: (obj.loss(th), obj.loss(th))}, repeats, dev)
-    out["zo_step_over_two_forwards"] = ratio(t, "zo", "fwd2")
-    out["zo_step_over_two_objective_forwards"] = ratio(t, "zo", "obj2")
-    out["forward_ms"] = 1e3 * statistics.median(t["fwd2"]) / 2
-    out["zo_step_ms"] = 1e3 * statistics.median(t["zo"])
-
-    # ---- full batch vs micro-batches (the forward itself) -------------------------------------------
-    if obj.microbatch:
-        say("micro-batching")
-        full = Objective(module, obj.x, obj.y, loss=obj.loss_name, num_classes=obj.num_classes, microbatch=None)
-        t = interleaved({"full": lambda: full.loss(th), "chunked": lambda: obj.loss(th)}, few, dev)
-        out["microbatch_speedup"] = ratio(t, "full", "chunked")
-    else:
-        out["microbatch_speedup"] = 1.0
-
-    # ---- FO step vs forward+backward ---------------------------------------------------------------
-    say("FO step vs forward+backward")
-    fo = make_optimizer("gd", lr=1e-6)
-    th_fo = theta0.clone()
-    st_fo = fo.init(th_fo)
-    t = interleaved({"fo": lambda: fo.step(obj, th_fo, st_fo, 0), "fb": module_forward_backward}, repeats, dev)
-    out["fo_step_over_forward_backward"] = ratio(t, "fo", "fb")
-    out["fo_step_ms"] = 1e3 * statistics.median(t["fo"])
-
-    # ---- q queries: loop vs batched ------------------------------------------------------------------
-    say(f"q = {queries}: query loop vs batched")
-    srcs = {mode: make_optimizer("zo-gd", lr=1e-6, queries=queries, seed=0) for mode in ("loop", "batched")}
-    for mode, o in srcs.items():
-        o.source.query_mode = mode
-    ths = {mode: theta0.clone() for mode in srcs}
-    sts = {mode: srcs[mode].init(ths[mode]) for mode in srcs}
-    t = interleaved({mode: (lambda m=mode: srcs[m].step(obj, ths[m], sts[m], 0)) for mode in srcs}, few, dev)
-    out["queries"] = queries
-    out["batched_q_speedup"] = ratio(t, "loop", "batched")
-    auto = make_optimizer("zo-gd", lr=1e-6, queries=queries).source.batch_queries(obj, theta0)
-    out["batched_q_auto"] = "batched" if auto else "loop"
-    out["batched_q_auto_speedup"] = out["batched_q_speedup"] if auto else 1.0
-
-    # ---- K-copy sweep vs K sequential single steps -------------------------------------------------
-    for preset, key in (("zo-gd", "sweep_speedup"), ("gd", "sweep_speedup_fo")):
-        say(f"sweep of {copies} copies ({preset}) vs {copies} sequential steps")
-        lrs = [1e-6 * (k + 1) for k in range(copies)]
-        singles = [make_optimizer(preset, lr=lr, seed=0) for lr in lrs]
-        stacked = _stack_optimizers([make_optimizer(preset, lr=lr, seed=0) for lr in lrs])
-        th_s = [theta0.clone() for _ in lrs]
-        st_s = [o.init(x) for o, x in zip(singles, th_s)]
-        th_k = theta0.expand(copies, -1).clone()
-        st_k = stacked.init(th_k)
-
-        def sequential() -> None:
-            for o, x, s in zip(singles, th_s, st_s):
-                o.step(obj, x, s, 0)
-
-        t = interleaved({"seq": sequential, "sweep": lambda: stacked.step(obj, th_k, st_k, 0)}, repeats, dev)
-        out[key] = ratio(t, "seq", "sweep")
-    out["copies"] = copies
-
-    # ---- HVP vs gradient ------------------------------------------------------------------------------
-    say("HVP vs gradient")
-    backend = obj.choose_hvp_backend(theta0) if obj.hvp_backend == "auto" else obj.hvp_backend
-    op = obj.hvp_at(theta0, backend)
-    v = torch.randn(theta0.shape, generator=torch.Generator(dev).manual_seed(0), device=dev, dtype=theta0.dtype)
-    t = interleaved({"hvp": lambda: op.matvec(v), "grad": lambda: obj.grad(theta0)}, few, dev)
-    out["hvp_over_grad"] = ratio(t, "hvp", "grad")
-    out["hvp_backend"] = backend
-
-    # ---- CoCD step vs 2B forwards ------------------------------------------------------------------
-    from .optim.cocd import default_block
-
-    B = cocd_block or default_block(obj.dim)
-    say(f"CoCD step (B = {B}) vs {2 * B} forwards")
-    cocd = {mode: make_optimizer("cocd", lr=1e-9, cocd_block=B) for mode in ("loop", "batched")}
-    for mode, o in cocd.items():
-        o.source.eval_mode = mode
-    th_c = {mode: theta0.clone() for mode in cocd}
-    st_c = {mode: cocd[mode].init(th_c[mode]) for mode in cocd}
-    steps_c = iter(range(10**9))
-
-    def forwards_2b() -> None:
-        for _ in range(2 * B):
-            module_forward()
-
-    t = interleaved({"loop": lambda: cocd["loop"].step(obj, th_c["loop"], st_c["loop"], next(steps_c)),
-                     "batched": lambda: cocd["batched"].step(obj, th_c["batched"], st_c["batched"], next(steps_c)),
-                     "fwd": forwards_2b}, few, dev)
-    out["cocd_block"] = B
-    out["cocd_step_over_2b_forwards_loop"] = ratio(t, "loop", "fwd")
-    out["cocd_step_over_2b_forwards_batched"] = ratio(t, "batched", "fwd")
-    auto = make_optimizer("cocd", lr=1e-9, cocd_block=B).source.batch_queries(obj, theta0)
-    out["cocd_auto"] = "batched" if auto else "loop"
-    out["cocd_step_over_2b_forwards"] = out[f"cocd_step_over_2b_forwards_{out['cocd_auto']}"]
-    # ---- one default probe: cost in forward passes and peak memory (eos_probe.budget) ----------------
-    if probe:
+    # the items run (and their keys are written) in this order
+    _zo_vs_forwards(b, out)
+    _microbatching(b, out)
+    _fo_vs_forward_backward(b, out)
+    _query_modes(b, out, queries)
+    _sweeps(b, out, copies)
+    _hvp_vs_grad(b, out)
+    _cocd(b, out, cocd_block)
+    if probe:  # one default probe: cost in forward passes and peak memory (eos_probe.budget)
         from dataclasses import replace
 
         from .budget import measure_probe
 
         say(f"one default {optimizer} probe")
         pcfg = replace(cfg, optimizer=optimizer, lr=None, probe=None, probe_memory=probe_memory)
-        psetup = build(pcfg)
-        out.update(measure_probe(psetup))
+        out.update(measure_probe(build(pcfg)))
     return out
+
+
+class _Bench:
+    """What every bench item shares: the built setup, the round counts and the plain-torch baselines."""
+
+    def __init__(self, setup, repeats: int, say: Callable[[str], None]) -> None:
+        self.obj, self.dev, self.module, self.theta0 = setup.objective, setup.device, setup.model, setup.theta
+        self.repeats = repeats
+        self.few = max(1, (repeats + 1) // 2)
+        self.say = say
+        self.inputs = [x for x, _ in self.obj.chunks]
+
+    def module_forward(self) -> None:
+        """One plain forward of the module over the training set (the unit every ratio divides by)."""
+        with torch.inference_mode():
+            for x in self.inputs:
+                self.module(x)
+
+    def module_forward_backward(self) -> None:
+        """Plain torch forward + backward of the mean loss (torch's own cross-entropy kernel for ce)."""
+        obj, module = self.obj, self.module
+        module.zero_grad(set_to_none=True)
+        for (x, y) in obj.chunks:
+            f = module(x)
+            if obj.loss_name == "ce":  # torch's fused kernel, as a plain training loop would use
+                target = y.clamp(min=0)
+                per = torch.nn.functional.cross_entropy(f.reshape(-1, f.shape[-1]), target.reshape(-1),
+                                                        reduction="none").reshape(target.shape)
+            else:
+                per = obj.loss_spec.per_term(f, y)
+            ((per * (y >= 0)).sum() / obj.n_terms).backward()
+
+
+def _zo_vs_forwards(b: _Bench, out: dict[str, Any]) -> None:
+    """One ZO step (q = 1) against two forwards, plain and through the Objective."""
+    from .optim import make_optimizer
+
+    b.say("ZO step vs two forwards")
+    obj = b.obj
+    zo = make_optimizer("zo-gd", lr=1e-6, seed=0)
+    th = b.th_zo = b.theta0.clone()  # the micro-batching item times its loss at this (stepped) θ
+    st = zo.init(th)
+    counter = iter(range(10**9))
+    t = interleaved({"zo": lambda: zo.step(obj, th, st, next(counter)),
+                     "fwd2": lambda: (b.module_forward(), b.module_forward()),
+                     "obj2": lambda: (obj.loss(th), obj.loss(th))}, b.repeats, b.dev)
+    out["zo_step_over_two_forwards"] = ratio(t, "zo", "fwd2")
+    out["zo_step_over_two_objective_forwards"] = ratio(t, "zo", "obj2")
+    out["forward_ms"] = 1e3 * statistics.median(t["fwd2"]) / 2
+    out["zo_step_ms"] = 1e3 * statistics.median(t["zo"])
+
+
+def _microbatching(b: _Bench, out: dict[str, Any]) -> None:
+    """The full-batch forward against the micro-batched one (1.0 when the objective does not chunk)."""
+    from .objective import Objective
+
+    obj = b.obj
+    if obj.microbatch:
+        b.say("micro-batching")
+        th = b.th_zo
+        full = Objective(b.module, obj.x, obj.y, loss=obj.loss_name, num_classes=obj.num_classes, microbatch=None)
+        t = interleaved({"full": lambda: full.loss(th), "chunked": lambda: obj.loss(th)}, b.few, b.dev)
+        out["microbatch_speedup"] = ratio(t, "full", "chunked")
+    else:
+        out["microbatch_speedup"] = 1.0
+
+
+def _fo_vs_forward_backward(b: _Bench, out: dict[str, Any]) -> None:
+    """One first-order step against a plain torch forward + backward."""
+    from .optim import make_optimizer
+
+    b.say("FO step vs forward+backward")
+    fo = make_optimizer("gd", lr=1e-6)
+    th_fo = b.theta0.clone()
+    st_fo = fo.init(th_fo)
+    t = interleaved({"fo": lambda: fo.step(b.obj, th_fo, st_fo, 0), "fb": b.module_forward_backward},
+                    b.repeats, b.dev)
+    out["fo_step_over_forward_backward"] = ratio(t, "fo", "fb")
+    out["fo_step_ms"] = 1e3 * statistics.median(t["fo"])
+
+
+def _query_modes(b: _Bench, out: dict[str, Any], queries: int) -> None:
+    """q queries evaluated in a loop against batched, and what the automatic choice picks."""
+    from .optim import make_optimizer
+
+    b.say(f"q = {queries}: query loop vs batched")
+    srcs = {mode: make_optimizer("zo-gd", lr=1e-6, queries=queries, seed=0) for mode in ("loop", "batched")}
+    for mode, o in srcs.items():
+        o.source.query_mode = mode
+    ths = {mode: b.theta0.clone() for mode in srcs}
+    sts = {mode: srcs[mode].init(ths[mode]) for mode in srcs}
+    t = interleaved({mode: (lambda m=mode: srcs[m].step(b.obj, ths[m], sts[m], 0)) for mode in srcs}, b.few, b.dev)
+    out["queries"] = queries
+    out["batched_q_speedup"] = ratio(t, "loop", "batched")
+    auto = make_optimizer("zo-gd", lr=1e-6, queries=queries).source.batch_queries(b.obj, b.theta0)
+    out["batched_q_auto"] = "batched" if auto else "loop"
+    out["batched_q_auto_speedup"] = out["batched_q_speedup"] if auto else 1.0
+
+
+def _sweeps(b: _Bench, out: dict[str, Any], copies: int) -> None:
+    """A K-copy stacked step against K sequential single steps, zeroth and first order."""
+    from .optim import make_optimizer
+    from .train import _stack_optimizers
+
+    for preset, key in (("zo-gd", "sweep_speedup"), ("gd", "sweep_speedup_fo")):
+        b.say(f"sweep of {copies} copies ({preset}) vs {copies} sequential steps")
+        lrs = [1e-6 * (k + 1) for k in range(copies)]
+        singles = [make_optimizer(preset, lr=lr, seed=0) for lr in lrs]
+        stacked = _stack_optimizers([make_optimizer(preset, lr=lr, seed=0) for lr in lrs])
+        th_s = [b.theta0.clone() for _ in lrs]
+        st_s = [o.init(x) for o, x in zip(singles, th_s)]
+        th_k = b.theta0.expand(copies, -1).clone()
+        st_k = stacked.init(th_k)
+
+        def sequential() -> None:
+            for o, x, s in zip(singles, th_s, st_s):
+                o.step(b.obj, x, s, 0)
+
+        t = interleaved({"seq": sequential, "sweep": lambda: stacked.step(b.obj, th_k, st_k, 0)}, b.repeats, b.dev)
+        out[key] = ratio(t, "seq", "sweep")
+    out["copies"] = copies
+
+
+def _hvp_vs_grad(b: _Bench, out: dict[str, Any]) -> None:
+    """One Hessian-vector product (the chosen back end) against one gradient."""
+    b.say("HVP vs gradient")
+    obj, theta0, dev = b.obj, b.theta0, b.dev
+    backend = obj.choose_hvp_backend(theta0) if obj.hvp_backend == "auto" else obj.hvp_backend
+    op = obj.hvp_at(theta0, backend)
+    v = torch.randn(theta0.shape, generator=torch.Generator(dev).manual_seed(0), device=dev, dtype=theta0.dtype)
+    t = interleaved({"hvp": lambda: op.matvec(v), "grad": lambda: obj.grad(theta0)}, b.few, dev)
+    out["hvp_over_grad"] = ratio(t, "hvp", "grad")
+    out["hvp_backend"] = backend
+
+
+def _cocd(b: _Bench, out: dict[str, Any], cocd_block: int | None) -> None:
+    """One CoCD step (B coordinates, looped and batched) against 2B plain forwards, and the automatic choice."""
+    from .optim import make_optimizer
+    from .optim.cocd import default_block
+
+    obj = b.obj
+    B = cocd_block or default_block(obj.dim)
+    b.say(f"CoCD step (B = {B}) vs {2 * B} forwards")
+    cocd = {mode: make_optimizer("cocd", lr=1e-9, cocd_block=B) for mode in ("loop", "batched")}
+    for mode, o in cocd.items():
+        o.source.eval_mode = mode
+    th_c = {mode: b.theta0.clone() for mode in cocd}
+    st_c = {mode: cocd[mode].init(th_c[mode]) for mode in cocd}
+    steps_c = iter(range(10**9))
+
+    def forwards_2b() -> None:
+        for _ in range(2 * B):
+            b.module_forward()
+
+    t = interleaved({"loop": lambda: cocd["loop"].step(obj, th_c["loop"], st_c["loop"], next(steps_c)),
+                     "batched": lambda: cocd["batched"].step(obj, th_c["batched"], st_c["batched"], next(steps_c)),
+                     "fwd": forwards_2b}, b.few, b.dev)
+    out["cocd_block"] = B
+    out["cocd_step_over_2b_forwards_loop"] = ratio(t, "loop", "fwd")
+    out["cocd_step_over_2b_forwards_batched"] = ratio(t, "batched", "fwd")
+    auto = make_optimizer("cocd", lr=1e-9, cocd_block=B).source.batch_queries(obj, b.theta0)
+    out["cocd_auto"] = "batched" if auto else "loop"
+    out["cocd_step_over_2b_forwards"] = out[f"cocd_step_over_2b_forwards_{out['cocd_auto']}"]
 
 
 def format_table(res: dict[str, Any]) -> str:

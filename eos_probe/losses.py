@@ -6,6 +6,12 @@ Built-in names keep the project's conventions (docs/theory.md §6):
   integer class label, or the target itself when the targets are floats of the output's shape (regression);
 * ``"ce"``: cross-entropy of integer class labels, averaged over loss terms.
 
+The ``mse`` λ_max is C/2 times that of ``nn.MSELoss(reduction="mean")``. A loss term is an example (images)
+or a counted position (sequences; target −1 = not in the loss). Each resolved loss is a :class:`Loss`
+object: per-term values, the term mask, the Gauss–Newton factor (used by ``curvature.ggn``), a criterion
+(used by the PyHessian adapter) and the convention text recorded in every run file. The built-in losses are
+written by hand: ``F.mse_loss`` breaks forward-over-reverse HVPs ("ZeroTensors are immutable").
+
 Any other loss is a callable ``loss_fn(output, target) -> scalar`` that averages over the examples of the
 batch it is given (a torch criterion such as ``nn.MSELoss()`` or ``nn.CrossEntropyLoss()`` with the
 default ``reduction="mean"``, or a plain function). The Objective evaluates it per micro-batch and weights
@@ -24,7 +30,8 @@ from torch import Tensor, nn
 
 from .errors import UserError
 
-BUILTIN = ("mse", "ce")
+#: the built-in loss names (``Objective(loss=...)``, the ``loss`` config key)
+LOSSES = BUILTIN = ("mse", "ce")
 
 #: modules whose second derivative is zero almost everywhere and undefined at a kink
 _KINKED = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid,
@@ -35,57 +42,173 @@ class KinkWarning(UserWarning):
     """The model has piecewise-linear pieces (ReLU, max-pooling): its Hessian ignores their kinks."""
 
 
-class Loss:
-    """One resolved loss: per-chunk sums of loss terms and correct predictions, and how terms are counted."""
+#: the convention of each built-in loss as recorded in every run file (attribute ``loss_convention``)
+LOSS_CONVENTIONS = {
+    "mse": "0.5*sum_outputs(f-onehot)^2, mean over loss terms (lambda_max = C/2 x nn.MSELoss mean)",
+    "ce": "cross-entropy, mean over loss terms",
+}
 
-    def __init__(self, name: str, fn: Callable[[Tensor, Tensor], Tensor] | None, *, num_classes: int,
-                 sequence: bool, regression: bool) -> None:
-        self.name = name            # "mse", "ce" or "custom"
-        self.fn = fn                # the user's callable for "custom"
+
+class Loss:
+    """One resolved loss: per-term values, the loss-term mask, the Gauss–Newton factor and its convention.
+
+    A loss is a mean over N loss terms ℓ(f_t) of network outputs f_t: an example, or a counted position of
+    a sequence (integer target −1 = not in the loss). Subclasses: :class:`MSELoss` (one-hot classes),
+    :class:`RegressionLoss`, :class:`CrossEntropyLoss`, :class:`CustomLoss`. Build them with
+    :func:`resolve_loss`, which checks the targets against the model first.
+
+    Attributes:
+        name: "mse", "ce" or "custom" (regression is "mse" with float targets).
+        fn: the user's callable for "custom", else None.
+        num_classes: outputs per loss term.
+        sequence: integer targets (n, L) whose −1 entries are masked.
+        regression: float targets of the output's shape.
+    """
+
+    name = ""
+    fn: Callable[[Tensor, Tensor], Tensor] | None = None
+    regression = False
+
+    def __init__(self, *, num_classes: int, sequence: bool = False) -> None:
         self.num_classes = num_classes
-        self.sequence = sequence    # integer targets (n, L); −1 = position not in the loss
-        self.regression = regression  # float targets of the output's shape
+        self.sequence = sequence
 
     @property
     def convention(self) -> str:
-        if self.name == "custom":
-            return f"user loss {describe(self.fn)}, mean over examples"
-        if self.name == "mse" and self.regression:
-            return "0.5*sum_outputs(f-y)^2, mean over examples (regression targets)"
-        from .objective import LOSS_CONVENTIONS
-
+        """The text recorded as a run file's ``loss_convention`` attribute."""
         return LOSS_CONVENTIONS[self.name]
+
+    def mask(self, y: Tensor) -> Tensor | None:
+        """Boolean mask of the counted loss terms of targets ``y`` (None: every example counts)."""
+        return (y >= 0) if self.sequence else None
 
     def n_terms(self, y: Tensor) -> int:
         """Number of loss terms of a target tensor: examples, or counted positions of sequences."""
         return int((y >= 0).sum()) if self.sequence else int(y.shape[0])
 
+    def per_term(self, out: Tensor, y: Tensor) -> Tensor:
+        """ℓ(f_t) for every loss term of one chunk, masked terms included (their value is meaningless)."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
     def chunk_sum(self, out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """(Σ loss terms, Σ correct predictions) of one chunk of outputs (NaN correct for regression)."""
-        if self.name == "custom":
-            s = self.fn(out, y) * self.n_terms(y)
-            return s, self._correct(out, y)
-        if self.regression:
-            per = 0.5 * ((out - y.to(out.dtype)) ** 2).reshape(out.shape[0], -1).sum(-1)
-            return per.sum(), out.new_full((), float("nan"))
-        mask = (y >= 0).to(out.dtype) if self.sequence else None
-        target = y.clamp(min=0) if self.sequence else y
-        if self.name == "mse":
-            onehot = torch.nn.functional.one_hot(target, self.num_classes).to(out.dtype)
-            per = 0.5 * ((out - onehot) ** 2).sum(-1)
-        else:
-            per = torch.logsumexp(out, -1) - out.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-        correct = (out.argmax(-1) == target).to(out.dtype)
+        per = self.per_term(out, y)
+        correct = (out.argmax(-1) == self._target(y)).to(out.dtype)
+        mask = self.mask(y)
         if mask is not None:
+            mask = mask.to(out.dtype)
             per = per * mask
             correct = correct * mask
         return per.sum(), correct.sum()
+
+    def gauss_newton(self, out: Tensor, v: Tensor, y: Tensor) -> Tensor:
+        """Bᵀ v per loss term, with A = ∇²_f ℓ = B Bᵀ taken at the outputs ``out`` (held fixed), masked terms zeroed.
+
+        ``v`` has the outputs' shape: the outputs themselves (whitened outputs u = Bᵀ f, whose θ-gradients
+        give the Gauss–Newton matrix) or a tangent J z (then ‖Bᵀ J z‖² = zᵀ G z per term).
+
+        Raises:
+            UserError: the loss has no closed-form output Hessian (a user callable).
+        """
+        u = self._whiten(out, v)
+        if self.sequence:
+            u = u * (y >= 0).to(u.dtype).unsqueeze(-1)
+        return u
+
+    def criterion(self) -> Callable[[Tensor, Tensor], Tensor]:
+        """The mean loss over the terms of a whole batch as a criterion(outputs, targets) (an ``nn.Module``)."""
+        return _Criterion(self)
+
+    def _target(self, y: Tensor) -> Tensor:
+        return y.clamp(min=0) if self.sequence else y
+
+    def _whiten(self, out: Tensor, v: Tensor) -> Tensor:
+        raise UserError(f"no Gauss–Newton form for loss {self.name!r}")
+
+
+class MSELoss(Loss):
+    """0.5 · Σ_outputs (f − onehot)² per term of integer class labels; A = I, so B = I."""
+
+    name = "mse"
+
+    def per_term(self, out: Tensor, y: Tensor) -> Tensor:
+        onehot = torch.nn.functional.one_hot(self._target(y), self.num_classes).to(out.dtype)
+        return 0.5 * ((out - onehot) ** 2).sum(-1)
+
+    def _whiten(self, out: Tensor, v: Tensor) -> Tensor:
+        return v
+
+
+class RegressionLoss(MSELoss):
+    """0.5 · Σ_outputs (f − y)² per example of float targets of the output's shape; A = I."""
+
+    regression = True
+
+    @property
+    def convention(self) -> str:
+        return "0.5*sum_outputs(f-y)^2, mean over examples (regression targets)"
+
+    def per_term(self, out: Tensor, y: Tensor) -> Tensor:
+        return 0.5 * ((out - y.to(out.dtype)) ** 2).reshape(out.shape[0], -1).sum(-1)
+
+    def chunk_sum(self, out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        return self.per_term(out, y).sum(), out.new_full((), float("nan"))
+
+
+class CrossEntropyLoss(Loss):
+    """logsumexp(f) − f_y per term; A = diag(p) − p pᵀ = B Bᵀ with B = diag(√p) − p √pᵀ, p = softmax(f)."""
+
+    name = "ce"
+
+    def per_term(self, out: Tensor, y: Tensor) -> Tensor:
+        return torch.logsumexp(out, -1) - out.gather(-1, self._target(y).unsqueeze(-1)).squeeze(-1)
+
+    def _whiten(self, out: Tensor, v: Tensor) -> Tensor:
+        p = torch.softmax(out.detach(), dim=-1)
+        sp = p.sqrt()
+        return sp * (v - (p * v).sum(-1, keepdim=True))
+
+
+class CustomLoss(Loss):
+    """A user callable ``loss_fn(output, target) -> scalar``, a mean over the examples it is given."""
+
+    name = "custom"
+
+    def __init__(self, fn: Callable[[Tensor, Tensor], Tensor], *, num_classes: int, sequence: bool,
+                 regression: bool) -> None:
+        super().__init__(num_classes=num_classes, sequence=sequence)
+        self.fn = fn
+        self.regression = regression
+
+    @property
+    def convention(self) -> str:
+        return f"user loss {describe(self.fn)}, mean over examples"
+
+    def chunk_sum(self, out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        s = self.fn(out, y) * self.n_terms(y)
+        return s, self._correct(out, y)
+
+    def criterion(self) -> Callable[[Tensor, Tensor], Tensor]:
+        return self.fn
 
     def _correct(self, out: Tensor, y: Tensor) -> Tensor:
         if not y.is_floating_point() and out.dim() == y.dim() + 1:
             c = (out.argmax(-1) == y).to(out.dtype)
             return (c * (y >= 0).to(out.dtype)).sum() if self.sequence else c.sum()
         return out.new_full((), float("nan"))
+
+
+class _Criterion(nn.Module):
+    """A built-in loss as an ``nn.Module`` criterion: Σ per-term values over the counted terms / their number."""
+
+    def __init__(self, loss: Loss) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, out: Tensor, y: Tensor) -> Tensor:
+        m = self.loss.mask(y)
+        mask = m.to(out.dtype) if m is not None else torch.ones(y.shape, dtype=out.dtype, device=y.device)
+        return (self.loss.per_term(out, y) * mask).sum() / mask.sum()
 
 
 def describe(fn) -> str:
@@ -121,7 +244,7 @@ def resolve_loss(loss, model: nn.Module, x: Tensor, y: Tensor, num_classes: int 
     if custom:
         _check_callable(loss, out, y[: out.shape[0]])
         sequence = not float_targets and y.dim() == 2 and out.dim() == 3
-        return Loss("custom", loss, num_classes=n_out, sequence=sequence, regression=float_targets)
+        return CustomLoss(loss, num_classes=n_out, sequence=sequence, regression=float_targets)
     if float_targets:
         if loss == "ce":
             raise UserError(f"loss 'ce' takes integer class labels (torch.long) of shape (n,), got {y.dtype} "
@@ -130,7 +253,7 @@ def resolve_loss(loss, model: nn.Module, x: Tensor, y: Tensor, num_classes: int 
             raise UserError(f"loss 'mse' with float targets is regression and needs targets of the output's shape "
                             f"(n, {', '.join(map(str, out.shape[1:]))}), got {tuple(y.shape)}; class labels must "
                             "be integers (torch.long)")
-        return Loss("mse", None, num_classes=n_out, sequence=False, regression=True)
+        return RegressionLoss(num_classes=n_out)
     if y.dtype in (torch.bool, torch.uint8) or y.is_complex():
         raise UserError(f"targets of dtype {y.dtype} are neither class labels (torch.long) nor regression targets (float)")
     sequence = y.dim() == 2
@@ -144,7 +267,7 @@ def resolve_loss(loss, model: nn.Module, x: Tensor, y: Tensor, num_classes: int 
         raise UserError(f"class labels must lie in 0..{n_out - 1} (the model has {n_out} outputs"
                         f"{'; -1 masks a position' if sequence else ''}), got labels in "
                         f"{int(y.min())}..{int(y.max())}")
-    return Loss(loss, None, num_classes=n_out, sequence=sequence, regression=False)
+    return (MSELoss if loss == "mse" else CrossEntropyLoss)(num_classes=n_out, sequence=sequence)
 
 
 def _sample_output(model: nn.Module, x: Tensor) -> Tensor:

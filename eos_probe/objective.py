@@ -5,14 +5,8 @@ Monte-Carlo seeds). `ParamSpace.unflatten` turns θ into a dict of *views* for
 `torch.func.functional_call`, so gradients and Hessian-vector products w.r.t. θ come straight out of
 torch.func, and linear algebra (Lanczos, Hutchinson) works on plain vectors.
 
-Loss conventions (recorded in every run file):
-  mse: 0.5 · Σ_outputs (f − onehot)², averaged over loss terms (docs/theory.md §6);
-       its λ_max is C/2 times that of `nn.MSELoss(reduction="mean")`.
-  ce:  cross-entropy, averaged over loss terms.
-Float targets of the output's shape make `mse` a regression loss (0.5 · Σ (f − y)²); any callable
-(output, target) → scalar is accepted too (see eos_probe/losses.py, where targets are checked).
-A loss term is an example (images) or a counted position (sequences; target −1 = not in the loss).
-The loss is written by hand: `F.mse_loss` breaks forward-over-reverse HVPs ("ZeroTensors are immutable").
+The loss is a `eos_probe.losses.Loss` (mse: 0.5 · Σ_outputs (f − onehot)², ce, regression or a user
+callable), averaged over loss terms; its convention text is recorded in every run file.
 """
 from __future__ import annotations
 
@@ -25,10 +19,10 @@ import torch
 from torch import Tensor
 from torch.func import functional_call, grad, jvp, vmap
 
+from ._util import sync as _sync
 from .errors import UserError
-from .losses import resolve_loss
+from .losses import LOSS_CONVENTIONS, LOSSES, resolve_loss  # noqa: F401 - re-exported (config, old imports)
 
-LOSSES = ("mse", "ce")
 HVP_BACKENDS = ("auto", "fwd-rev", "double-backward")
 
 #: auto micro-batching (CPU): the largest per-chunk activation is kept under this many bytes. Measured on a
@@ -55,12 +49,6 @@ MEMORY_FACTORS = {
     "jacobian": 6.0,         # per example and per output row of vmap(jacrev) (the GGN trace, generic path)
     "jvp": 8.0,              # per example and per probe vector of the vmapped GGN quadratic
 }
-
-LOSS_CONVENTIONS = {
-    "mse": "0.5*sum_outputs(f-onehot)^2, mean over loss terms (lambda_max = C/2 x nn.MSELoss mean)",
-    "ce": "cross-entropy, mean over loss terms",
-}
-
 
 @dataclass(frozen=True)
 class ParamSpace:
@@ -375,11 +363,6 @@ def activation_bytes(model: torch.nn.Module, x: Tensor) -> tuple[int, int]:
     with torch.inference_mode(), _Sizes():
         model(sample)
     return -(-max(sizes, default=0) // b), -(-sum(sizes) // b)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class HVP:

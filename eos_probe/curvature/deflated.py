@@ -30,6 +30,7 @@ from ..errors import UserError
 from ._probes import default_generator, rademacher
 from .estimate import Estimate
 from .lanczos import lanczos_tridiagonal
+from .quadrature import probe_sums
 from .slq import gauss_rules
 from .operators import CurvatureOperator
 from .trace import t_factor
@@ -80,9 +81,7 @@ class RestQuadrature:
         """Per-probe estimates of Tr f(A); f vectorised over numpy arrays. `half`: from the nested rule of
         half the steps (its difference to the full rule estimates the quadrature error)."""
         nodes, weights = (self.half_nodes, self.half_weights) if half else (self.nodes, self.weights)
-        with np.errstate(invalid="ignore"):
-            vals = np.asarray(f(nodes), dtype=float)
-            return self.norms * np.where(weights > 0, weights * vals, 0.0).sum(axis=1)
+        return probe_sums(nodes, weights, f, self.norms)
 
     def hutchinson(self) -> np.ndarray:
         """Per-probe z'ᵀAz' (Gauss quadrature is exact for f(λ) = λ)."""

@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .quadrature import probe_sums
+
 
 @dataclass(frozen=True)
 class Estimate:
@@ -60,7 +62,7 @@ class Density:
 
     def trace_fn(self, f) -> tuple[float, float]:
         """(estimate, standard error) of Tr f(H) from these quadrature rules, f vectorised over arrays."""
-        per_probe = self.dim * (self.weights * f(self.nodes)).sum(axis=1)
+        per_probe = probe_sums(self.nodes, self.weights, f, self.dim)
         n = per_probe.shape[0]
         se = float(per_probe.std(ddof=1) / np.sqrt(n)) if n > 1 else float("inf")
         return float(per_probe.mean()), se

@@ -5,7 +5,7 @@ For a loss that is a mean over N loss terms ℓ(f_t) of network outputs f_t ∈ 
     H = G + R,   G = (1/N) Σ_t J_tᵀ A_t J_t,   A_t = ∇²_f ℓ(f_t),   R = (1/N) Σ_t Σ_c ∂_c ℓ · ∇²_θ f_{t,c}.
 
 A_t = B_t B_tᵀ with B = I for the MSE convention 0.5·Σ_c (f_c − onehot_c)² and B = diag(√p) − p √pᵀ for
-cross-entropy (p = softmax(f)), so with the "whitened outputs" u_{t,k} = Σ_c B_{ck} f_c (B held fixed)
+cross-entropy (p = softmax(f)) — `eos_probe.losses.Loss.gauss_newton` — so with the "whitened outputs" u_{t,k} = Σ_c B_{ck} f_c (B held fixed)
 
     Tr G = (1/N) Σ_t Σ_k ‖∇_θ u_{t,k}‖²,      zᵀ G z = (1/N) Σ_t Σ_k (∇_θ u_{t,k} · z)².
 
@@ -21,7 +21,6 @@ Loss terms must not interact across examples (no batch statistics), which holds 
 """
 from __future__ import annotations
 
-import math
 import time
 
 import torch
@@ -40,16 +39,7 @@ JACOBIAN_BUDGET = 1 << 25
 # ---------------------------------------------------------------------------------------------- outputs
 def _whiten(objective, out: Tensor, y: Tensor) -> Tensor:
     """u = Bᵀ f per loss term, with masked terms zeroed; shape (m, K) with K = (positions ×) classes."""
-    if objective.loss_name == "mse":
-        u = out
-    elif objective.loss_name == "ce":
-        p = torch.softmax(out.detach(), dim=-1)
-        sp = p.sqrt()
-        u = sp * (out - (p * out).sum(-1, keepdim=True))
-    else:  # pragma: no cover - Objective validates the loss name
-        raise UserError(f"no Gauss–Newton form for loss {objective.loss_name!r}")
-    if objective.sequence:
-        u = u * (y >= 0).to(u.dtype).unsqueeze(-1)
+    u = objective.loss_spec.gauss_newton(out, out, y)
     return u.reshape(u.shape[0], -1)
 
 
@@ -169,7 +159,7 @@ def _trace_jacobians(objective, theta: Tensor) -> Tensor:
             K = _whiten(objective, _outputs(objective, theta, x[:1]), y[:1]).shape[1]
         # the Jacobian itself (K·d per example) and vmap(jacrev)'s K backward passes per example
         # (Objective.MEMORY_FACTORS["jacobian"]) both within budget
-        m = max(1, min(JACOBIAN_BUDGET // max(1, K * objective.dim), _max_examples(objective, "jacobian", K)))
+        m = max(1, min(JACOBIAN_BUDGET // max(1, K * objective.dim), objective.max_examples("jacobian", K)))
         for xs, ys in zip(x.split(m), y.split(m)):
             J = jac(theta.detach(), xs, ys)
             total = total + (J.detach() ** 2).sum()
@@ -204,30 +194,20 @@ def ggn_trace(objective, theta: Tensor, path: str = "auto") -> tuple[float, dict
     return float(value) / objective.n_terms, {"path": used, "seconds": time.perf_counter() - t0}
 
 
-def _max_examples(objective, work: str, width: int) -> int:
-    fn = getattr(objective, "max_examples", None)  # objectives without a memory model: no extra limit
-    return fn(work, width) if fn is not None else 1 << 62
-
-
 def ggn_quadratic(objective, theta: Tensor, Z: Tensor) -> Tensor:
     """zᵀ G z for each row z of Z (m, d), by forward-mode products of the whitened outputs.
 
     Vmapped over row blocks of Z and over chunks of the data sized to the objective's memory budget."""
     theta = theta.detach()
-    chunks = objective.work_chunks("jvp") if hasattr(objective, "work_chunks") else objective.chunks
-    rows = objective.rows_per_block("jvp", chunks) if hasattr(objective, "rows_per_block") else Z.shape[0]
+    chunks = objective.work_chunks("jvp")
+    rows = objective.rows_per_block("jvp", chunks)
+    loss = objective.loss_spec
 
     def one(z: Tensor) -> Tensor:
         total = None
         for x, y in chunks:
             out, jout = jvp(lambda t: _outputs(objective, t, x), (theta,), (z,))
-            if objective.loss_name == "ce":
-                p = torch.softmax(out.detach(), -1)
-                ju = p.sqrt() * (jout - (p * jout).sum(-1, keepdim=True))
-            else:
-                ju = jout
-            if objective.sequence:
-                ju = ju * (y >= 0).to(ju.dtype).unsqueeze(-1)
+            ju = loss.gauss_newton(out, jout, y)
             s = (ju**2).sum()
             total = s if total is None else total + s
         return total / objective.n_terms

@@ -153,14 +153,7 @@ def _block_top_converged(alphas: list[float], betas: list[float], b: float, tol:
 
 def _lanczos_top(op: CurvatureOperator, k: int, tol: float, v0, max_iter: int,
                  generator: torch.Generator | None, bound: str) -> Estimate:
-    if bound not in BOUNDS:
-        raise UserError(f"unknown Lanczos error bound {bound!r}; choose one of {', '.join(BOUNDS)}")
-    if k < 1:
-        raise UserError(f"k must be at least 1, got {k}")
-    if k > op.dim:
-        raise UserError(f"asked for {k} eigenvalues of a {op.dim}-dimensional operator")
-    if not tol > 0:
-        raise UserError(f"tol must be positive, got {tol}")
+    _check_top_args(op, k, tol, bound)
     gen = default_generator(generator)
     max_iter = int(min(max(max_iter, k), op.dim))
     q, warm = _start_vector(op, v0, gen)
@@ -172,10 +165,9 @@ def _lanczos_top(op: CurvatureOperator, k: int, tol: float, v0, max_iter: int,
     restarts = 0
     block_start = 0
     converged = False
-    theta = res = err = S = None
-    first_done: int | None = None
+    theta = res = err = S = gap_err = None
+    persistence = _Persistence()
     eps = float(torch.finfo(op.dtype).eps)
-    first_theta = None
     # a few steps before trusting the residual test: a stale warm vector can be a wrong eigenvector, and a
     # Krylov space barely larger than k can hold k converged Ritz pairs while missing one above them
     min_steps = min(op.dim, max(2 * k + 1, MIN_KRYLOV))
@@ -187,12 +179,7 @@ def _lanczos_top(op: CurvatureOperator, k: int, tol: float, v0, max_iter: int,
         b = float(w.norm())
         alphas.append(a)
         norm_est = max(norm_est, abs(a) + b + (betas[-1] if betas else 0.0))
-        if len(alphas) == 1:
-            theta, S = np.array([a]), np.ones((1, 1))
-        else:
-            theta, S = eigh_tridiagonal(np.array(alphas), np.array(betas))
-        order = np.argsort(theta)[::-1]
-        theta, S = theta[order], S[:, order]
+        theta, S = _sorted_ritz(alphas, betas)
         # a residual below round-off certifies nothing finer than round-off: floor it at ROUNDOFF·ε·‖H‖
         res = np.maximum(b * np.abs(S[-1, :]), ROUNDOFF * eps * norm_est)
         gap_err = _ritz_errors(theta, res)
@@ -202,19 +189,7 @@ def _lanczos_top(op: CurvatureOperator, k: int, tol: float, v0, max_iter: int,
         done = bool(np.all(err[:m] <= tol * scale)) and m == k and j + 1 >= min_steps \
             and _separated(theta, res, k, tol, 1e-14 * max(norm_est, 1e-300)) \
             and j + 1 >= _steps_for_gap(theta, k, op.dim)
-        if done:
-            # persistence: a stop is final only after the criteria have held over a further quarter of the
-            # steps taken (at least 2) with the top values unmoved; an eigenvalue that the start vector barely
-            # touched grows geometrically in those steps and moves θ_1 (a close top cluster otherwise
-            # returned λ₂ "converged" in a few % of cold starts)
-            if first_done is None:
-                first_done, first_theta = j, theta[:m].copy()
-            if j < first_done + max(2, first_done // 4):
-                done = False
-            elif np.any(np.abs(theta[:m] - first_theta) > err[:m] + 1e-15 * max(norm_est, 1e-300)):
-                first_done, first_theta, done = j, theta[:m].copy(), False
-        else:
-            first_done = None
+        done = persistence.confirm(done, j, theta[:m], err[:m], norm_est)
         if done and restarts:
             # after a restart the earlier blocks are exact; the newest block must have found the top of the
             # remaining space before we know that nothing above the current top-k is left
@@ -242,6 +217,51 @@ def _lanczos_top(op: CurvatureOperator, k: int, tol: float, v0, max_iter: int,
              "ritz_values": theta.copy(), "warm_start": warm, "restarts": restarts}
     return Estimate(value=theta[:m].copy(), error=err[:m].copy(), n_hvp=op.n_hvp - n0,
                     converged=converged, extra=extra)
+
+
+def _check_top_args(op: CurvatureOperator, k: int, tol: float, bound: str) -> None:
+    if bound not in BOUNDS:
+        raise UserError(f"unknown Lanczos error bound {bound!r}; choose one of {', '.join(BOUNDS)}")
+    if k < 1:
+        raise UserError(f"k must be at least 1, got {k}")
+    if k > op.dim:
+        raise UserError(f"asked for {k} eigenvalues of a {op.dim}-dimensional operator")
+    if not tol > 0:
+        raise UserError(f"tol must be positive, got {tol}")
+
+
+def _sorted_ritz(alphas: list[float], betas: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Ritz values (descending) and eigenvectors of the tridiagonal (alphas, betas)."""
+    if len(alphas) == 1:
+        theta, S = np.array([alphas[0]]), np.ones((1, 1))
+    else:
+        theta, S = eigh_tridiagonal(np.array(alphas), np.array(betas))
+    order = np.argsort(theta)[::-1]
+    return theta[order], S[:, order]
+
+
+class _Persistence:
+    """A stop is final only after the criteria have held over a further quarter of the steps taken (at least
+    2) with the top values unmoved; an eigenvalue that the start vector barely touched grows geometrically in
+    those steps and moves θ_1 (a close top cluster otherwise returned λ₂ "converged" in a few % of cold starts)."""
+
+    def __init__(self) -> None:
+        self.first_done: int | None = None
+        self.first_theta: np.ndarray | None = None
+
+    def confirm(self, done: bool, j: int, theta: np.ndarray, err: np.ndarray, norm_est: float) -> bool:
+        """Whether the stop criteria met (``done``) at step ``j`` with top values ``theta`` have persisted."""
+        if not done:
+            self.first_done = None
+            return False
+        if self.first_done is None:
+            self.first_done, self.first_theta = j, theta.copy()
+        if j < self.first_done + max(2, self.first_done // 4):
+            return False
+        if np.any(np.abs(theta - self.first_theta) > err + 1e-15 * max(norm_est, 1e-300)):
+            self.first_done, self.first_theta = j, theta.copy()
+            return False
+        return True
 
 
 def top_k(op: CurvatureOperator, k: int, tol: float = 1e-3, v0=None, max_iter: int = 200,

@@ -19,6 +19,7 @@ from ._probes import default_generator, rademacher
 from .estimate import Density, Estimate
 from .lanczos import lanczos_tridiagonal
 from .operators import CurvatureOperator
+from .quadrature import gaussian_density, probe_sums
 
 __all__ = ["spectral_density", "trace_fn", "quadrature"]
 
@@ -74,8 +75,7 @@ def spectral_density(op: CurvatureOperator, n_probes: int = 4, n_steps: int = 40
     if grid is None or isinstance(grid, (int, np.integer)):
         grid = np.linspace(lo - 5 * sigma, hi + 5 * sigma, int(grid or 512))
     grid = np.asarray(grid, dtype=float)
-    kern = np.exp(-0.5 * ((grid[None, None, :] - nodes[:, :, None]) / sigma) ** 2) / (sigma * np.sqrt(2 * np.pi))
-    density = (weights[:, :, None] * kern).sum(axis=1).mean(axis=0)
+    density = gaussian_density(nodes, weights, grid, sigma).mean(axis=0)
     return Density(nodes=nodes, weights=weights, grid=grid, density=density, n_hvp=n_hvp, dim=op.dim, sigma=sigma)
 
 
@@ -90,7 +90,7 @@ def trace_fn(op: CurvatureOperator, f: Callable[[np.ndarray], np.ndarray], n_pro
     if n_probes < 2:
         raise UserError(f"trace_fn needs at least 2 probes for a standard error, got {n_probes}")
     nodes, weights, n_hvp = quadrature(op, n_probes, n_steps, generator)
-    per_probe = op.dim * (weights * np.asarray(f(nodes), dtype=float)).sum(axis=1)
+    per_probe = probe_sums(nodes, weights, f, op.dim)
     se = float(per_probe.std(ddof=1) / np.sqrt(n_probes))
     return Estimate(value=float(per_probe.mean()), error=se, n_hvp=n_hvp,
                     extra={"nodes": nodes, "weights": weights, "samples": per_probe})

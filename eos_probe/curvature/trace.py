@@ -260,41 +260,14 @@ def trace(op: CurvatureOperator, method: str = "hutchinson", n_matvec: int = 100
 
     Theory: [docs/theory.md#metric-trace][metric-trace].
     """
-    if method not in METHODS:
-        raise UserError(f"unknown trace method {method!r}; choose one of {', '.join(METHODS)}")
-    if n_matvec < 2:
-        raise UserError(f"n_matvec must be at least 2 (a standard error needs two probes), got {n_matvec}")
-    if rtol is not None and not rtol > 0:
-        raise UserError(f"rtol must be positive, got {rtol}")
-    if isinstance(blocks, str) and blocks == "auto":
-        blocks = "layers" if method == "ggn+residual" else None
-    if blocks is not None and (method == "hutch++" or deflate is not None):
-        raise UserError("blocks= (stratified probes) does not combine with hutch++ or deflate=; pass blocks=None")
+    blocks = _check_trace_args(method, n_matvec, rtol, deflate, blocks)
     gen = default_generator(generator)
     n0 = op.n_hvp
     t0 = time.perf_counter()
     extra: dict = {"method": method}
-
+    n_jvp = [0]
     if method == "ggn+residual":
-        if deflate is not None:
-            raise UserError("deflate= does not combine with ggn+residual (the Gauss–Newton part is already exact)")
-        objective = objective if objective is not None else getattr(op, "objective", None)
-        theta = theta if theta is not None else getattr(op, "theta", None)
-        if objective is None or theta is None:
-            raise UserError("ggn+residual needs the objective and θ: pass a HessianOperator or objective=, theta=")
-        if not isinstance(op, HessianOperator):
-            raise UserError("ggn+residual applies to the Hessian itself, not to a preconditioned or dense operator")
-        from .ggn import ggn_quadratic, ggn_trace
-
-        exact, info = ggn_trace(objective, theta, path=ggn_path)
-        extra.update(exact_part=exact, ggn_path=info["path"], ggn_seconds=info["seconds"])
-        n_jvp = [0]
-
-        def quad(Z: Tensor) -> np.ndarray:
-            zhz = (Z * op.matmat(Z)).sum(1)
-            n_jvp[0] += Z.shape[0]
-            return (zhz - ggn_quadratic(objective, theta, Z)).double().cpu().numpy()
-
+        quad, objective, exact = _ggn_residual(op, objective, theta, deflate, ggn_path, extra, n_jvp)
         V = None
     else:
         V, exact = _deflation_basis(op, deflate)
@@ -305,38 +278,96 @@ def trace(op: CurvatureOperator, method: str = "hutchinson", n_matvec: int = 100
     masks = _resolve_strata(op, blocks, objective, n_matvec)
     budget = n_matvec
     if method == "hutch++":
-        n_sketch = max(1, n_matvec // 3)
-        if 2 * n_sketch + 2 > n_matvec:
-            raise UserError(f"hutch++ needs n_matvec >= 5 (sketch, projection and 2 probes), got {n_matvec}")
-        S = _project_out(rademacher(n_sketch, op.dim, gen, op.dtype, op.device), V)
-        Y = _project_out(op.matmat(S), V)
-        Qs, _ = torch.linalg.qr(Y.T)
-        Qs = Qs.T.contiguous()
-        exact += float((Qs * op.matmat(Qs)).sum())
-        V = Qs if V is None else torch.cat([V, Qs])
-        budget = n_matvec - 2 * n_sketch
-        extra["sketch_size"] = n_sketch
-
+        V, exact, budget = _hutchpp_sketch(op, V, exact, n_matvec, gen, extra)
     if masks is not None:
-        def rows(ids: list[int]) -> np.ndarray:
-            Z = rademacher(len(ids), op.dim, gen, op.dtype, op.device)
-            return quad(Z * torch.stack([masks[b] for b in ids]).to(Z.dtype))
-
-        per, met = _stratified_loop(rows, masks, budget, rtol, exact)
-        mean = float(sum(x.mean() for x in per))
-        se = _stratified_se(per)
-        extra.update(samples=per, n_probes=int(sum(x.shape[0] for x in per)),
-                     strata_sizes=[int(m.sum()) for m in masks])
+        mean, se, met = _stratified_samples(op, quad, masks, budget, rtol, exact, gen, extra)
     else:
-        if V is not None and V.shape[0] >= op.dim:
-            samples, met = np.zeros(2), True  # the basis spans everything: the exact part is the trace
-        else:
-            samples, met = _hutchinson_loop(
-                lambda m: quad(_project_out(rademacher(m, op.dim, gen, op.dtype, op.device), V)), budget, rtol, exact)
-        mean, se = _stats(samples)
-        extra.update(samples=samples, n_probes=int(samples.shape[0]))
+        mean, se, met = _plain_samples(op, quad, V, budget, rtol, exact, gen, extra)
     if method == "ggn+residual":
         extra["n_jvp"] = n_jvp[0]
     extra["exact_part"] = exact
     extra["seconds"] = time.perf_counter() - t0
     return Estimate(value=exact + mean, error=se, n_hvp=op.n_hvp - n0, converged=bool(met), extra=extra)
+
+
+def _check_trace_args(method: str, n_matvec: int, rtol: float | None, deflate, blocks):
+    """Refuse bad arguments of `trace`; returns ``blocks`` with "auto" resolved."""
+    if method not in METHODS:
+        raise UserError(f"unknown trace method {method!r}; choose one of {', '.join(METHODS)}")
+    if n_matvec < 2:
+        raise UserError(f"n_matvec must be at least 2 (a standard error needs two probes), got {n_matvec}")
+    if rtol is not None and not rtol > 0:
+        raise UserError(f"rtol must be positive, got {rtol}")
+    if isinstance(blocks, str) and blocks == "auto":
+        blocks = "layers" if method == "ggn+residual" else None
+    if blocks is not None and (method == "hutch++" or deflate is not None):
+        raise UserError("blocks= (stratified probes) does not combine with hutch++ or deflate=; pass blocks=None")
+    return blocks
+
+
+def _ggn_residual(op: CurvatureOperator, objective, theta: Tensor | None, deflate, ggn_path: str, extra: dict,
+                  n_jvp: list[int]):
+    """(quad, objective, Tr G): the exact Gauss–Newton trace and the probe function zᵀHz − zᵀGz of the rest."""
+    if deflate is not None:
+        raise UserError("deflate= does not combine with ggn+residual (the Gauss–Newton part is already exact)")
+    objective = objective if objective is not None else getattr(op, "objective", None)
+    theta = theta if theta is not None else getattr(op, "theta", None)
+    if objective is None or theta is None:
+        raise UserError("ggn+residual needs the objective and θ: pass a HessianOperator or objective=, theta=")
+    if not isinstance(op, HessianOperator):
+        raise UserError("ggn+residual applies to the Hessian itself, not to a preconditioned or dense operator")
+    from .ggn import ggn_quadratic, ggn_trace
+
+    exact, info = ggn_trace(objective, theta, path=ggn_path)
+    extra.update(exact_part=exact, ggn_path=info["path"], ggn_seconds=info["seconds"])
+
+    def quad(Z: Tensor) -> np.ndarray:
+        zhz = (Z * op.matmat(Z)).sum(1)
+        n_jvp[0] += Z.shape[0]
+        return (zhz - ggn_quadratic(objective, theta, Z)).double().cpu().numpy()
+
+    return quad, objective, exact
+
+
+def _hutchpp_sketch(op: CurvatureOperator, V: Tensor | None, exact: float, n_matvec: int, gen,
+                    extra: dict) -> tuple[Tensor, float, int]:
+    """Hutch++'s sketch: its range joins the deflation basis V, its trace the exact part; returns the probe budget left."""
+    n_sketch = max(1, n_matvec // 3)
+    if 2 * n_sketch + 2 > n_matvec:
+        raise UserError(f"hutch++ needs n_matvec >= 5 (sketch, projection and 2 probes), got {n_matvec}")
+    S = _project_out(rademacher(n_sketch, op.dim, gen, op.dtype, op.device), V)
+    Y = _project_out(op.matmat(S), V)
+    Qs, _ = torch.linalg.qr(Y.T)
+    Qs = Qs.T.contiguous()
+    exact += float((Qs * op.matmat(Qs)).sum())
+    V = Qs if V is None else torch.cat([V, Qs])
+    extra["sketch_size"] = n_sketch
+    return V, exact, n_matvec - 2 * n_sketch
+
+
+def _stratified_samples(op: CurvatureOperator, quad, masks: list[Tensor], budget: int, rtol: float | None,
+                        exact: float, gen, extra: dict) -> tuple[float, float, bool]:
+    """(mean, s.e., met) of the probe part from probes stratified over the parameter blocks ``masks``."""
+    def rows(ids: list[int]) -> np.ndarray:
+        Z = rademacher(len(ids), op.dim, gen, op.dtype, op.device)
+        return quad(Z * torch.stack([masks[b] for b in ids]).to(Z.dtype))
+
+    per, met = _stratified_loop(rows, masks, budget, rtol, exact)
+    mean = float(sum(x.mean() for x in per))
+    se = _stratified_se(per)
+    extra.update(samples=per, n_probes=int(sum(x.shape[0] for x in per)),
+                 strata_sizes=[int(m.sum()) for m in masks])
+    return mean, se, met
+
+
+def _plain_samples(op: CurvatureOperator, quad, V: Tensor | None, budget: int, rtol: float | None, exact: float,
+                   gen, extra: dict) -> tuple[float, float, bool]:
+    """(mean, s.e., met) of the probe part from Rademacher probes projected off the basis V."""
+    if V is not None and V.shape[0] >= op.dim:
+        samples, met = np.zeros(2), True  # the basis spans everything: the exact part is the trace
+    else:
+        samples, met = _hutchinson_loop(
+            lambda m: quad(_project_out(rademacher(m, op.dim, gen, op.dtype, op.device), V)), budget, rtol, exact)
+    mean, se = _stats(samples)
+    extra.update(samples=samples, n_probes=int(samples.shape[0]))
+    return mean, se, met

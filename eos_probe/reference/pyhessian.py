@@ -1,7 +1,7 @@
 """PyHessian (Yao et al. 2020, ``pip install pyhessian``) on the same model, data and loss as an Objective.
 
 A thin adapter: the model is copied with θ loaded (the caller's module is never touched), the loss is the
-objective's convention written as a criterion, and PyHessian's power iteration and Hutchinson trace run as
+objective's `Loss` as a criterion (`Loss.criterion`), and PyHessian's power iteration and Hutchinson trace run as
 PyHessian ships them. Their Hessian-vector products are counted by wrapping PyHessian's own HVP function.
 PyHessian draws its random vectors from torch's global generator in the default dtype; the adapter seeds a
 forked generator and sets the default dtype to the model's, so runs are reproducible and float64 works.
@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..curvature.estimate import Estimate
 from ..errors import UserError
@@ -39,24 +39,6 @@ def pyhessian_available() -> bool:
     return True
 
 
-class _Criterion(nn.Module):
-    """The objective's loss convention as an ``nn.Module`` criterion(outputs, targets)."""
-
-    def __init__(self, loss: str, num_classes: int, sequence: bool) -> None:
-        super().__init__()
-        self.loss, self.num_classes, self.sequence = loss, num_classes, sequence
-
-    def forward(self, out: Tensor, y: Tensor) -> Tensor:
-        mask = (y >= 0).to(out.dtype) if self.sequence else torch.ones(y.shape, dtype=out.dtype, device=y.device)
-        target = y.clamp(min=0)
-        if self.loss == "mse":
-            onehot = torch.nn.functional.one_hot(target, self.num_classes).to(out.dtype)
-            per = 0.5 * ((out - onehot) ** 2).sum(-1)
-        else:
-            per = torch.logsumexp(out, -1) - out.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-        return (per * mask).sum() / mask.sum()
-
-
 class PyHessianReference:
     """λ_max, top-k and trace of the objective's Hessian at θ, computed by PyHessian (full batch)."""
 
@@ -71,7 +53,7 @@ class PyHessianReference:
             params = objective.space.unflatten(theta.detach())
             for name, p in self.model.named_parameters():
                 p.copy_(params[name])
-        self.criterion = _Criterion(objective.loss_name, objective.num_classes, objective.sequence)
+        self.criterion = objective.loss_spec.criterion()  # the same convention, as a batch-mean criterion
         self.device = theta.device
         self.dtype = theta.dtype
         self._hessian = None

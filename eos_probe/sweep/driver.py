@@ -73,37 +73,9 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, *, engine: str = "local", wo
     points = spec.points(out_dir)
     manifest_path = out_dir / MANIFEST
     entries = [_entry(p, out_dir) for p in points]
-    todo_resume: list[int] = []
-    todo_fresh: list[int] = []
-    for i, p in enumerate(points):
-        st = file_state(p.file)
-        e = entries[i]
-        if st["state"] == "missing":
-            todo_fresh.append(i)
-            continue
-        if st["state"] == "unreadable":
-            e.update(status="failed", error=st["error"] + "; move it away to retrain the point")
-            continue
-        diff = config_difference(st.get("config"), p.config)
-        if diff:
-            e.update(status="failed", error=f"{p.file} holds a run with other settings ({', '.join(diff)}); "
-                                            "move it away or use another --out-dir")
-            continue
-        if is_done(st, p.config["steps"]):
-            e.update(status=st["state"], stop_reason=st["stop_reason"], stop_step=st["stop_step"], skipped=True)
-            continue
-        e["status"] = "resuming"
-        todo_resume.append(i)
+    todo_resume, todo_fresh = _triage(points, entries)
     skipped = sum(1 for e in entries if e.get("skipped"))
-    tasks: list[list[int]] = [[i] for i in todo_resume]
-    if pack:
-        index = {p.name: i for i, p in enumerate(points)}
-        tasks += [[index[q.name] for q in group] for group in packs([points[i] for i in todo_fresh])]
-    else:
-        tasks += [[i] for i in todo_fresh]
-    for t, idx in enumerate(tasks):
-        for i in idx:
-            entries[i]["task"] = t
+    tasks = _tasks(points, entries, todo_resume, todo_fresh, pack)
 
     def save() -> None:
         write_json_atomic(manifest_path, {
@@ -126,30 +98,80 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, *, engine: str = "local", wo
     n = len(points)
     if skipped:
         echo(f"{skipped} of {n} points already done (skipped); {n - skipped - sum(e['status'] == 'failed' for e in entries)} to run")
-    done_count = skipped
     if tasks:
-        try:
-            for t, results in eng.run([[points[i].config for i in idx] for idx in tasks]):
-                for i, res in zip(tasks[t], results):
-                    e = entries[i]
-                    e.update(status=res["status"], stop_reason=res.get("stop_reason", ""),
-                             stop_step=res.get("stop_step"), error=res.get("error", ""),
-                             seconds=res.get("task_seconds"))
-                    done_count += 1
-                    echo(f"[{done_count}/{n}] {e['name']}: {e['status']}" +
-                         (f" at step {e['stop_step']} ({e['stop_reason']})" if e["status"] == "diverged" else "") +
-                         (f": {e['error']}" if e["error"] else ""))
-                save()
-        finally:
-            if engine_obj is None and hasattr(eng, "close"):
-                eng.close()
-        if getattr(eng, "retried", 0):
-            echo(f"{eng.retried} task(s) ran again after their worker died (resumed from their checkpoints)")
+        _execute(eng, engine_obj is None, points, entries, tasks, skipped, save, echo)
     counts: dict[str, int] = {}
     for e in entries:
         counts[e["status"]] = counts.get(e["status"], 0) + 1
     return SweepReport(out_dir, entries, time.perf_counter() - t0, skipped, engine, len(tasks),
                        getattr(eng, "retried", 0), counts)
+
+
+def _triage(points: list[Point], entries: list[dict[str, Any]]) -> tuple[list[int], list[int]]:
+    """Read each point's file: mark done, failed (unreadable, other settings) or resuming points in
+    ``entries``; returns the indices to resume and those to train afresh."""
+    todo_resume: list[int] = []
+    todo_fresh: list[int] = []
+    for i, p in enumerate(points):
+        st = file_state(p.file)
+        e = entries[i]
+        if st["state"] == "missing":
+            todo_fresh.append(i)
+            continue
+        if st["state"] == "unreadable":
+            e.update(status="failed", error=st["error"] + "; move it away to retrain the point")
+            continue
+        diff = config_difference(st.get("config"), p.config)
+        if diff:
+            e.update(status="failed", error=f"{p.file} holds a run with other settings ({', '.join(diff)}); "
+                                            "move it away or use another --out-dir")
+            continue
+        if is_done(st, p.config["steps"]):
+            e.update(status=st["state"], stop_reason=st["stop_reason"], stop_step=st["stop_step"], skipped=True)
+            continue
+        e["status"] = "resuming"
+        todo_resume.append(i)
+    return todo_resume, todo_fresh
+
+
+def _tasks(points: list[Point], entries: list[dict[str, Any]], todo_resume: list[int], todo_fresh: list[int],
+           pack: bool) -> list[list[int]]:
+    """Group the points to run into tasks (resumed points alone; fresh ones packed when ``pack``), recorded in
+    each entry's "task"."""
+    tasks: list[list[int]] = [[i] for i in todo_resume]
+    if pack:
+        index = {p.name: i for i, p in enumerate(points)}
+        tasks += [[index[q.name] for q in group] for group in packs([points[i] for i in todo_fresh])]
+    else:
+        tasks += [[i] for i in todo_fresh]
+    for t, idx in enumerate(tasks):
+        for i in idx:
+            entries[i]["task"] = t
+    return tasks
+
+
+def _execute(eng, owned: bool, points: list[Point], entries: list[dict[str, Any]], tasks: list[list[int]],
+             done_count: int, save: Callable[[], None], echo: Callable[[str], None]) -> None:
+    """Run the tasks on the engine, recording each result in its entry and the manifest as it arrives;
+    closes the engine if the sweep made it (``owned``)."""
+    n = len(points)
+    try:
+        for t, results in eng.run([[points[i].config for i in idx] for idx in tasks]):
+            for i, res in zip(tasks[t], results):
+                e = entries[i]
+                e.update(status=res["status"], stop_reason=res.get("stop_reason", ""),
+                         stop_step=res.get("stop_step"), error=res.get("error", ""),
+                         seconds=res.get("task_seconds"))
+                done_count += 1
+                echo(f"[{done_count}/{n}] {e['name']}: {e['status']}" +
+                     (f" at step {e['stop_step']} ({e['stop_reason']})" if e["status"] == "diverged" else "") +
+                     (f": {e['error']}" if e["error"] else ""))
+            save()
+    finally:
+        if owned and hasattr(eng, "close"):
+            eng.close()
+    if getattr(eng, "retried", 0):
+        echo(f"{eng.retried} task(s) ran again after their worker died (resumed from their checkpoints)")
 
 
 def read_manifest(out_dir: str | Path) -> dict[str, Any]:

@@ -1,0 +1,306 @@
+"""The panels of a figure, each drawn on a given matplotlib axis (for custom layouts in a notebook).
+
+`draw_bands` (measured curvature against the predicted stability bands), `draw_lambda`, `draw_loss`,
+`draw_margin`, `draw_spectrum` (with `density_grid`) and `draw_commutator`.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ..curvature.quadrature import gaussian_density
+from ..errors import UserError
+from ..run import Run, band_for
+from .style import (COMMUTATOR_REFERENCE, _band_label, _by_lr, _clip_y, _diverged_note, _edges, _finite_pos,
+                    _integer_steps, _key, _legend, _log_if_wide, _log_ticks, _lower, _mark_divergence, _require,
+                    _shade, _steps, _tex_quantity, _threshold_text, run_colors)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# panels
+
+
+def draw_bands(ax, runs: Sequence[Run], normalize: bool = False, *, colors: dict[str, str] | None = None,
+               legend: str = "outside") -> None:
+    """Tr(H_t) (solid, ±1 s.e. shaded) and Tr(H_t) + c·λ_max(H_t) (dash-dot) per run, with the run's
+    threshold T as a dashed line in the same colour; Adam runs use P⁻¹H. `normalize` divides by T."""
+    from matplotlib.lines import Line2D
+
+    runs = _by_lr(runs)
+    _require(runs, "bands", lambda r: r.curvature()["lambda_max"].notna().any()
+             and (r.band().kind == "classical" or r.curvature()["trace"].notna().any()),
+             "lambda_max,trace" + (",precond_lambda_max,precond_trace" if any(r.preconditioned for r in runs) else ""))
+    colors = colors or run_colors(runs)
+    plotted: list[np.ndarray] = []
+    thresholds = []
+    handles = []
+    quantities = set()
+    classical_only = True
+    zo_drawn = False
+    for r in runs:
+        b = r.band()
+        col = colors[_key(r)]
+        cur = r.curvature()
+        s = cur["step"].to_numpy()
+        scale = 1.0 / b.threshold if normalize else 1.0
+        if b.kind == "classical":
+            y, e = cur["lambda_max"].to_numpy() * scale, cur["lambda_max_err"].to_numpy() * scale
+            ax.plot(s, y, color=col, marker="o", ms=2.5)
+            plotted.append(y)
+        else:
+            classical_only = False
+            tr, tre = cur["trace"].to_numpy() * scale, cur["trace_err"].to_numpy() * scale
+            upper = tr + b.c * cur["lambda_max"].to_numpy() * scale
+            ax.plot(s, tr, color=col, marker="o", ms=2.5)
+            _shade(ax, s, tr, tre, col)
+            ax.plot(s, upper, color=col, ls="-.", lw=1.1, alpha=0.9)
+            plotted += [tr, upper, _lower(tr, tre)]
+            if _draw_zo_trace(ax, r, scale, col):
+                zo_drawn = True
+        quantities.add(b.quantity)
+        T = 1.0 if normalize else b.threshold
+        thresholds.append(T)
+        ax.axhline(T, color=col, ls="--", lw=1.0)
+        handles.append(Line2D([], [], color=col, marker="o", ms=3, label=_band_label(r, b)))
+        _mark_divergence(ax, r, col)
+    q = " / ".join(sorted(_tex_quantity(x) for x in quantities))
+    lam = " / ".join(sorted({_tex_quantity(b.lambda_max_quantity) for b in (r.band() for r in runs)
+                             if b.kind != "classical"})) or r"$\lambda_{\max}$"
+    cs = {round(r.band().c, 6) for r in runs if r.band().kind != "classical"}
+    style = [Line2D([], [], color="0.3", marker="o", ms=3, label=q + (" (±1 s.e.)" if not classical_only else ""))]
+    if not classical_only:
+        c_text = f"c={next(iter(cs)):.3g}" if len(cs) == 1 else "c per run"
+        style.append(Line2D([], [], color="0.3", ls="-.", label=f"{q} + c·{lam}  ({c_text})"))
+    if zo_drawn:
+        style.append(Line2D([], [], color="0.3", lw=0.7, alpha=0.6,
+                            label=r"Tr(H) from the ZO steps (zo_trace, window mean)"))
+    style.append(Line2D([], [], color="0.3", ls="--", label="threshold T" + (" (= 1)" if normalize else "")))
+    if any(r.status == "diverged" for r in runs):
+        style.append(Line2D([], [], color="0.3", ls=":", lw=0.9, label="run diverged"))
+    ax.set_xlabel("step (updates)")
+    ax.set_ylabel(f"{q} / T" if normalize else (q if len(quantities) == 1 else "curvature"))
+    # linear axes show the approach to T best; an η sweep spans several T's, and curvature far below T
+    # would sit flat on the axis: log axes then
+    log = _log_if_wide(ax, [np.array(thresholds)], ratio=3.0) or _log_if_wide(ax, plotted + [np.array(thresholds)],
+                                                                             ratio=30.0)
+    _clip_y(ax, plotted, thresholds, log)
+    _integer_steps(ax)
+    _legend(ax, legend, handles, style)
+    ax.set_title("measured curvature vs mean-square stability band" if not classical_only
+                 else "measured curvature vs classical stability threshold")
+
+
+def _draw_zo_trace(ax, run: Run, scale: float, color: str) -> bool:
+    """The free Tr(H) monitor of a ZO run (/train/zo_trace) as a thin line beside the probe's trace.
+
+    Not drawn for Adam runs: their band is about P⁻¹H, while the ZO directions measure the plain H."""
+    if run.preconditioned or "zo_trace" not in run.train:
+        return False
+    zt = run.train["zo_trace"].to_numpy() * scale
+    ok = np.isfinite(zt)
+    if not ok.any():
+        return False
+    ax.plot(run.train["step"].to_numpy()[ok], zt[ok], color=color, lw=0.7, alpha=0.6)
+    return True
+
+
+def draw_lambda(ax, runs: Sequence[Run], *, colors: dict[str, str] | None = None, legend: str = "outside") -> None:
+    """λ_max(H_t) (P⁻¹H for Adam) against the first-order thresholds 2/η, 2(1+β)/η, 2(1+β)/((1−β)η)."""
+    from matplotlib.lines import Line2D
+
+    runs = _by_lr(runs)
+    _require(runs, "lambda", lambda r: r.curvature()["lambda_max"].notna().any(),
+             "precond_lambda_max" if any(r.preconditioned for r in runs) else "lambda_max")
+    colors = colors or run_colors(runs)
+    handles, plotted, thresholds, quantities = [], [], [], set()
+    any_zo = False
+    for r in runs:
+        col = colors[_key(r)]
+        cur = r.curvature()
+        fo = band_for({**r.config, "optimizer": r.optimizer.removeprefix("zo-")}, r.attrs.get("n_params"))
+        s = cur["step"].to_numpy()
+        y, e = cur["lambda_max"].to_numpy(), cur["lambda_max_err"].to_numpy()
+        ax.plot(s, y, color=col, marker="o", ms=2.5)
+        _shade(ax, s, y, e, col)
+        ax.axhline(fo.threshold, color=col, ls="--", lw=1.0)
+        plotted += [y, _lower(y, e)]
+        thresholds.append(fo.threshold)
+        quantities.add(fo.quantity)
+        label = f"{r.label()}  (first-order edge {_threshold_text(fo)}"
+        zo = r.band()
+        if zo.kind != "classical" and np.isfinite(zo.lambda_max_limit):
+            # the per-mode limit of the ZO run itself (what `eos-probe bands` prints), below 2/η
+            ax.axhline(zo.lambda_max_limit, color=col, ls=":", lw=1.2)
+            thresholds.append(zo.lambda_max_limit)
+            label += f"; ZO per-mode limit {zo.lambda_max_limit:.4g}"
+            any_zo = True
+        handles.append(Line2D([], [], color=col, marker="o", ms=3, label=label + ")" + _diverged_note(r)))
+        _mark_divergence(ax, r, col)
+    q = " / ".join(sorted(_tex_quantity(x) for x in quantities))
+    log = _log_if_wide(ax, plotted + [np.array(thresholds)], ratio=8.0)
+    _clip_y(ax, plotted, thresholds, log)
+    ax.set_xlabel("step (updates)")
+    ax.set_ylabel(q)
+    _integer_steps(ax)
+    styles = [Line2D([], [], color="0.3", marker="o", ms=3, label=q + " (± Ritz residual bound)"),
+              Line2D([], [], color="0.3", ls="--", label="first-order threshold")]
+    if any_zo:
+        styles.append(Line2D([], [], color="0.3", ls=":", lw=1.2, label="ZO per-mode limit (mean square)"))
+    _legend(ax, legend, handles, styles)
+    ax.set_title("sharpness vs the classical edge of stability" if not any_zo
+                 else "sharpness vs the first-order edge and the ZO per-mode limit")
+
+
+def draw_loss(ax, runs: Sequence[Run], *, colors: dict[str, str] | None = None, legend: str = "inside") -> None:
+    """Training loss (log scale) against the step; a diverged run ends in ×."""
+    runs = _by_lr(runs)
+    colors = colors or run_colors(runs)
+    any_rows = False
+    conventions = set()
+    for r in runs:
+        if len(r.train) == 0:
+            continue
+        any_rows = True
+        col = colors[_key(r)]
+        s, loss = r.train["step"].to_numpy(), r.train["loss"].to_numpy()
+        ok = np.isfinite(loss) & (loss > 0)
+        ax.plot(s[ok], loss[ok], color=col, label=r.label() + _diverged_note(r), lw=1.2)
+        if r.status == "diverged" and ok.any():
+            ax.plot(s[ok][-1], loss[ok][-1], marker="x", color=col, ms=6, mew=1.5)
+        conventions.add(r.config.get("loss", "mse"))
+    if not any_rows:
+        raise UserError(f"{runs[0].path}: no training rows logged yet; nothing to plot")
+    ax.set_yscale("log")
+    # a diverged run's last loss (up to 1000× the start, or inf) would flatten every other curve
+    finite = np.concatenate([_finite_pos(r.train["loss"].to_numpy()) for r in runs if len(r.train)])
+    start = max(float(r.train["loss"].iloc[0]) for r in runs if len(r.train))
+    if finite.size and finite.max() > 30 * start:
+        ax.set_ylim(finite.min() / 1.5, 30 * start)
+        for ln in ax.get_lines():
+            ln.set_clip_on(True)
+        for r in runs:
+            if r.status == "diverged" and len(r.train):
+                ax.plot(r.train["step"].iloc[-1], 30 * start, marker="^", color=colors[_key(r)], ms=6,
+                        clip_on=False)
+    _log_ticks(ax, flat_linear=True)
+    _integer_steps(ax)
+    ax.set_xlabel("step (updates)")
+    name = {"mse": r"train loss  ($\frac{1}{2}\Sigma(f-y)^2$, mean)", "ce": "train loss (cross-entropy)"}
+    ax.set_ylabel(name.get(next(iter(conventions)), "train loss") if len(conventions) == 1 else "train loss")
+    if legend in ("inside", "outside"):
+        ax.legend(loc="best" if legend == "inside" else "upper left",
+                  bbox_to_anchor=None if legend == "inside" else (1.01, 1.0))
+    ax.set_title("training loss (full batch)")
+
+
+def draw_margin(ax, runs: Sequence[Run], *, colors: dict[str, str] | None = None, legend: str = "outside") -> None:
+    """The exact mean-square sum S(η) (probe `ms_margin`, docs/theory.md §2) against the step: stable iff S < 1."""
+    from matplotlib.lines import Line2D
+
+    runs = _by_lr(runs)
+    _require(runs, "margin", lambda r: "ms_margin" in r.probe, "ms_margin")
+    colors = colors or run_colors(runs)
+    handles, plotted = [], []
+    for r in runs:
+        col = colors[_key(r)]
+        s = _steps(r)
+        y, e = r.probe["ms_margin"].to_numpy(), r.probe["ms_margin_err"].to_numpy()
+        ax.plot(s, y, color=col, marker="o", ms=2.5)
+        _shade(ax, s, y, e, col)
+        plotted += [y, _lower(y, e)]
+        handles.append(Line2D([], [], color=col, marker="o", ms=3, label=r.label() + _diverged_note(r)))
+        _mark_divergence(ax, r, col)
+    ax.axhline(1.0, color="0.2", ls="--", lw=1.0)
+    log = _log_if_wide(ax, plotted + [np.array([1.0])], ratio=30.0)
+    _clip_y(ax, plotted, [1.0], log)
+    _integer_steps(ax)
+    ax.set_xlabel("step (updates)")
+    ax.set_ylabel(r"$S(\eta)=\mathrm{Tr}\,f(H)$")
+    _legend(ax, legend, handles, [Line2D([], [], color="0.3", marker="o", ms=3, label="S(η) (±1 s.e.)"),
+                                  Line2D([], [], color="0.2", ls="--", label="S = 1: mean-square edge")])
+    ax.set_title("exact mean-square stability sum (stable iff S < 1)")
+
+
+def density_grid(nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian-broadened SLQ density on `grid` for each probe step: (n_steps_logged, len(grid)).
+
+    nodes/weights: (n, p, k); the weights of each probe vector are normalised to 1, probes averaged.
+    """
+    nodes = np.asarray(nodes, float)
+    weights = np.nan_to_num(np.asarray(weights, float), nan=0.0)
+    nodes = np.where(np.isfinite(nodes), nodes, 0.0)
+    tot = weights.sum(-1, keepdims=True)
+    w = np.divide(weights, tot, out=np.zeros_like(weights), where=tot > 0)
+    return gaussian_density(nodes, w, np.asarray(grid, float), sigma).mean(1)
+
+
+def draw_spectrum(ax, run: Run, name: str | None = None, colorbar: bool = True) -> None:
+    """SLQ spectral density over training as a heat map (step × eigenvalue, log₁₀ density), with λ_max."""
+    if len(run.probe) == 0 and not run.spectra_names:
+        raise UserError(f"{run.path}: no probe data to plot --kind spectrum; train with --probe density")
+    name = name or ("precond_density" if run.preconditioned and "precond_density" in run.spectra_names
+                    else "density")
+    if name not in run.spectra_names:
+        raise UserError(f"{run.path}: no spectral density logged for --kind spectrum; train with --probe "
+                        f"{'precond_density' if run.preconditioned else 'density'}")
+    sp = run.spectra(name)
+    steps, nodes, weights = sp["step"], sp["nodes"], sp["weights"]
+    if len(steps) == 0:
+        raise UserError(f"{run.path}: the spectrum {name!r} has no rows yet")
+    valid = nodes[np.isfinite(nodes) & (np.nan_to_num(weights) > 0)]
+    lo, hi = float(valid.min()), float(valid.max())
+    pad = 0.05 * (hi - lo if hi > lo else max(abs(hi), 1.0))
+    grid = np.linspace(lo - pad, hi + pad, 400)
+    sigma = (grid[-1] - grid[0]) / 150.0
+    dens = density_grid(nodes, weights, grid, sigma)
+    logd = np.log10(np.maximum(dens, 1e-300))
+    vmax = float(np.max(logd))
+    vmin = vmax - 6.0
+    edges = _edges(np.asarray(steps, float))
+    mesh = ax.pcolormesh(edges, _edges(grid), np.clip(logd, vmin, vmax).T, cmap="magma", vmin=vmin, vmax=vmax,
+                         shading="flat", rasterized=True)
+    lam_col = "precond_lambda_max" if name.startswith("precond") else "lambda_max"
+    if lam_col in run.probe:
+        ax.plot(run.probe["step"], run.probe[lam_col], color="white", ls="--", lw=1.0,
+                label=r"$\lambda_{\max}$ (Lanczos)")
+        ax.legend(loc="lower right", labelcolor="white", frameon=True, facecolor="black", framealpha=0.5,
+                  edgecolor="none")
+    quantity = "P^{-1}H" if name.startswith("precond") else "H"
+    ax.set_xlabel("step (updates)")
+    ax.set_ylabel(f"eigenvalue of ${quantity}$")
+    ax.set_title(f"spectral density of ${quantity}$ (SLQ) — {run.label()}")
+    ax.grid(False)
+    if colorbar:
+        cb = ax.figure.colorbar(mesh, ax=ax, pad=0.02)
+        cb.set_label(r"$\log_{10}$ density")
+
+
+def draw_commutator(ax, runs: Sequence[Run], *, colors: dict[str, str] | None = None,
+                    legend: str = "inside") -> None:
+    """Commutator ratio r = ‖PH − HP‖_F/‖PH‖_F against the step, with the 0.05 reference level."""
+    runs = _by_lr(runs)
+    _require(runs, "commutator", lambda r: "commutator_ratio" in r.probe, "commutator_ratio (Adam runs only)")
+    colors = colors or run_colors(runs)
+    for r in runs:
+        col = colors[_key(r)]
+        s = _steps(r)
+        y, e = r.probe["commutator_ratio"].to_numpy(), r.probe["commutator_ratio_err"].to_numpy()
+        # r = 0 exactly while P is still its initial constant (before the first update): no point on log axes
+        pos = np.isfinite(y) & (y > 0)
+        s, y, e = s[pos], y[pos], e[pos]
+        ax.plot(s, y, color=col, marker="o", ms=2.5, label=r.label())
+        _shade(ax, s, y, e, col, log=True)
+        _mark_divergence(ax, r, col)
+    ax.axhline(COMMUTATOR_REFERENCE, color="0.2", ls=":", lw=1.0,
+               label=f"{COMMUTATOR_REFERENCE:g} (level observed under ZO-Adam; not a threshold)")
+    ax.set_yscale("log")
+    _log_ticks(ax)
+    _integer_steps(ax)
+    ax.set_xlabel("step (updates)")
+    ax.set_ylabel(r"$\|PH-HP\|_F\,/\,\|PH\|_F$")
+    if legend != "none":
+        handles, labels = ax.get_legend_handles_labels()
+        keep = [(h, l) for h, l in zip(handles, labels) if legend != "styles" or l.startswith(f"{COMMUTATOR_REFERENCE:g}")]
+        ax.legend(*zip(*keep), loc="best") if keep else None
+    ax.set_title("commutator ratio of Adam's P and H")
