@@ -305,11 +305,15 @@ class Objective:
 
     _backend_choice: str | None = None
 
-    def choose_hvp_backend(self, theta: Tensor, repeats: int = 2) -> str:
+    def choose_hvp_backend(self, theta: Tensor, repeats: int = 2, *, timed: bool = True) -> str:
         """Pick the faster HVP back end on this model and device by timing both once (cached).
 
         Forward-over-reverse is skipped (double backward used) if some op lacks forward-mode AD.
+        `timed=False`: a fixed rule by device instead (`_backend_by_device`, the probe's: a timed choice
+        flips under load and the two back ends round differently, so a run would not be reproducible).
         """
+        if not timed:
+            return _backend_by_device(self, theta)
         if self._backend_choice is not None:
             return self._backend_choice
         v = torch.randn(theta.shape, generator=torch.Generator(theta.device).manual_seed(0),
@@ -375,6 +379,24 @@ def activation_bytes(model: torch.nn.Module, x: Tensor) -> tuple[int, int]:
     with torch.inference_mode(), _Sizes():
         model(sample)
     return -(-max(sizes, default=0) // b), -(-sum(sizes) // b)
+
+
+def _backend_by_device(objective: Objective, theta: Tensor) -> str:
+    """Double backward on CPU (its single products, Lanczos's, are faster there), forward-over-reverse on CUDA
+    (batched products are one vmapped call): the first of the two that works on this model (e.g. a layer
+    without forward-mode AD). Deterministic: success does not depend on timing."""
+    theta = theta.detach().reshape(-1) if theta.dim() == 1 else theta.detach()[0]
+    order = (("fwd-rev", _FwdRevHVP), ("double-backward", _DoubleBackwardHVP))
+    if theta.device.type != "cuda":
+        order = order[::-1]
+    v = torch.ones_like(theta)
+    for name, cls in order:
+        try:
+            cls(objective, theta).matvec(v)
+            return name
+        except (NotImplementedError, RuntimeError):
+            continue
+    raise RuntimeError("neither HVP back end works for this model")
 
 
 def _sync(device: torch.device) -> None:
