@@ -309,11 +309,19 @@ class Objective:
         """Pick the faster HVP back end on this model and device by timing both once (cached).
 
         Forward-over-reverse is skipped (double backward used) if some op lacks forward-mode AD.
-        `timed=False`: a fixed rule by device instead (`_backend_by_device`, the probe's: a timed choice
-        flips under load and the two back ends round differently, so a run would not be reproducible).
+        `timed=False` (the probe's rule, reproducible where timing is not): double backward on CPU,
+        forward-over-reverse on CUDA (batched products are one vmapped call), the first that works.
         """
         if not timed:
-            return _backend_by_device(self, theta)
+            th = theta.detach().reshape(-1) if theta.dim() == 1 else theta.detach()[0]
+            order = (("double-backward", _DoubleBackwardHVP), ("fwd-rev", _FwdRevHVP))
+            for name, cls in (order[::-1] if th.device.type == "cuda" else order):
+                try:
+                    cls(self, th).matvec(torch.ones_like(th))  # works on this model? (not timed)
+                    return name
+                except (NotImplementedError, RuntimeError):
+                    continue
+            raise RuntimeError("neither HVP back end works for this model")
         if self._backend_choice is not None:
             return self._backend_choice
         v = torch.randn(theta.shape, generator=torch.Generator(theta.device).manual_seed(0),
@@ -379,24 +387,6 @@ def activation_bytes(model: torch.nn.Module, x: Tensor) -> tuple[int, int]:
     with torch.inference_mode(), _Sizes():
         model(sample)
     return -(-max(sizes, default=0) // b), -(-sum(sizes) // b)
-
-
-def _backend_by_device(objective: Objective, theta: Tensor) -> str:
-    """Double backward on CPU (its single products, Lanczos's, are faster there), forward-over-reverse on CUDA
-    (batched products are one vmapped call): the first of the two that works on this model (e.g. a layer
-    without forward-mode AD). Deterministic: success does not depend on timing."""
-    theta = theta.detach().reshape(-1) if theta.dim() == 1 else theta.detach()[0]
-    order = (("fwd-rev", _FwdRevHVP), ("double-backward", _DoubleBackwardHVP))
-    if theta.device.type != "cuda":
-        order = order[::-1]
-    v = torch.ones_like(theta)
-    for name, cls in order:
-        try:
-            cls(objective, theta).matvec(v)
-            return name
-        except (NotImplementedError, RuntimeError):
-            continue
-    raise RuntimeError("neither HVP back end works for this model")
 
 
 def _sync(device: torch.device) -> None:

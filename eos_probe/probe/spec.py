@@ -9,7 +9,7 @@ import ast
 from typing import Any
 
 from ..errors import UserError
-from . import metrics as _builtin  # noqa: F401  (registers the built-in metrics before METRICS is read)
+from .metrics import BUILTIN as _BUILTIN  # noqa: F401  (importing it registers the built-in metrics)
 from .bands import band_for_config
 from .registry import METRICS, Metric
 from .runner import Probe

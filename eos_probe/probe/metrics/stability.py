@@ -117,7 +117,7 @@ def ms_term_function(config: dict[str, Any], dim: int | None) -> Callable[[np.nd
 
 
 def _continued_terms(config: dict[str, Any], dim: int | None) -> Callable[[np.ndarray], np.ndarray]:
-    # TODO(lead): use theory — this continuation of f(λ) to λ ≤ 0 (as 0) is THEORY §2's, written a second
+    # TODO(lead): use theory — this continuation of f(λ) to λ ≤ 0 (as 0) is docs/theory.md §2's, written a second
     # time here beside eos_probe/theory/stability.py; swap it for theory's public function at the merge.
     from ...theory import ms_terms
 
