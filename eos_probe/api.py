@@ -147,7 +147,7 @@ def ms_margin(op: CurvatureOperator, *, optimizer: str, lr: float, queries: int 
     from .curvature import trace as _trace
     from .curvature.deflated import rest_quadrature, split_trace_fn
     from .probe import ms_term_function
-    from .probe_shared import ritz_block
+    from .probe.shared import ritz_block
     from .run import band_for
 
     op = _check_op(op)

@@ -293,11 +293,23 @@ class Objective:
 
     _backend_choice: str | None = None
 
-    def choose_hvp_backend(self, theta: Tensor, repeats: int = 2) -> str:
+    def choose_hvp_backend(self, theta: Tensor, repeats: int = 2, *, timed: bool = True) -> str:
         """Pick the faster HVP back end on this model and device by timing both once (cached).
 
         Forward-over-reverse is skipped (double backward used) if some op lacks forward-mode AD.
+        `timed=False` (the probe's rule, reproducible where timing is not): double backward on CPU,
+        forward-over-reverse on CUDA (batched products are one vmapped call), the first that works.
         """
+        if not timed:
+            th = theta.detach().reshape(-1) if theta.dim() == 1 else theta.detach()[0]
+            order = (("double-backward", _DoubleBackwardHVP), ("fwd-rev", _FwdRevHVP))
+            for name, cls in (order[::-1] if th.device.type == "cuda" else order):
+                try:
+                    cls(self, th).matvec(torch.ones_like(th))  # works on this model? (not timed)
+                    return name
+                except (NotImplementedError, RuntimeError):
+                    continue
+            raise RuntimeError("neither HVP back end works for this model")
         if self._backend_choice is not None:
             return self._backend_choice
         v = torch.randn(theta.shape, generator=torch.Generator(theta.device).manual_seed(0),

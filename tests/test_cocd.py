@@ -236,7 +236,7 @@ def _tiny_cocd_context(tmp_path):
 
 
 def test_cocd_edge_metric_is_the_monodromy_threshold_of_the_local_hessian(tmp_path) -> None:
-    from eos_probe.probe_systems import CoCDEdge
+    from eos_probe.probe.metrics.systems import CoCDEdge
 
     settings, ctx, obj, theta, opt, state = _tiny_cocd_context(tmp_path)
     m = CoCDEdge(settings, rtol=1e-4)
@@ -258,7 +258,7 @@ def test_cocd_edge_metric_is_the_monodromy_threshold_of_the_local_hessian(tmp_pa
 
 
 def test_cocd_staleness_compares_this_steps_direction_with_the_gradient(tmp_path) -> None:
-    from eos_probe.probe_systems import CoCDStaleness
+    from eos_probe.probe.metrics.systems import CoCDStaleness
 
     settings, ctx, obj, theta, opt, state = _tiny_cocd_context(tmp_path)
     before = {k: v.clone() for k, v in state["source"].items()}

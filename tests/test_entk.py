@@ -56,7 +56,7 @@ def test_probe_metric_measures_the_law_on_a_small_network(tmp_path, one_thread) 
     follows the prediction, and its function-space step error is that of the actual ZO update."""
     from eos_probe.config import TrainConfig
     from eos_probe.probe import build_probe
-    from eos_probe.probe_systems import probe_batch_indices
+    from eos_probe.probe.metrics.systems import probe_batch_indices
     from eos_probe.train import build
 
     cfg = TrainConfig(model="mlp", model_args={"hidden": [8]}, n_per_class=10, optimizer="zo-gd", lr=1e-3,
@@ -87,7 +87,7 @@ def test_probe_metric_measures_the_law_on_a_small_network(tmp_path, one_thread) 
     for step in range(40):
         ctx = ProbeContext(probe, step, setup.theta, {}, setup.optimizer, obj, cfg)
         r = metric.compute(ctx) if step == 0 else None
-        from eos_probe.probe_systems import _next_direction
+        from eos_probe.probe.metrics.systems import _next_direction
 
         g = _next_direction(ctx).to(torch.float64)
         grad = obj.grad(setup.theta)

@@ -214,7 +214,7 @@ def test_the_probe_back_end_does_not_depend_on_timing(monkeypatch) -> None:
     that makes double backward look 100x slower must not change the choice."""
     import itertools
 
-    import eos_probe.probe as probe_mod
+    import eos_probe.probe.runner as probe_mod
     from eos_probe.config import TrainConfig
     from eos_probe.train import _default_probe, build
 

@@ -1,6 +1,6 @@
 """Probe metrics of the related systems of docs/theory.md §5c–5d: CoCD's exact edge and staleness, and the
-fidelity of the zeroth-order empirical NTK. Registered with the probe's registry on import (probe.py
-imports this module), so the trainer and `--probe` see them like any other metric.
+fidelity of the zeroth-order empirical NTK. Registered with the probe's registry by ``probe.metrics`` (after
+the curvature metrics), so the trainer and `--probe` see them like any other metric.
 """
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import UserError
-from .probe import Column, Metric, ProbeContext, _positive_float, _positive_int, register_metric
+from ...errors import UserError
+from ..context import ProbeContext
+from ..registry import Column, Metric, positive_float, positive_int
 
 COCD_OPTIMIZERS = ("cocd", "bccd")
 
@@ -45,7 +46,6 @@ def _next_direction(ctx: ProbeContext) -> Tensor | None:
 # CoCD
 
 
-@register_metric
 class CoCDEdge(Metric):
     """α*(H_t, B, γ): the exact CoCD threshold of the local quadratic model (monodromy, docs/theory.md §5d).
 
@@ -64,10 +64,10 @@ class CoCDEdge(Metric):
     defaults = {"dense_max": 4000, "rtol": 1e-3, "floor": 1e-3, "grid": 12}
 
     def check(self) -> None:
-        _positive_int(self.name, "dense_max", self.options["dense_max"])
-        _positive_float(self.name, "rtol", self.options["rtol"])
-        _positive_float(self.name, "floor", self.options["floor"])
-        _positive_int(self.name, "grid", self.options["grid"], 2)
+        positive_int(self.name, "dense_max", self.options["dense_max"])
+        positive_float(self.name, "rtol", self.options["rtol"])
+        positive_float(self.name, "floor", self.options["floor"])
+        positive_int(self.name, "grid", self.options["grid"], 2)
         self.source = _cocd_source(self)
         d = self.run["dim"]
         self.skipped = d > self.options["dense_max"]
@@ -87,8 +87,8 @@ class CoCDEdge(Metric):
             Column(f"{self.name}_lambda_max", attrs={"description": "lambda_max of the dense Hessian"})]
 
     def compute(self, ctx: ProbeContext) -> dict[str, Any]:
-        from .curvature.dense import dense_hessian
-        from .theory.cocd import _radius, critical_lr
+        from ...curvature.dense import dense_hessian
+        from ...theory.cocd import _radius, critical_lr
 
         if self.skipped:
             return self.nan_row()
@@ -109,7 +109,6 @@ class CoCDEdge(Metric):
                 f"{self.name}_lambda_max": lmax}
 
 
-@register_metric
 class CoCDStaleness(Metric):
     """How far CoCD's buffer is from the gradient: ‖ĝ − ∇L‖/‖∇L‖ and cos(ĝ, ∇L) for the direction ĝ the
     optimizer uses at this step (one backward pass + the step's own 2B differences on a copy of the
@@ -135,7 +134,7 @@ class CoCDStaleness(Metric):
             Column(f"{self.name}_delta", attrs={"description": "largest step norm lr*||g|| of the last ceil(d/B) steps"})]
 
     def compute(self, ctx: ProbeContext) -> dict[str, Any]:
-        from .theory.cocd import staleness_bound
+        from ...theory.cocd import staleness_bound
 
         g_hat = _next_direction(ctx)
         grad = ctx.objective.grad(ctx.theta)
@@ -177,7 +176,6 @@ def sample_directions(shape: tuple[int, ...], law: str, gen: torch.Generator, dt
     return u
 
 
-@register_metric
 class EntkFidelity(Metric):
     """Fidelity of the ZO empirical NTK on a fixed probe batch (docs/theory.md §5c).
 
@@ -199,11 +197,11 @@ class EntkFidelity(Metric):
 
     def check(self) -> None:
         o = self.options
-        _positive_int(self.name, "m", o["m"])
-        _positive_int(self.name, "pool", o["pool"])
+        positive_int(self.name, "m", o["m"])
+        positive_int(self.name, "pool", o["pool"])
         grid = o["P"] if isinstance(o["P"], (list, tuple)) else [o["P"]]
         for p in grid:
-            _positive_int(self.name, "P", p)
+            positive_int(self.name, "P", p)
         if max(grid) > o["pool"]:
             raise UserError(f"probe metric {self.name!r}: pool ({o['pool']}) must be at least the largest P ({max(grid)})")
         self.grid = [int(p) for p in grid]
@@ -250,7 +248,7 @@ class EntkFidelity(Metric):
         return jacrev(logits)(ctx.theta)
 
     def compute(self, ctx: ProbeContext) -> dict[str, Any]:
-        from .theory.entk import relative_mse
+        from ...theory.entk import relative_mse
 
         J = self.jacobian(ctx).to(torch.float64)
         K = J @ J.T

@@ -69,7 +69,7 @@ def rest_options(metrics: list, which: str) -> dict[str, int]:
 
 def shared_lanczos(ctx, which: str):
     """(Estimate, computed_now): the top-k Lanczos run on operator `which` at this probe step."""
-    from .curvature import top_k
+    from ..curvature import top_k
 
     key = f"lanczos/{which}"
 
@@ -94,7 +94,7 @@ def shared_rest(ctx, which: str):
     Nothing is deflated when the run did not converge: an unconverged Ritz vector is not near-invariant,
     and the split Tr f(H) = Σ f(θ_i) + Tr f(A) needs that.
     """
-    from .curvature.deflated import rest_quadrature
+    from ..curvature.deflated import rest_quadrature
 
     key = f"rest/{which}"
 
