@@ -9,6 +9,9 @@ Every random draw is seeded from (seed, step, purpose), so probing or resuming n
 The same loop trains K ≥ 1 copies: a sweep over lr/momentum (`train_sweep`) stacks θ as (K, d), draws one
 direction per query for all copies (as K separate runs of one seed would) and gives each copy its own run
 file, probe and checkpoint; a copy that diverges is recorded in its file and dropped from the stack.
+
+This module builds a run (`build`) and assembles it; the loop's parts live in `eos_probe.trainer` (the
+stacked copies, their run files, the per-step hooks and the loop). Its names stay importable from here.
 """
 from __future__ import annotations
 
