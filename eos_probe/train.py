@@ -9,34 +9,39 @@ Every random draw is seeded from (seed, step, purpose), so probing or resuming n
 The same loop trains K ≥ 1 copies: a sweep over lr/momentum (`train_sweep`) stacks θ as (K, d), draws one
 direction per query for all copies (as K separate runs of one seed would) and gives each copy its own run
 file, probe and checkpoint; a copy that diverges is recorded in its file and dropped from the stack.
+
+This module builds a run (`build`) and assembles it; the loop's parts live in `eos_probe.trainer` (the
+stacked copies, their run files, the per-step hooks and the loop). Its names stay importable from here.
 """
 from __future__ import annotations
 
-import io
 import json
-import math
-import os
-import platform
 import time
-import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from . import __version__
 from .config import DEFAULT_LR, TrainConfig, validate
 from .errors import CorruptFileError, DivergedError, UserError
+from .interrupt import Guard
 from .objective import Objective
-from .optim import Optimizer, make_optimizer
-from .interrupt import Guard, RunInterrupted
-from .store import RunWriter, check_writable, crash_point, fsync_path, open_run, write_error_message
-from .store import RunWriter, check_writable, fsync_path, open_run
-from .zo_monitor import COLUMNS as ZO_COLUMNS
-from .zo_monitor import DESCRIPTIONS as ZO_DESCRIPTIONS
+from .optim import Optimizer
+from .store import check_writable, crash_point, open_run
+from .trainer.copies import CopyStack
+from .trainer.copies import optimizer_for as _make_optimizer
+from .trainer.copies import stack_optimizers as _stack_optimizers
+from .trainer.hooks import (CheckpointHook, DivergenceHook, InterruptHook, LogHook, ProbeHook, ProgressHook,
+                            StepContext, probe_cost_line, progress_bar)
+from .trainer.hooks import check_divergence as _check_divergence
+from .trainer.loop import run_loop
+from .trainer.runfile import RunFile, checkpoint_path, environment, load_checkpoint, open_files, save_checkpoint
 from .zo_monitor import ZOTraceMonitor
+
+__all__ = ["CHECKPOINT_SECONDS", "RUNS_DIR", "SWEEP_FIELDS", "RunResult", "Setup", "build", "checkpoint_path",
+           "default_out", "environment", "exact_float32", "load_checkpoint", "resolve_device", "save_checkpoint",
+           "sweep_configs", "train", "train_sweep"]
 
 
 @dataclass
@@ -136,47 +141,9 @@ def build(cfg: TrainConfig) -> Setup:
                  source)
 
 
-def environment(device: torch.device) -> dict[str, Any]:
-    import h5py
-    import numpy
-
-    env = {"eos_probe": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
-           "h5py": h5py.__version__, "python": platform.python_version(), "platform": platform.platform()}
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine() or "cpu")
-    return {"versions": env, "device": f"{device.type}: {name}", "threads": torch.get_num_threads()}
-
-
 #: the most work (seconds) a kill may cost: a checkpoint is written at the first step boundary after this long
 #: (besides one after every probe, one every --checkpoint-every steps if given, and one at the end)
 CHECKPOINT_SECONDS = 300.0
-
-
-def checkpoint_path(run_path: str | Path) -> Path:
-    return Path(str(run_path) + ".ckpt")
-
-
-def save_checkpoint(path: Path, step: int, theta: torch.Tensor, state: dict, extra: dict) -> None:
-    """Write atomically: temp file, fsync, rename — a crash mid-write leaves the previous checkpoint usable."""
-    tmp = path.with_name(path.name + ".tmp")
-    payload = {"step": step, "theta": theta.detach().cpu(),
-               "state": {k: {n: t.detach().cpu() for n, t in v.items()} for k, v in state.items()},
-               **extra}
-    buf = io.BytesIO()
-    torch.save(payload, buf)  # serialised in memory: a failing write is then an OSError with its errno
-    with open(tmp, "wb") as fh:
-        fh.write(buf.getbuffer())
-    fsync_path(tmp)
-    crash_point("checkpoint")  # the new checkpoint written, not yet renamed
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path) -> dict:
-    if not path.exists():
-        raise UserError(f"no checkpoint {path} next to the run file; it cannot be resumed")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is a damaged file
-        raise UserError(f"checkpoint {path} is damaged and cannot be read ({type(e).__name__})") from None
 
 
 def default_out(cfg: TrainConfig) -> Path:
@@ -333,23 +300,6 @@ def _check_out(cfg: TrainConfig, path: Path, overwrite: bool) -> None:
         check_writable(path, overwrite)
 
 
-@dataclass
-class _Copy:
-    """One trained copy of a (possibly one-copy) run: its config, file, writer, probe and bookkeeping."""
-
-    cfg: TrainConfig
-    path: Path
-    optimizer: Optimizer  # scalar hyper-parameters: what the probe and the file describe
-    writer: Any = None
-    probe: Any = None
-    loss0: float = float("nan")
-    wall_offset: float = 0.0
-    last: tuple[float, float] = (float("nan"), float("nan"))
-    probe_seconds: float = 0.0
-    error: DivergedError | None = None
-    run_id: str | None = None  # also in the checkpoint: a checkpoint left by another run is never used
-
-
 def _train(cfgs: list[TrainConfig], paths: list[Path], *, overwrite: bool, resume_ckpt: dict | None,
            resuming: bool, progress: bool, probe: Any) -> list[RunResult]:
     """The one training loop, for K ≥ 1 copies. K = 1 keeps θ of shape (d,); K > 1 stacks (K, d).
@@ -364,305 +314,56 @@ def _train(cfgs: list[TrainConfig], paths: list[Path], *, overwrite: bool, resum
 
 def _train_guarded(cfgs: list[TrainConfig], paths: list[Path], *, overwrite: bool, resume_ckpt: dict | None,
                    resuming: bool, progress: bool, probe: Any, guard: Guard) -> list[RunResult]:
+    """Build the copies, open their files and run the loop with the standard hooks (see `_train`)."""
     setup = build(cfgs[0])
     obj = setup.objective
-    stacked = len(cfgs) > 1
-    copies = [_Copy(replace(setup.config, lr=c.lr, momentum=c.momentum, out=c.out), p,
-                    setup.optimizer if not stacked else _make_optimizer(c))
-              for c, p in zip(cfgs, paths)]
-    for c in copies:
-        c.path.parent.mkdir(parents=True, exist_ok=True)
-    cfg = copies[0].cfg
-    if stacked:
-        theta = setup.theta.expand(len(copies), -1).clone()
-        opt = _stack_optimizers([c.optimizer for c in copies])
-    else:
-        theta, opt = setup.theta, setup.optimizer
-    state = opt.init(theta)
-    log_every = cfg.log_every or (1 if not opt.zeroth_order else 10)
-    start = 0
-    ckpt = resume_ckpt
-    if ckpt is not None:
-        start = int(ckpt["step"])
-        theta.copy_(ckpt["theta"].to(theta.device))
-        for part, tensors in ckpt["state"].items():
-            for name, t in tensors.items():
-                state[part][name].copy_(t.to(theta.device))
-
-    alive = list(range(len(copies)))  # copy index of each row of θ
-
-    def view(i: int) -> tuple[torch.Tensor, dict]:
-        """θ and optimizer state of copy alive[i] (views: they follow the updates)."""
-        if not stacked:
-            return theta, state
-        return theta[i], {part: {n: t[i] for n, t in v.items()} for part, v in state.items()}
-
-    loss0_all = obj.evaluate(theta)[0] if not resuming else None
+    optimizers = [setup.optimizer] if len(cfgs) == 1 else [_make_optimizer(c) for c in cfgs]
+    files = [RunFile(replace(setup.config, lr=c.lr, momentum=c.momentum, out=c.out), p, o)
+             for c, p, o in zip(cfgs, paths, optimizers)]
+    for f in files:
+        f.path.parent.mkdir(parents=True, exist_ok=True)
+    cfg = files[0].cfg
+    stack = CopyStack(setup.theta, optimizers)
+    log_every = cfg.log_every or (1 if not stack.opt.zeroth_order else 10)
+    start = stack.restore(resume_ckpt) if resume_ckpt is not None else 0
     # the free curvature monitor: central-difference ZO runs, sampled on every logged step (L(θ) known there)
-    zo_monitor = (ZOTraceMonitor(cfg.zo_trace_window)
-                  if opt.zeroth_order and getattr(opt.source, "difference", "") == "central" else None)
-    writers_open: list[Any] = []
-    try:
-        for i, c in enumerate(copies):
-            th_i, _ = view(i)
-            c.probe = _default_probe(c.cfg, setup, c.optimizer, th_i) if probe == "default" else probe
-            if not resuming:
-                c.loss0 = float(loss0_all[i] if stacked else loss0_all)
-                attrs = {"config": c.cfg.to_dict(), "seed": c.cfg.seed,
-                         "loss_convention": obj.loss_spec.convention,
-                         "optimizer_config": c.optimizer.config(), "dataset": setup.dataset.meta,
-                         "n_params": obj.dim, "n_train": int(setup.dataset.x_train.shape[0]),
-                         "initial_loss": c.loss0, "log_every": log_every, "microbatch_used": obj.microbatch or 0,
-                         "query_mode": _query_mode(opt, obj, theta), "run_id": uuid.uuid4().hex,
-                         **environment(setup.device)}
-                if setup.model_source:
-                    attrs["model_source"] = setup.model_source
-                if stacked:
-                    attrs["sweep"] = {"copies": [str(x.path) for x in copies], "index": i}
-                c.writer = RunWriter.create(c.path, attrs, overwrite=overwrite)
-            else:
-                try:
-                    c.writer = RunWriter.resume(c.path, start)
-                except (OSError, RuntimeError, KeyError, ValueError) as e:
-                    raise CorruptFileError(f"{c.path}: run file is damaged, cannot resume it ({e}); "
-                                           "the file was left as it was") from None
-                c.loss0 = float(c.writer.f.attrs["initial_loss"])
-                wt = c.writer.f["train/wall_time"]
-                c.wall_offset = float(wt[-1]) if wt.shape[0] else 0.0
-                c.writer.set_attrs("/", environment(setup.device))
-            writers_open.append(c.writer)
-            rid = c.writer.f.attrs.get("run_id")
-            c.run_id = rid.decode() if isinstance(rid, bytes) else rid
-            for name, dtype in (("step", "i8"), ("loss", "f8"), ("accuracy", "f8"), ("wall_time", "f8")):
-                c.writer.declare("train", name, dtype)
-            if resuming and zo_monitor is not None and "zo_trace_raw" not in c.writer.f["train"] \
-                    and c.writer.f["train/step"].shape[0]:
-                zo_monitor = None  # a file from before the monitor: its /train rows must stay equally long
-            if zo_monitor is not None:
-                for name in ZO_COLUMNS:
-                    c.writer.declare("train", name, "f8", attrs=_zo_attrs(name, c.cfg))
-                if resuming:
-                    zo_monitor.restore(i, c.writer.f["train/zo_trace_raw"][()])
-            if c.probe is not None:
-                c.probe.declare(c.writer)
-                if ckpt is not None and "probe" in ckpt:
-                    c.probe.load_state_dict(ckpt["probe"])
-            c.writer.start()
-    except BaseException:
-        for w in writers_open:
-            w.discard() if not w.started else _close_quietly(w)
-        raise
+    zo_monitor = (ZOTraceMonitor(cfg.zo_trace_window) if stack.opt.zeroth_order
+                  and getattr(stack.opt.source, "difference", "") == "central" else None)
 
-    def checkpoint(step: int, i: int, probe_state: dict | None = None, kept: bool = False) -> None:
-        c = copies[alive[i]]
-        c.writer.flush()  # the file holds every row before `step` when the checkpoint names `step`
-        extra = {"config": c.cfg.to_dict(), "run_id": c.run_id}
-        if c.probe is not None:
-            extra["probe"] = probe_state if probe_state is not None else c.probe.state_dict()
-        th_i, st_i = view(i)
-        ck = Path(f"{c.path}.step{step}.ckpt") if kept else checkpoint_path(c.path)
-        try:
-            save_checkpoint(ck, step, th_i, st_i, extra)
-        except (OSError, RuntimeError) as e:  # disk full, file-size limit, ... (torch.save: RuntimeError)
-            ck.with_name(ck.name + ".tmp").unlink(missing_ok=True)
-            raise UserError(write_error_message(ck, e) + "; the previous checkpoint is kept") from None
+    def make_probe(f: RunFile, theta: torch.Tensor) -> Any:
+        return _default_probe(f.cfg, setup, f.optimizer, theta) if probe == "default" else probe
 
-    def drop(rows: list[int]) -> None:
-        """Remove diverged copies from the stack; the others continue unchanged."""
-        nonlocal theta, state, opt
-        keep = [i for i in range(len(alive)) if i not in rows]
-        for i in sorted(rows, reverse=True):
-            del alive[i]
-        if not alive:
-            return
-        idx = torch.tensor(keep, device=theta.device)
-        theta = theta.index_select(0, idx)
-        state = {part: {n: t.index_select(0, idx) for n, t in v.items()} for part, v in state.items()}
-        last = opt.last_direction
-        opt = _stack_optimizers([copies[j].optimizer for j in alive], source=opt.source)
-        opt.last_direction = None if last is None else last.index_select(0, idx)
+    zo_monitor = open_files(files, stack, setup, start=start, resuming=resuming, overwrite=overwrite,
+                            ckpt=resume_ckpt, make_probe=make_probe, zo_monitor=zo_monitor, log_every=log_every)
+    bar = progress_bar(progress, start, cfg.steps)
+    # the two checkpoint knobs are read here, from this module, so tests can patch them
+    hooks = [InterruptHook(guard),
+             CheckpointHook(every=cfg.checkpoint_every, keep_every=cfg.keep_checkpoints_every,
+                            from_checkpoint=resume_ckpt is not None, resuming=resuming,
+                            seconds=CHECKPOINT_SECONDS, save=save_checkpoint),
+             LogHook(log_every, zo_monitor),
+             ProbeHook(guard, bar.write if progress else None,
+                       lambda row, s, th: probe_cost_line(row, s, obj, th, cfg, stack.opt, log_every,
+                                                          len(stack.alive))),
+             DivergenceHook(), ProgressHook(bar)]
+    ctx = StepContext(stack, files, obj, start, cfg.steps, time.perf_counter())
+    run_loop(ctx, hooks)
+    return _results(files, start, cfg.steps, time.perf_counter() - ctx.t0)
 
-    bar = _progress(progress, start, cfg.steps)
-    cost_said = False
-    t0 = time.perf_counter()
-    step = start
-    last_checkpoint = time.monotonic()
-    probed = False  # a probe ran in the step before: checkpoint now, so that no probe is ever lost
-    pre_probe: dict[int, dict] = {}  # copy -> probe state before its probe at this step
-    try:
-        for step in range(start, cfg.steps + 1):
-            pre_probe = {}
-            guard.check()  # SIGINT/SIGTERM received since the last step: stop here (checkpoint below)
-            fixed = cfg.checkpoint_every is not None and step % cfg.checkpoint_every == 0
-            if (step == start and resume_ckpt is None) or step != start and (
-                    fixed or probed or time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS):
-                for i in range(len(alive)):
-                    checkpoint(step, i)
-                last_checkpoint = time.monotonic()
-            probed = False
-            keep = cfg.keep_checkpoints_every
-            if keep and step % keep == 0 and (step != start or not resuming):  # θ_step for `eos-probe edge`
-                for i in range(len(alive)):
-                    checkpoint(step, i, kept=True)
-            final = step == cfg.steps
-            log_due = step % log_every == 0 or final
-            metrics = None
-            if log_due and (final or not opt.source.evaluates_loss):
-                metrics = obj.evaluate(theta)
-            for i, j in enumerate(alive):
-                c = copies[j]
-                if c.probe is not None and c.probe.due(step, final):
-                    tp = time.perf_counter()
-                    th_i, st_i = view(i)
-                    if stacked and opt.last_direction is not None:
-                        c.optimizer.last_direction = opt.last_direction[i]
-                    pre_probe[j] = c.probe.state_dict()  # what a checkpoint at this step holds
-                    crash_point("probe")
-                    with guard.interruptible():  # a probe may take minutes: a signal cuts it short
-                        prow = c.probe.run(step=step, theta=th_i, state=st_i, optimizer=c.optimizer, objective=obj,
-                                           writer=guard.shielded(c.writer), config=c.cfg)
-                    c.writer.flush()
-                    c.probe_seconds += time.perf_counter() - tp
-                    probed = True
-                    if progress and not cost_said:
-                        cost_said = True
-                        bar.write(_probe_cost_line(prow, time.perf_counter() - tp, obj, th_i, cfg, opt,
-                                                   log_every, len(alive)))
-            zo_sample = None
-            if not final:
-                info = opt.step(obj, theta, state, step)
-                if log_due and metrics is None:
-                    metrics = (info["loss"], info["accuracy"])
-                if log_due and zo_monitor is not None:
-                    zo_sample = opt.source.curvature_sample(info, metrics[0])
-            if log_due:
-                losses = metrics[0].tolist() if stacked else [float(metrics[0])]
-                accs = metrics[1].tolist() if stacked else [float(metrics[1])]
-                wall = time.perf_counter() - t0
-                diverged = []
-                for i, j in enumerate(alive):
-                    c = copies[j]
-                    c.last = (losses[i], accs[i])
-                    row = {"step": step, "loss": losses[i], "accuracy": accs[i], "wall_time": c.wall_offset + wall}
-                    if zo_monitor is not None:
-                        sample = math.nan if zo_sample is None else float(zo_sample[i] if stacked else zo_sample)
-                        row.update(zo_monitor.update(j, sample))
-                    c.writer.append("train", row)
-                    try:
-                        _check_divergence(losses[i], c.loss0, c.cfg.divergence_factor, step)
-                    except DivergedError as e:
-                        c.error = e
-                        c.writer.finish("diverged", e.reason, e.step, _timing(wall, c.probe_seconds))
-                        diverged.append(i)
-                if diverged:
-                    drop(diverged)
-                    if not alive:
-                        break
-                first = copies[alive[0]].last
-                bar.set_postfix_str(f"loss {first[0]:.4g} acc {first[1]:.3f}" +
-                                    (f" ({len(alive)} copies)" if stacked else ""), refresh=False)
-            if not final:
-                bar.update(1)
-        for i in range(len(alive)):
-            checkpoint(cfg.steps, i)
-    except RunInterrupted as e:
-        # θ is θ_step (signals wait for step boundaries; a cut-short probe never changes θ): checkpoint
-        # here with each probe's state from before this step's probe, which is redone on resume
-        bar.close()
-        e.step, e.paths = step, [copies[j].path for j in alive]
-        wall = time.perf_counter() - t0
-        for i, j in enumerate(alive):
-            checkpoint(step, i, pre_probe.get(j))
-            copies[j].writer.finish("interrupted", e.args[0], step, _timing(wall, copies[j].probe_seconds))
-        raise
-    except BaseException:
-        bar.close()
-        for j in alive:  # keep what was measured; each run stays resumable from its last checkpoint
-            _close_quietly(copies[j].writer)
-        raise
-    bar.close()
-    seconds = time.perf_counter() - t0
+
+def _results(files: list[RunFile], start: int, steps: int, seconds: float) -> list[RunResult]:
+    """Mark the surviving copies finished; one `RunResult` per copy, in order."""
     results = []
-    for j, c in enumerate(copies):
-        if c.error is None:
-            c.writer.finish("finished", "", cfg.steps, _timing(seconds, c.probe_seconds))
-            results.append(RunResult(c.path, "finished", cfg.steps - start, c.last[0], c.last[1], seconds,
-                                     c.probe_seconds))
+    for f in files:
+        if f.error is None:
+            f.finish("finished", "", steps, seconds)
+            results.append(RunResult(f.path, "finished", steps - start, f.last[0], f.last[1], seconds,
+                                     f.probe_seconds))
         else:
-            results.append(RunResult(c.path, "diverged", c.error.step - start, c.last[0], c.last[1], seconds,
-                                     c.probe_seconds, c.error.reason, c.error))
+            results.append(RunResult(f.path, "diverged", f.error.step - start, f.last[0], f.last[1], seconds,
+                                     f.probe_seconds, f.error.reason, f.error))
     crash_point("finished")
     return results
-
-
-def _close_quietly(writer: RunWriter) -> None:
-    """Write what a failing run buffered, if the disk lets us (the failure itself is what gets reported)."""
-    try:
-        writer.close()
-    except (UserError, OSError):
-        pass
-def _probe_cost_line(row: dict, seconds: float, obj: Objective, theta: torch.Tensor, cfg: TrainConfig,
-                     opt: Optimizer, log_every: int, copies: int) -> str:
-    """One line after the first probe: its cost in full-batch forward passes and the share of the run
-    it implies (step cost in forwards: 2q central / q+1 forward ZO, plus the loss log every `log_every`;
-    first order counted as 3, a forward+backward)."""
-    from .budget import forward_seconds, step_forwards
-
-    fwd = forward_seconds(obj, theta)
-    fe = seconds / fwd if fwd > 0 else math.nan
-    step = step_forwards(opt, log_every)
-    share = fe / (fe + cfg.probe_every * step) if math.isfinite(fe) else math.nan
-    nhvp = int(sum(v for k, v in row.items() if k.endswith("_nhvp") and np.ndim(v) == 0 and np.isfinite(v)))
-    per = " per copy" if copies > 1 else ""
-    return (f"probe cost: one probe = {fe:,.0f} forward passes{per} ({seconds:.1f} s, {nhvp} HVPs); one step = "
-            f"{step:.2g} forwards; every {cfg.probe_every} steps -> expected probe share {100 * share:.0f}%")
-
-
-def _zo_attrs(name: str, cfg: TrainConfig) -> dict[str, Any]:
-    adam = cfg.optimizer.removeprefix("zo-") == "adam"
-    return {"description": ZO_DESCRIPTIONS[name], "window": cfg.zo_trace_window, "mu": cfg.mu,
-            "directions": cfg.directions,
-            "operator": "H" + (" (the plain Hessian: ZO directions are isotropic in theta-space, "
-                               "so not P^-1 H under Adam)" if adam else "")}
-
-
-def _timing(seconds: float, probe_seconds: float) -> dict[str, float]:
-    return {"train_seconds": seconds, "probe_seconds": probe_seconds,
-            "probe_share": probe_seconds / seconds if seconds > 0 else 0.0}
-
-
-def _query_mode(opt: Optimizer, obj: Objective, theta: torch.Tensor) -> str:
-    src = opt.source
-    if not hasattr(src, "batch_queries"):
-        return "none"
-    return "batched" if src.batch_queries(obj, theta) else "loop"
-
-
-def _make_optimizer(cfg: TrainConfig) -> Optimizer:
-    return make_optimizer(cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum, momentum_style=cfg.momentum_style,
-                          beta2=cfg.beta2, eps=cfg.eps, queries=cfg.queries, mu=cfg.mu,
-                          directions=cfg.directions, difference=cfg.difference, seed=cfg.seed,
-                          cocd_block=cfg.cocd_block, cocd_gamma=cfg.cocd_gamma, cocd_eps=cfg.cocd_eps,
-                          cocd_memory=cfg.cocd_memory, weight_decay=cfg.weight_decay)
-
-
-def _stack_optimizers(opts: list[Optimizer], source: Any = None) -> Optimizer:
-    """One optimizer for stacked copies: the first copy's source (directions shared by all copies, as K
-    separate runs of one seed draw them) and the copies' rules stacked row by row."""
-    from .optim.rules import stack_rules
-
-    source = source if source is not None else opts[0].source
-    if hasattr(source, "shared_directions"):
-        source.shared_directions = True
-    return Optimizer(opts[0].preset, source, stack_rules([o.rule for o in opts]))
-
-
-def _check_divergence(loss: float, loss0: float, factor: float, step: int) -> None:
-    if not math.isfinite(loss):
-        raise DivergedError(f"diverged at step {step}: loss is {loss}", step, "non-finite loss")
-    if loss > factor * max(loss0, 1e-12):
-        raise DivergedError(f"diverged at step {step}: loss {loss:.4g} exceeds {factor:g} x initial loss {loss0:.4g}",
-                            step, f"loss exceeded {factor:g} x initial loss")
 
 
 def _default_probe(cfg: TrainConfig, setup: Setup, optimizer: Optimizer | None = None,
@@ -675,16 +376,3 @@ def _default_probe(cfg: TrainConfig, setup: Setup, optimizer: Optimizer | None =
                        theta=setup.theta if theta is None else theta)
 
 
-class _NoBar:
-    def write(self, s: str) -> None: ...
-    def update(self, n: int = 1) -> None: ...
-    def set_postfix_str(self, s: str, refresh: bool = True) -> None: ...
-    def close(self) -> None: ...
-
-
-def _progress(enabled: bool, start: int, total: int):
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, smoothing=0.05)

@@ -1,0 +1,277 @@
+"""One copy's run file and checkpoint: created or resumed, logged to, checkpointed, finished.
+
+A checkpoint (`<run>.h5.ckpt`) holds θ, the optimizer state, the probe state, the config and the run id at a
+step whose rows are all in the run file; it is written atomically, so a crash leaves the previous one usable.
+"""
+from __future__ import annotations
+
+import io
+import os
+import platform
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .. import __version__
+from ..config import TrainConfig
+from ..errors import CorruptFileError, DivergedError, UserError
+from ..optim import Optimizer
+from ..store import RunWriter, crash_point, fsync_path, write_error_message
+from ..zo_monitor import COLUMNS as ZO_COLUMNS
+from ..zo_monitor import DESCRIPTIONS as ZO_DESCRIPTIONS
+from ..zo_monitor import ZOTraceMonitor
+from .copies import CopyStack
+
+
+def checkpoint_path(run_path: str | Path) -> Path:
+    """The checkpoint next to a run file: `<run_path>.ckpt`."""
+    return Path(str(run_path) + ".ckpt")
+
+
+def save_checkpoint(path: Path, step: int, theta: torch.Tensor, state: dict, extra: dict) -> None:
+    """Write a checkpoint atomically: temp file, fsync, rename — a crash mid-write leaves the previous one usable.
+
+    Args:
+        path: where the checkpoint goes.
+        step: the step whose θ it holds (θ before update `step`).
+        theta: the parameters, shape (d,).
+        state: the optimizer state, {part: {name: tensor}}.
+        extra: further entries (config, run id, probe state).
+
+    Raises:
+        OSError, RuntimeError: the write failed (disk full, file-size limit, ...).
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    payload = {"step": step, "theta": theta.detach().cpu(),
+               "state": {k: {n: t.detach().cpu() for n, t in v.items()} for k, v in state.items()},
+               **extra}
+    buf = io.BytesIO()
+    torch.save(payload, buf)  # serialised in memory: a failing write is then an OSError with its errno
+    with open(tmp, "wb") as fh:
+        fh.write(buf.getbuffer())
+    fsync_path(tmp)
+    crash_point("checkpoint")  # the new checkpoint written, not yet renamed
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Read a checkpoint written by `save_checkpoint`.
+
+    Raises:
+        UserError: there is no such file, or it cannot be read.
+    """
+    if not path.exists():
+        raise UserError(f"no checkpoint {path} next to the run file; it cannot be resumed")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is a damaged file
+        raise UserError(f"checkpoint {path} is damaged and cannot be read ({type(e).__name__})") from None
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Versions, device name and thread count, as recorded in a run file's attributes."""
+    import h5py
+    import numpy
+
+    env = {"eos_probe": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
+           "h5py": h5py.__version__, "python": platform.python_version(), "platform": platform.platform()}
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine() or "cpu")
+    return {"versions": env, "device": f"{device.type}: {name}", "threads": torch.get_num_threads()}
+
+
+def timing(seconds: float, probe_seconds: float) -> dict[str, float]:
+    """The timing attributes a finished, diverged or interrupted run file records."""
+    return {"train_seconds": seconds, "probe_seconds": probe_seconds,
+            "probe_share": probe_seconds / seconds if seconds > 0 else 0.0}
+
+
+def zo_attrs(name: str, cfg: TrainConfig) -> dict[str, Any]:
+    """The attributes of the ZO-trace monitor's column `name`."""
+    adam = cfg.optimizer.removeprefix("zo-") == "adam"
+    return {"description": ZO_DESCRIPTIONS[name], "window": cfg.zo_trace_window, "mu": cfg.mu,
+            "directions": cfg.directions,
+            "operator": "H" + (" (the plain Hessian: ZO directions are isotropic in theta-space, "
+                               "so not P^-1 H under Adam)" if adam else "")}
+
+
+def query_mode(opt: Optimizer, obj: Any, theta: torch.Tensor) -> str:
+    """How the source evaluates its queries on this objective: batched, loop, or none (first order)."""
+    src = opt.source
+    if not hasattr(src, "batch_queries"):
+        return "none"
+    return "batched" if src.batch_queries(obj, theta) else "loop"
+
+
+@dataclass
+class RunFile:
+    """One trained copy of a (possibly one-copy) run: its config, file, writer, probe and bookkeeping."""
+
+    cfg: TrainConfig
+    path: Path
+    optimizer: Optimizer  # scalar hyper-parameters: what the probe and the file describe
+    writer: Any = None
+    probe: Any = None
+    loss0: float = float("nan")
+    wall_offset: float = 0.0
+    last: tuple[float, float] = (float("nan"), float("nan"))
+    probe_seconds: float = 0.0
+    error: DivergedError | None = None
+    run_id: str | None = None  # also in the checkpoint: a checkpoint left by another run is never used
+
+    def open(self, attrs: dict[str, Any], *, overwrite: bool) -> None:
+        """Create the run file with its attributes (`initial_loss` among them)."""
+        self.loss0 = attrs["initial_loss"]
+        self.writer = RunWriter.create(self.path, attrs, overwrite=overwrite)
+
+    def resume(self, start: int, device: torch.device) -> None:
+        """Reopen the run file, keeping its rows before step `start`.
+
+        Raises:
+            CorruptFileError: the file cannot be read (it is left as it was).
+        """
+        try:
+            self.writer = RunWriter.resume(self.path, start)
+        except (OSError, RuntimeError, KeyError, ValueError) as e:
+            raise CorruptFileError(f"{self.path}: run file is damaged, cannot resume it ({e}); "
+                                   "the file was left as it was") from None
+        self.loss0 = float(self.writer.f.attrs["initial_loss"])
+        wt = self.writer.f["train/wall_time"]
+        self.wall_offset = float(wt[-1]) if wt.shape[0] else 0.0
+        self.writer.set_attrs("/", environment(device))
+
+    def declare(self, index: int, zo_monitor: ZOTraceMonitor | None, *, resuming: bool,
+                probe_state: dict | None) -> ZOTraceMonitor | None:
+        """Declare the /train columns and the probe's, restore the monitor and probe state, start writing.
+
+        Args:
+            index: the copy's index (its slot in the monitor).
+            zo_monitor: the ZO-trace monitor, None if the run has none.
+            resuming: the file was resumed (the monitor continues from its recorded raw samples).
+            probe_state: the probe state of the checkpoint resumed from, if any.
+
+        Returns:
+            the monitor, or None where a resumed file predates it (its /train rows must stay equally long).
+        """
+        rid = self.writer.f.attrs.get("run_id")
+        self.run_id = rid.decode() if isinstance(rid, bytes) else rid
+        for name, dtype in (("step", "i8"), ("loss", "f8"), ("accuracy", "f8"), ("wall_time", "f8")):
+            self.writer.declare("train", name, dtype)
+        if resuming and zo_monitor is not None and "zo_trace_raw" not in self.writer.f["train"] \
+                and self.writer.f["train/step"].shape[0]:
+            zo_monitor = None
+        if zo_monitor is not None:
+            for name in ZO_COLUMNS:
+                self.writer.declare("train", name, "f8", attrs=zo_attrs(name, self.cfg))
+            if resuming:
+                zo_monitor.restore(index, self.writer.f["train/zo_trace_raw"][()])
+        if self.probe is not None:
+            self.probe.declare(self.writer)
+            if probe_state is not None:
+                self.probe.load_state_dict(probe_state)
+        self.writer.start()
+        return zo_monitor
+
+    def log(self, row: dict[str, Any]) -> None:
+        """Append one /train row."""
+        self.writer.append("train", row)
+
+    def checkpoint(self, step: int, theta: torch.Tensor, state: dict, *, probe_state: dict | None = None,
+                   kept: bool = False, save: Callable[..., None] = save_checkpoint) -> None:
+        """Checkpoint θ_step: the file first gets every row before `step`.
+
+        Args:
+            step: the step whose θ (before its update) is saved.
+            theta, state: the copy's parameters and optimizer state.
+            probe_state: the probe state to save; default the probe's current one.
+            kept: write `<run>.step<step>.ckpt` (kept for `eos-probe edge`) instead of the resume checkpoint.
+            save: the writer (`save_checkpoint`).
+
+        Raises:
+            UserError: the write failed; the previous checkpoint is kept.
+        """
+        self.writer.flush()
+        extra = {"config": self.cfg.to_dict(), "run_id": self.run_id}
+        if self.probe is not None:
+            extra["probe"] = probe_state if probe_state is not None else self.probe.state_dict()
+        ck = Path(f"{self.path}.step{step}.ckpt") if kept else checkpoint_path(self.path)
+        try:
+            save(ck, step, theta, state, extra)
+        except (OSError, RuntimeError) as e:  # disk full, file-size limit, ... (torch.save: RuntimeError)
+            ck.with_name(ck.name + ".tmp").unlink(missing_ok=True)
+            raise UserError(write_error_message(ck, e) + "; the previous checkpoint is kept") from None
+
+    def finish(self, status: str, reason: str, step: int, seconds: float) -> None:
+        """Record the run's end (finished, diverged or interrupted) with its timing."""
+        self.writer.finish(status, reason, step, timing(seconds, self.probe_seconds))
+
+    def close_quietly(self) -> None:
+        """Write what a failing run buffered, if the disk lets us (the failure itself is what gets reported)."""
+        close_quietly(self.writer)
+
+
+def close_quietly(writer: RunWriter) -> None:
+    """Close `writer`, ignoring a failing disk (the failure that got us here is what gets reported)."""
+    try:
+        writer.close()
+    except (UserError, OSError):
+        pass
+
+
+def open_files(files: list[RunFile], stack: CopyStack, setup: Any, *, start: int, resuming: bool,
+               overwrite: bool, ckpt: dict | None, make_probe: Callable[[RunFile, torch.Tensor], Any],
+               zo_monitor: ZOTraceMonitor | None, log_every: int) -> ZOTraceMonitor | None:
+    """Build each copy's probe and create (or resume) its run file; on failure none is left half-made.
+
+    Args:
+        files: the copies, in stack order.
+        stack: their parameters (initial θ, or θ restored from `ckpt`).
+        setup: the run's `eos_probe.train.Setup` (objective, dataset, device, model source).
+        start: the step the run starts at (the checkpoint's when resuming).
+        resuming: reopen the files instead of creating them.
+        overwrite: replace existing files.
+        ckpt: the checkpoint resumed from, if any (its probe state is restored).
+        make_probe: builds a copy's probe (or returns None) given the copy and its θ.
+        zo_monitor: the ZO-trace monitor, None if the run has none.
+        log_every: the logging interval recorded in the files.
+
+    Returns:
+        the monitor, or None where a resumed file predates it.
+    """
+    obj = setup.objective
+    loss0 = obj.evaluate(stack.theta)[0] if not resuming else None
+    opened: list[Any] = []
+    try:
+        for i, f in enumerate(files):
+            f.probe = make_probe(f, stack.view(i)[0])
+            if not resuming:
+                f.open(_new_attrs(f, i, files, setup, stack, loss0, log_every), overwrite=overwrite)
+            else:
+                f.resume(start, setup.device)
+            opened.append(f.writer)
+            zo_monitor = f.declare(i, zo_monitor, resuming=resuming,
+                                   probe_state=ckpt["probe"] if ckpt is not None and "probe" in ckpt else None)
+    except BaseException:
+        for w in opened:
+            w.discard() if not w.started else close_quietly(w)
+        raise
+    return zo_monitor
+
+
+def _new_attrs(f: RunFile, i: int, files: list[RunFile], setup: Any, stack: CopyStack, loss0: torch.Tensor,
+               log_every: int) -> dict[str, Any]:
+    """The attributes of a new run file for copy i."""
+    obj = setup.objective
+    attrs = {"config": f.cfg.to_dict(), "seed": f.cfg.seed, "loss_convention": obj.loss_spec.convention,
+             "optimizer_config": f.optimizer.config(), "dataset": setup.dataset.meta,
+             "n_params": obj.dim, "n_train": int(setup.dataset.x_train.shape[0]),
+             "initial_loss": float(loss0[i] if stack.stacked else loss0), "log_every": log_every,
+             "microbatch_used": obj.microbatch or 0, "query_mode": query_mode(stack.opt, obj, stack.theta),
+             "run_id": uuid.uuid4().hex, **environment(setup.device)}
+    if setup.model_source:
+        attrs["model_source"] = setup.model_source
+    if stack.stacked:
+        attrs["sweep"] = {"copies": [str(x.path) for x in files], "index": i}
+    return attrs
