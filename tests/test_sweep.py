@@ -12,7 +12,7 @@ from eos_probe.cli import main
 from eos_probe.config import TrainConfig
 from eos_probe.objective import AUTO_CHUNK_BYTES, Objective, activation_bytes, auto_microbatch
 from eos_probe.optim import TwoPointSource
-from eos_probe.train import checkpoint_path, sweep_configs, train, train_sweep
+from eos_probe.train import build, checkpoint_path, sweep_configs, train, train_sweep
 
 #: 8 x 28 x 28 float32 = 25 KB per example: above VMAP_MAX_ACTIVATION, so on CPU stacked rows are looped
 TINY_CNN = {"widths": [8, 8], "hidden": 16}
@@ -44,8 +44,11 @@ def _assert_same_run(a, b, probe_cols: tuple[str, ...] = (), exact: bool = False
 
 def test_lr_sweep_equals_separate_runs_with_per_copy_probes(tmp_path) -> None:
     """Conv model on CPU: rows are looped and each copy's rule is scalar, so ZO copies are bitwise equal."""
-    base = TrainConfig(model="cnn", model_args=TINY_CNN, optimizer="zo-gd", n_per_class=5, steps=12, log_every=1,
-                       probe=["lambda_max"], probe_every=6, checkpoint_every=100, out=str(tmp_path / "run.h5"))
+    # widths 6, 8: the first activation (6×28×28 floats) exceeds objective.VMAP_MAX_ACTIVATION, so rows loop
+    base = TrainConfig(model="cnn", model_args={**TINY_CNN, "widths": [6, 8]}, optimizer="zo-gd", n_per_class=5,
+                       steps=12, log_every=1, probe=["lambda_max"], probe_every=6, checkpoint_every=100,
+                       out=str(tmp_path / "run.h5"))
+    assert not build(base).objective.vectorizes_stacks
     lrs = [0.002, 0.005, 0.01]
     cfgs = sweep_configs(base, lrs=lrs)
     assert [c.out for c in cfgs] == [str(tmp_path / f"run-lr{lr:g}.h5") for lr in lrs]
