@@ -15,6 +15,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..errors import UserError
+from ..presets import preset
 from ..run import Run, band_for
 
 KINDS = ("bands", "lambda", "loss", "margin", "spectrum", "commutator", "entk", "cocd-edge", "all")
@@ -270,7 +271,7 @@ def draw_lambda(ax, runs: Sequence[Run], *, colors: dict[str, str] | None = None
     for r in runs:
         col = colors[_key(r)]
         cur = r.curvature()
-        fo = band_for({**r.config, "optimizer": r.optimizer.removeprefix("zo-")}, r.attrs.get("n_params"))
+        fo = band_for({**r.config, "optimizer": preset(r.optimizer).fo_twin}, r.attrs.get("n_params"))
         s = cur["step"].to_numpy()
         y, e = cur["lambda_max"].to_numpy(), cur["lambda_max_err"].to_numpy()
         ax.plot(s, y, color=col, marker="o", ms=2.5)
