@@ -17,7 +17,8 @@ import pandas as pd
 from .errors import CorruptFileError, UserError
 from .presets import PRESETS
 from .reading import open_run
-from .theory.stability import COCD_BAND_WARNING, COCD_BANDLESS, Band, Setting, band_for, verdict
+from .theory.stability import COCD_BAND_WARNING, COCD_BANDLESS  # noqa: F401 - re-exported from their old home
+from .theory.stability import Band, Setting, band_for, verdict
 
 
 def _decode(v: Any) -> Any:

@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InvalidValueError
-from ..presets import PRESETS
+from ..presets import DEFAULT_DIRECTIONS, PRESETS
 from .stability import (
     exact_critical_lr,
     moment_operator,
@@ -109,7 +109,7 @@ def _rescale(state: dict, shape, rows: slice, factor: float) -> None:
 
 def simulate_growth(eigenvalues: Sequence[float] | np.ndarray, lrs: Sequence[float], optimizer: str, *,
                     queries: int = 1, momentum: float | None = None, momentum_style: str | None = None,
-                    directions: str = "gaussian", preconditioner: Sequence[float] | np.ndarray | None = None,
+                    directions: str = DEFAULT_DIRECTIONS, preconditioner: Sequence[float] | np.ndarray | None = None,
                     basis: np.ndarray | None = None, seeds: int = 2000, steps: int = 400,
                     fit_from: float = 0.5, groups: int = 8, seed: int = 0, mu: float = 1e-3,
                     start: str = "isotropic", threads: int | None = 1, moment: str = "norm") -> list[GrowthRun]:

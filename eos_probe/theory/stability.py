@@ -34,7 +34,8 @@ from scipy.optimize import brentq
 
 from ..errors import InvalidValueError
 from ..presets import DEFAULT_DIRECTIONS, PRESETS
-from .setting import (
+# the settings and the exact operators live in their own modules; their names stay importable from here
+from .setting import (  # noqa: F401
     COMMUTING_WARNING,
     DEFAULT_MOMENTUM,
     DIRECTIONS,
@@ -51,7 +52,8 @@ from .setting import (
     _warn,
     resolve,
 )
-from .moments import exact_critical_lr, moment_operator, ms_spectral_radius, spectral_radius
+from .moments import exact_critical_lr, moment_operator, ms_spectral_radius, spectral_radius  # noqa: F401
+
 
 def ms_terms(eigenvalues: np.ndarray | float, lr: float, optimizer: str, queries: int = 1,
              momentum: float | None = None, momentum_style: str | None = None,
