@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from .curvature import Density, Estimate, HessianOperator, PreconditionedOperator
 from .curvature.operators import CurvatureOperator
 from .errors import UserError
+from .presets import DEFAULT_DIRECTIONS
 
 __all__ = ["hessian", "lambda_max", "top_k", "trace", "density", "commutator_ratio", "ms_margin",
            "Estimate", "HessianOperator"]
@@ -129,7 +130,8 @@ def commutator_ratio(op: CurvatureOperator, p: Tensor, *, n_probes: int = 8, see
 
 
 def ms_margin(op: CurvatureOperator, *, optimizer: str, lr: float, queries: int = 1, momentum: float | None = None,
-              momentum_style: str = "heavy_ball", directions: str = "gaussian", preconditioner: Tensor | None = None,
+              momentum_style: str = "heavy_ball", directions: str = DEFAULT_DIRECTIONS,
+              preconditioner: Tensor | None = None,
               n_top: int = 3, n_probes: int = 6, n_steps: int = 10, n_matvec: int = 40,
               seed: int | None = 0) -> Estimate:
     """S(η), the exact mean-square stability sum of docs/theory.md §2 for ``optimizer`` at step size ``lr``: the
@@ -146,9 +148,9 @@ def ms_margin(op: CurvatureOperator, *, optimizer: str, lr: float, queries: int 
     from .curvature import top_k as _top_k
     from .curvature import trace as _trace
     from .curvature.deflated import rest_quadrature, split_trace_fn
-    from .probe import ms_term_function
+    from .presets import preset
     from .probe.shared import ritz_block
-    from .run import band_for
+    from .theory import band_for, ms_term_function
 
     op = _check_op(op)
     if preconditioner is not None:
@@ -162,7 +164,7 @@ def ms_margin(op: CurvatureOperator, *, optimizer: str, lr: float, queries: int 
                              momentum_style=momentum_style, directions=directions))
     except TypeError as e:
         raise UserError(str(e)) from None
-    if optimizer.removeprefix("zo-") == "adam" and not isinstance(op, PreconditionedOperator):
+    if preset(optimizer).preconditioned and not isinstance(op, PreconditionedOperator):
         raise UserError(f"{optimizer} reads the spectrum of P⁻¹H: pass preconditioner=p (Adam's sqrt(v)+eps)")
     band = band_for(config, op.dim)
     T = band.threshold

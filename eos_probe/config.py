@@ -3,21 +3,23 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
+import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .presets import DEFAULT_DIRECTIONS, DIFFERENCES, DIRECTIONS, MOMENTUM_STYLES, NAMES, PRESETS, check_lr, preset
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser as the `tomli` package (setup.cfg requires it there)
+    import tomli as tomllib
 
 DEVICES = ("auto", "cpu", "cuda")
 
-#: default step size per optimizer. First order: inside the classical edge of the default CNN at
-#: initialisation (λ_max ≈ 3.4 on fashion4). Zeroth order: the literature's scale (ZO-GDM η = 1e-4 at
-#: β = 0.9, docs/theory.md §6), i.e. T = 2q(1−β)/η = 2000 for both ZO-GD and ZO-GDM. On an H100 check, ZO-GD at
-#: η = 0.05 and 0.01 diverged within 100 steps on the CNN, ViT and MLP: Tr(H) is far larger than λ_max.
-DEFAULT_LR = {"gd": 0.05, "gdm": 0.005, "adam": 1e-3, "zo-gd": 1e-3, "zo-gdm": 1e-4, "zo-adam": 1e-4,
-              "cocd": 0.01, "bccd": 0.01}  # CoCD: the reference setting of docs/theory.md §5d
+#: default step size per optimizer (the presets' `lr`; why these values: `eos_probe.presets.PRESETS`)
+DEFAULT_LR = {name: p.lr for name, p in PRESETS.items()}
 DTYPES = ("float32", "float64")
 
 
@@ -34,14 +36,14 @@ class TrainConfig:
     loss: str = "mse"
     model_args: dict[str, Any] = field(default_factory=dict)
     optimizer: str = "zo-gd"
-    lr: float | None = None  # default per optimizer: DEFAULT_LR
+    lr: float | None = None  # default per optimizer: its preset's lr (eos_probe.presets)
     momentum: float | None = None
     momentum_style: str = "heavy_ball"
     beta2: float = 0.999
     eps: float = 1e-8
     queries: int = 1
     mu: float = 1e-3
-    directions: str = "gaussian"
+    directions: str = DEFAULT_DIRECTIONS
     difference: str = "central"
     steps: int = 300
     seed: int = 0
@@ -120,22 +122,22 @@ def _positive(name: str, value: float | int | None, allow_none: bool = False) ->
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Check every field that can be checked without loading data or models (those check themselves)."""
     from .objective import LOSSES
-    from .optim import DIFFERENCES, DIRECTIONS, MOMENTUM_STYLES, PRESETS
 
     def choice(name: str, value: str, options) -> None:
         if value not in options:
             raise UserError(f"unknown {name} {value!r}; choose one of {', '.join(options)}")
 
-    choice("optimizer", cfg.optimizer, PRESETS)
+    choice("optimizer", cfg.optimizer, NAMES)
     choice("loss", cfg.loss, LOSSES)
     choice("directions", cfg.directions, DIRECTIONS)
     choice("difference", cfg.difference, DIFFERENCES)
     choice("momentum style", cfg.momentum_style, MOMENTUM_STYLES)
     choice("device", cfg.device, DEVICES)
     choice("dtype", cfg.dtype, DTYPES)
+    p = preset(cfg.optimizer)
     if cfg.lr is None:
-        cfg.lr = DEFAULT_LR[cfg.optimizer]
-    _positive("lr", cfg.lr)
+        cfg.lr = p.lr
+    check_lr(cfg.lr)
     _positive("mu", cfg.mu)
     _positive("eps", cfg.eps)
     _positive("divergence factor", cfg.divergence_factor)
@@ -156,26 +158,23 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.seed < 0:
         raise UserError(f"seed must be a non-negative integer, got {cfg.seed}")
     _validate_cocd(cfg)
-    if cfg.momentum is not None and cfg.momentum > 0 and cfg.optimizer.removeprefix("zo-") == "gd":
-        raise UserError(f"optimizer {cfg.optimizer} takes no momentum (got {cfg.momentum}); use {cfg.optimizer}m")
+    p.check_momentum(cfg.momentum)
     return cfg
 
 
 def _validate_cocd(cfg: TrainConfig) -> None:
     """CoCD options: ranges here; B > d and m >= d once the model is built (they need d)."""
-    from .optim import COCD_PRESETS
-
     given = [n for n in ("cocd_block", "cocd_gamma", "cocd_memory") if getattr(cfg, n) is not None]
     if cfg.cocd_eps != 0.1:
         given.append("cocd_eps")
     if cfg.weight_decay:
         given.append("weight_decay")
-    if cfg.optimizer not in COCD_PRESETS:
+    p = preset(cfg.optimizer)
+    if p.source != "cocd":
         if given:
             raise UserError(f"{', '.join(given)} apply to the cocd and bccd optimizers only, not {cfg.optimizer}")
         return
-    if cfg.momentum not in (None, 0, 0.0):
-        raise UserError(f"optimizer {cfg.optimizer} takes no momentum (got {cfg.momentum})")
+    p.check_momentum(cfg.momentum)
     if cfg.cocd_block is not None and cfg.cocd_block < 1:
         raise UserError(f"cocd block size B must be a positive integer, got {cfg.cocd_block}")
     if cfg.cocd_gamma is not None and not (0.0 <= cfg.cocd_gamma <= 1.0):

@@ -15,7 +15,10 @@ import numpy as np
 import pandas as pd
 
 from .errors import CorruptFileError, UserError
-from .store import open_run
+from .presets import PRESETS
+from .reading import open_run
+from .theory.stability import COCD_BAND_WARNING, COCD_BANDLESS  # noqa: F401 - re-exported from their old home
+from .theory.stability import Band, Setting, band_for, verdict
 
 
 def _decode(v: Any) -> Any:
@@ -33,56 +36,6 @@ def _decode(v: Any) -> Any:
     if isinstance(v, np.generic):
         return v.item()
     return v
-
-
-#: optimizers without a spectral band: their exact edge needs H's eigenvectors (probe metric cocd_edge)
-COCD_BANDLESS = ("cocd", "bccd")
-COCD_BAND_WARNING = ("CoCD/BCCD: the line lambda_max(H) < 2/lr drawn here is exact only for B = d (finite-difference "
-                     "GD); the exact edge lr*(H, B, gamma) depends on H's eigenvectors (docs/theory.md section 5d) - "
-                     "see the probe series cocd_edge")
-
-
-def band_settings(config: dict[str, Any], dim: int | None = None) -> dict[str, Any]:
-    """Keyword arguments of `eos_probe.theory.band` for a run's config (the run's optimizer settings).
-
-    Adam runs use the EMA convention (the only one that applies to them); gd runs have no momentum.
-    """
-    optimizer = config.get("optimizer", "zo-gd")
-    if optimizer in COCD_BANDLESS:  # no spectral band: the classical GD line stands in (see band_for)
-        optimizer = "gd"
-    base = optimizer.removeprefix("zo-")
-    momentum = config.get("momentum")
-    style = config.get("momentum_style") or "heavy_ball"
-    if base == "gd":
-        momentum, style = None, None
-    elif base == "adam":
-        style = None
-    lr = config.get("lr")
-    if lr is None:  # a config as written, before validation filled the per-optimizer default
-        from .config import DEFAULT_LR
-
-        lr = DEFAULT_LR.get(optimizer, math.nan)
-    return {"lr": float(lr), "optimizer": optimizer, "queries": int(config.get("queries", 1)),
-            "momentum": momentum, "momentum_style": style, "directions": config.get("directions", "gaussian"),
-            "dim": dim}
-
-
-def band_for(config: dict[str, Any], dim: int | None = None):
-    """The theory module's `Band` (T, c, conventions, warnings) for a run's config; warnings not re-emitted."""
-    import warnings
-
-    from .theory import band
-
-    kw = band_settings(config, dim)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # they are kept in Band.warnings and shown beside every band
-        b = band(kw.pop("lr"), kw.pop("optimizer"), **kw)
-    if config.get("optimizer") in COCD_BANDLESS:
-        from dataclasses import replace
-
-        b = replace(b, optimizer=config["optimizer"], convention=f"{config['optimizer']}: coordinate-wise central "
-                    "differences with a decaying buffer, theta <- theta - lr G", warnings=(COCD_BAND_WARNING,))
-    return b
 
 
 @dataclass
@@ -129,7 +82,8 @@ class Run:
     @property
     def preconditioned(self) -> bool:
         """Adam runs: the band is about P⁻¹H, so plots and verdicts use the `precond_*` series."""
-        return self.optimizer.removeprefix("zo-") == "adam"
+        p = PRESETS.get(self.optimizer)
+        return p is not None and p.preconditioned
 
     @property
     def steps_done(self) -> int:
@@ -159,11 +113,12 @@ class Run:
         """Short legend label: optimizer and step size (with β, q where they are not the defaults)."""
         cfg = self.config
         parts = [self.optimizer, f"η={self.lr:g}"]
-        if self.optimizer.removeprefix("zo-") in ("gdm", "adam"):
+        p = PRESETS.get(self.optimizer)
+        if p is not None and p.takes_momentum:
             beta = cfg.get("momentum")
-            beta = 0.9 if beta is None else beta
+            beta = p.momentum if beta is None else beta
             parts.append(f"β={beta:g}" if not self.preconditioned else f"β₁={beta:g}")
-        if self.optimizer.startswith("zo-") and int(cfg.get("queries", 1)) != 1:
+        if p is not None and p.source == "two_point" and int(cfg.get("queries", 1)) != 1:
             parts.append(f"q={int(cfg['queries'])}")
         return ", ".join(parts)
 
@@ -195,8 +150,6 @@ class Run:
     # ------------------------------------------------------------------ theory
     def band(self):
         """The stability band of this run (`eos_probe.theory.Band`): as stored in /bands, else from the config."""
-        from .theory import Band
-
         stored = self._bands
         if stored and {f.name for f in fields(Band)} <= set(stored):
             kw = {f.name: stored[f.name] for f in fields(Band)}
@@ -222,12 +175,10 @@ class Run:
         """
         import warnings
 
-        from .theory import verdict
-
         classical = self.band().kind == "classical"
         cur = self.curvature()
-        kw = band_settings(self.config, self.attrs.get("n_params"))
-        lr, opt = kw.pop("lr"), kw.pop("optimizer")
+        s = Setting.from_config(self.config, self.attrs.get("n_params"))
+        lr, opt, kw = s.lr, s.optimizer, s.kwargs()
         rows = []
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # approximation warnings live in band().warnings
@@ -278,6 +229,15 @@ def _consistent_rows(cols: dict[str, np.ndarray], path: Path, group: str) -> dic
         raise CorruptFileError(f"{path}: group /{group} has no step dataset")
     n = min(len(v) for v in cols.values())
     return {k: v[:n] for k, v in cols.items()}
+
+
+def load(path: str | Path) -> Run:
+    """Load a run file into a :class:`Run` (the same as `eos_probe.load` and `eos_probe.store.load`).
+
+    Raises:
+        UserError: a missing file; CorruptFileError: a file that is not a readable eos-probe run.
+    """
+    return Run.from_file(path)
 
 
 def _frame(f, group: str, path: Path) -> pd.DataFrame:

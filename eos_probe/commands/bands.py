@@ -13,6 +13,7 @@ import click
 import numpy as np
 
 from ..errors import UserError
+from ..presets import DEFAULT_DIRECTIONS, DEFAULT_MOMENTUM
 from ..theory import stability as st
 
 
@@ -151,11 +152,13 @@ def render(out: dict) -> str:
 @click.command("bands")
 @click.option("--optimizer", required=True, type=click.Choice(list(st.OPTIMIZERS)), help="Optimizer preset.")
 @click.option("--lr", required=True, type=float, callback=_finite, help="Step size η.")
-@click.option("--momentum", type=float, callback=_finite, help="β of gdm, β1 of adam (default 0.9; 0 for gd).")
+@click.option("--momentum", type=float, callback=_finite,
+              help=f"β of gdm, β1 of adam (default {DEFAULT_MOMENTUM:g}; 0 for gd).")
 @click.option("--momentum-style", type=click.Choice(list(st.MOMENTUM_STYLES)),
               help="gdm convention: heavy_ball (default, torch SGD) or ema; adam is always ema.")
 @click.option("--queries", type=int, default=1, show_default=True, help="ZO two-point queries per step q.")
-@click.option("--directions", type=click.Choice(list(st.DIRECTIONS)), default="gaussian", show_default=True,
+@click.option("--directions", type=click.Choice(list(st.DIRECTIONS)), default=DEFAULT_DIRECTIONS,
+              show_default=True,
               help="ZO direction law (sphere needs the dimension, rademacher uses it: --dim or --spectrum).")
 @click.option("--dim", type=int, help="Parameter count d (sphere/rademacher directions).")
 @click.option("--trace", type=float, callback=_finite, help="Tr(H) (Adam: Tr(P^-1 H)); give with --lambda-max.")

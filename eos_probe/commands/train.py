@@ -9,6 +9,7 @@ import click
 
 from ..config import TrainConfig, load_toml
 from ..errors import DivergedError, UserError
+from ..presets import DEFAULT_MOMENTUM, DIFFERENCES, DIRECTIONS, MOMENTUM_STYLES
 
 
 def _parse_kv(flag: str, items: tuple[str, ...]) -> dict:
@@ -59,14 +60,15 @@ def _finite(ctx, param, value):
 @click.option("--loss", type=click.Choice(["mse", "ce"]), help="mse (0.5·Σ(f−onehot)², default) or ce.")
 @click.option("--optimizer", help="gd | gdm | adam | zo-gd | zo-gdm | zo-adam | cocd | bccd (default zo-gd).")
 @click.option("--lr", callback=_float_list, help="Step size η, or a comma list to train a sweep of copies together, one file each (default per optimizer: gd 0.05, gdm 0.005, adam 1e-3, zo-gd 1e-3, zo-gdm 1e-4, zo-adam 1e-4, cocd/bccd 0.01).")
-@click.option("--momentum", callback=_float_list, help="β of gdm, β1 of adam (default 0.9); a comma list sweeps it.")
-@click.option("--momentum-style", type=click.Choice(["heavy_ball", "ema"]), help="gdm convention (default heavy_ball).")
+@click.option("--momentum", callback=_float_list,
+              help=f"β of gdm, β1 of adam (default {DEFAULT_MOMENTUM:g}); a comma list sweeps it.")
+@click.option("--momentum-style", type=click.Choice(list(MOMENTUM_STYLES)), help="gdm convention (default heavy_ball).")
 @click.option("--beta2", type=float, callback=_finite, help="Adam β2 (default 0.999).")
 @click.option("--eps", type=float, callback=_finite, help="Adam ε (default 1e-8).")
 @click.option("--queries", type=int, help="ZO two-point queries per step q (default 1).")
 @click.option("--mu", type=float, callback=_finite, help="ZO smoothing radius μ (default 1e-3).")
-@click.option("--directions", type=click.Choice(["gaussian", "sphere", "rademacher"]), help="ZO direction law.")
-@click.option("--difference", type=click.Choice(["central", "forward"]), help="ZO finite difference.")
+@click.option("--directions", type=click.Choice(list(DIRECTIONS)), help="ZO direction law.")
+@click.option("--difference", type=click.Choice(list(DIFFERENCES)), help="ZO finite difference.")
 @click.option("--cocd-block", type=int, help="cocd/bccd: coordinates B refreshed per step (default ceil(1% of d)).")
 @click.option("--cocd-gamma", type=float, callback=_finite, help="cocd: decay gamma of stale estimates in [0, 1] (default 0.99; bccd: 0).")
 @click.option("--cocd-eps", type=float, callback=_finite, help="cocd/bccd: central-difference radius epsilon (default 0.1).")

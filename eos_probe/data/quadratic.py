@@ -43,5 +43,7 @@ class QuadraticObjective:
         g = self.grad(theta)
         return 0.5 * (theta * g).sum(-1), torch.full_like(theta[..., 0], float("nan")), g
 
+    value_and_grad_batched = value_and_grad  # stacked θ (K, d) natively (eos_probe.optim.StackedGradients)
+
     def evaluate(self, theta: Tensor) -> tuple[Tensor, Tensor]:
         return self.loss(theta), torch.full_like(theta[..., 0], float("nan"))

@@ -1,93 +1,127 @@
 """Optimizers = gradient source × update rule. `make_optimizer` builds the presets."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from ..errors import UserError
-from .rules import GD, MOMENTUM_STYLES, Adam, HeavyBall
+from ..errors import InvalidValueError
+from .. import presets as _presets
+from ..presets import DEFAULT_DIRECTIONS, DIFFERENCES, DIRECTIONS, MOMENTUM_STYLES, NAMES, check_lr
 from .cocd import CoCDSource
-from .sources import DIFFERENCES, DIRECTIONS, ExactSource, TwoPointSource, stream_seed
+from .protocols import GradientSource, Objective, StackedGradients, UpdateRule
+from .rules import GD, Adam, HeavyBall
+from .sources import ExactSource, TwoPointSource, stream_seed
 
-PRESETS = ("gd", "gdm", "adam", "zo-gd", "zo-gdm", "zo-adam", "cocd", "bccd")
+PRESETS = NAMES
 #: coherent coordinate descent presets (docs/theory.md §5d): the CoCD source with plain GD steps
-COCD_PRESETS = ("cocd", "bccd")
+COCD_PRESETS = tuple(n for n, p in _presets.PRESETS.items() if p.source == "cocd")
 
 __all__ = ["Optimizer", "make_optimizer", "PRESETS", "DIRECTIONS", "DIFFERENCES", "MOMENTUM_STYLES",
-           "ExactSource", "TwoPointSource", "CoCDSource", "COCD_PRESETS", "GD", "HeavyBall", "Adam", "stream_seed"]
+           "ExactSource", "TwoPointSource", "CoCDSource", "COCD_PRESETS", "GD", "HeavyBall", "Adam", "stream_seed",
+           "Objective", "GradientSource", "UpdateRule", "StackedGradients"]
 
 
 @dataclass
 class Optimizer:
-    """A gradient source and an update rule. State is a dict of tensors that checkpoints as is."""
+    """A gradient source and an update rule. State is a dict of dicts of tensors that checkpoints as is.
+
+    The state's parts: ``"source"`` and ``"rule"`` (their own state) and ``"update"``, whose
+    ``"direction"`` is the direction g of the last step (zeros before the first step, and after resuming
+    from a checkpoint written before it was part of the state). `last_direction` is the same tensor,
+    kept as an attribute for callers that have the optimizer but not the state.
+    """
 
     preset: str
-    source: object
-    rule: object
+    source: GradientSource
+    rule: UpdateRule
     last_direction: Tensor | None = field(default=None, repr=False)
 
     @property
     def zeroth_order(self) -> bool:
-        return isinstance(self.source, TwoPointSource) or getattr(self.source, "zeroth_order", False)
+        return self.source.zeroth_order
 
     def init(self, theta: Tensor) -> dict[str, dict[str, Tensor]]:
-        return {"source": self.source.init(theta), "rule": self.rule.init(theta)}
+        """The state for θ (shape (d,) or stacked (K, d)): source, rule and the last update's direction."""
+        return {"source": self.source.init(theta), "rule": self.rule.init(theta),
+                "update": {"direction": torch.zeros_like(theta)}}
 
     def step(self, objective, theta: Tensor, state: dict, step: int) -> dict:
         """One update of θ (in place). Returns what the source measured on the way (loss at θ for FO)."""
         g, info = self.source(objective, theta, state["source"], step)
+        _keep_direction(state, g)
         self.last_direction = g
         self.rule.apply(theta, g, state["rule"], step)
         return info
 
+    @staticmethod
+    def direction(state: dict) -> Tensor | None:
+        """The direction g of the last step from the state (None for a state without one)."""
+        return state.get("update", {}).get("direction")
+
     def preconditioner(self, state: dict) -> Tensor | None:
-        """Adam's current diagonal P (docs/theory.md §3), None for non-adaptive rules."""
-        return self.rule.preconditioner(state["rule"]) if isinstance(self.rule, Adam) else None
+        """The rule's current diagonal P (Adam, docs/theory.md §3), None for non-adaptive rules."""
+        return self.rule.preconditioner(state["rule"])
 
     def config(self) -> dict:
         return {"preset": self.preset, **self.source.config(), **self.rule.config()}
 
 
+def _keep_direction(state: dict, g: Tensor) -> None:
+    """Copy g into the state's "update" part: a copy, because a source may return its own buffer
+    (CoCD's G, the ZO scratch vector), which generic code over the state must not see twice."""
+    update = state.setdefault("update", {})
+    kept = update.get("direction")
+    if kept is None or kept.shape != g.shape or kept.dtype != g.dtype:
+        update["direction"] = g.detach().clone()
+    else:
+        kept.copy_(g)
+
+
 def make_optimizer(preset: str, *, lr, momentum: float | None = None, momentum_style: str = "heavy_ball",
                    beta2: float = 0.999, eps: float = 1e-8, queries: int = 1, mu: float = 1e-3,
-                   directions: str = "gaussian", difference: str = "central", seed: int = 0,
+                   directions: str = DEFAULT_DIRECTIONS, difference: str = "central", seed: int = 0,
                    frozen_preconditioner: Tensor | None = None, cocd_block: int | None = None,
                    cocd_gamma: float | None = None, cocd_eps: float = 0.1, cocd_memory: int | None = None,
                    weight_decay: float = 0.0) -> Optimizer:
-    """Build a preset: gd, gdm, adam (exact gradients), zo-gd, zo-gdm, zo-adam (two-point ZO), or cocd, bccd
-    (coherent / block cyclic coordinate descent: B = `cocd_block` coordinates refreshed per step, default
-    ⌈1 % of d⌉; decay γ = `cocd_gamma`, default 0.99 for cocd and 0 for bccd; radius `cocd_eps`).
+    """Build a preset (`eos_probe.presets.PRESETS`): gd, gdm, adam (exact gradients), zo-gd, zo-gdm, zo-adam
+    (two-point ZO), or cocd, bccd (coherent / block cyclic coordinate descent: B = `cocd_block` coordinates
+    refreshed per step, default ⌈1 % of d⌉; decay γ = `cocd_gamma`, default 0.99 for cocd and 0 for bccd;
+    radius `cocd_eps`).
 
-    `momentum` is β for gdm (default 0.9) and β1 for adam (default 0.9); it is ignored by gd presets
-    unless given, which is an error. `lr` may be a float or a per-copy tensor of shape (K, 1).
+    Args:
+        preset: the optimizer's name.
+        lr: a float, or a per-copy tensor of shape (K, 1).
+        momentum: β for gdm and β1 for adam (default: the preset's, 0.9); an error for presets without momentum.
+
+    Returns:
+        The :class:`Optimizer`.
+
+    Raises:
+        InvalidValueError: an unknown preset, a bad lr or an option the preset does not take.
     """
-    if preset not in PRESETS:
-        raise UserError(f"unknown optimizer {preset!r}; choose one of {', '.join(PRESETS)}")
-    if not isinstance(lr, Tensor) and not (lr > 0 and math.isfinite(lr)):
-        raise UserError(f"lr must be a positive finite number, got {lr}")
-    if preset in COCD_PRESETS:
-        if momentum not in (None, 0, 0.0):
-            raise UserError(f"optimizer {preset} takes no momentum (got {momentum})")
-        if preset == "bccd" and cocd_gamma not in (None, 0, 0.0):
-            raise UserError(f"bccd is CoCD with gamma = 0 (got gamma {cocd_gamma}); use cocd for gamma > 0")
-        gamma = (0.99 if preset == "cocd" else 0.0) if cocd_gamma is None else cocd_gamma
+    p = _presets.preset(preset)
+    if not isinstance(lr, Tensor):
+        check_lr(lr)
+    if p.source == "cocd":
+        p.check_momentum(momentum)
+        if p.name == "bccd" and cocd_gamma not in (None, 0, 0.0):
+            raise InvalidValueError(f"bccd is CoCD with gamma = 0 (got gamma {cocd_gamma}); use cocd for gamma > 0")
+        gamma = (0.99 if p.name == "cocd" else 0.0) if cocd_gamma is None else cocd_gamma
         source = CoCDSource(block=cocd_block, gamma=gamma, eps=cocd_eps, memory=cocd_memory,
                             weight_decay=weight_decay)
-        return Optimizer(preset, source, GD(lr))
+        return Optimizer(p.name, source, GD(lr))
     if weight_decay:
-        raise UserError(f"weight decay is implemented for the cocd and bccd presets only, not {preset}")
-    base = preset.removeprefix("zo-")
+        raise InvalidValueError(f"weight decay is implemented for the cocd and bccd presets only, not {p.name}")
     source = (TwoPointSource(queries=queries, mu=mu, directions=directions, difference=difference, seed=seed)
-              if preset.startswith("zo-") else ExactSource())
-    if base == "gd":
-        if momentum not in (None, 0, 0.0):
-            raise UserError(f"optimizer {preset} takes no momentum (got {momentum}); use {preset}m")
+              if p.source == "two_point" else ExactSource())
+    p.check_momentum(momentum)
+    beta = p.momentum if momentum is None else momentum
+    if p.rule == "gd":
         rule = GD(lr)
-    elif base == "gdm":
-        rule = HeavyBall(lr, 0.9 if momentum is None else momentum, momentum_style)
+    elif p.rule == "momentum":
+        rule = HeavyBall(lr, beta, momentum_style)
     else:
-        rule = Adam(lr, 0.9 if momentum is None else momentum, beta2, eps, frozen_preconditioner)
-    return Optimizer(preset, source, rule)
+        rule = Adam(lr, beta, beta2, eps, frozen_preconditioner)
+    return Optimizer(p.name, source, rule)

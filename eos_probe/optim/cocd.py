@@ -18,7 +18,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..errors import UserError
+from ..errors import InvalidValueError
 
 EVAL_MODES = ("auto", "loop", "batched")
 #: scratch budget for the stacked perturbed points of one batched call (bytes)
@@ -46,17 +46,17 @@ class CoCDSource:
     def __init__(self, block: int | None = None, gamma: float = 0.99, eps: float = 0.1, memory: int | None = None,
                  weight_decay: float = 0.0, eval_mode: str = "auto") -> None:
         if block is not None and (isinstance(block, bool) or not isinstance(block, int) or block < 1):
-            raise UserError(f"CoCD block size B must be a positive integer, got {block!r}")
+            raise InvalidValueError(f"CoCD block size B must be a positive integer, got {block!r}")
         if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not (0.0 <= gamma <= 1.0):
-            raise UserError(f"CoCD decay gamma must lie in [0, 1], got {gamma!r}")
+            raise InvalidValueError(f"CoCD decay gamma must lie in [0, 1], got {gamma!r}")
         if not (isinstance(eps, (int, float)) and not isinstance(eps, bool) and eps > 0 and math.isfinite(eps)):
-            raise UserError(f"CoCD finite-difference radius eps must be a positive finite number, got {eps!r}")
+            raise InvalidValueError(f"CoCD finite-difference radius eps must be a positive finite number, got {eps!r}")
         if memory is not None and (isinstance(memory, bool) or not isinstance(memory, int) or memory < 1):
-            raise UserError(f"CoCD memory budget must be a positive integer, got {memory!r}")
+            raise InvalidValueError(f"CoCD memory budget must be a positive integer, got {memory!r}")
         if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0):
-            raise UserError(f"weight decay must be a non-negative finite number, got {weight_decay!r}")
+            raise InvalidValueError(f"weight decay must be a non-negative finite number, got {weight_decay!r}")
         if eval_mode not in EVAL_MODES:
-            raise UserError(f"unknown CoCD evaluation mode {eval_mode!r}; choose one of {', '.join(EVAL_MODES)}")
+            raise InvalidValueError(f"unknown CoCD evaluation mode {eval_mode!r}; choose one of {', '.join(EVAL_MODES)}")
         self.block, self.gamma, self.eps = block, float(gamma), float(eps)
         self.memory, self.weight_decay, self.eval_mode = memory, float(weight_decay), eval_mode
         self._scratch: dict | None = None
@@ -73,7 +73,7 @@ class CoCDSource:
         return schedule(dim, self.block_size(dim), self.gamma, self.memory, self.weight_decay)
 
     def check_dim(self, dim: int) -> None:
-        """Raise a one-line UserError if B, m do not fit d parameters."""
+        """Raise a one-line InvalidValueError if B, m do not fit d parameters."""
         self.schedule(dim)
 
     def config(self) -> dict:

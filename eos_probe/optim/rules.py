@@ -13,15 +13,14 @@ import math
 import torch
 from torch import Tensor
 
-from ..errors import UserError
-
-MOMENTUM_STYLES = ("heavy_ball", "ema")
+from ..errors import InvalidValueError
+from ..presets import DEFAULT_MOMENTUM, MOMENTUM_STYLES
 
 
 def _check_beta(name: str, beta) -> None:
     for b in beta if isinstance(beta, (list, tuple)) else (beta,):
         if not (0.0 <= b < 1.0):
-            raise UserError(f"{name} must lie in [0, 1), got {b}")
+            raise InvalidValueError(f"{name} must lie in [0, 1), got {b}")
 
 
 def _row_rules(make, **params) -> list | None:
@@ -30,7 +29,7 @@ def _row_rules(make, **params) -> list | None:
     if not lengths:
         return None
     if len(lengths) > 1:
-        raise UserError(f"per-copy hyper-parameters have different lengths {sorted(lengths)}; give one value per copy")
+        raise InvalidValueError(f"per-copy hyper-parameters have different lengths {sorted(lengths)}; give one value per copy")
     (k,) = lengths
     rows = [{n: (v[i] if isinstance(v, (list, tuple)) else v) for n, v in params.items()} for i in range(k)]
     return [make(**r) for r in rows]
@@ -73,6 +72,10 @@ class GD:
             return _apply_rows(self._rows, theta, g, state, step)
         _axpy(theta, self.lr, g)
 
+    def preconditioner(self, state: dict) -> None:
+        """None: plain gradient steps are not preconditioned."""
+        return None
+
     def config(self) -> dict:
         return {"rule": self.name}
 
@@ -80,10 +83,10 @@ class GD:
 class HeavyBall:
     """Momentum. heavy_ball (torch.optim.SGD): m ← βm + g, θ ← θ − ηm.  ema: m ← βm + (1−β)g, θ ← θ − ηm."""
 
-    def __init__(self, lr, momentum=0.9, style: str = "heavy_ball") -> None:
+    def __init__(self, lr, momentum=DEFAULT_MOMENTUM, style: str = "heavy_ball") -> None:
         _check_beta("momentum", momentum)
         if style not in MOMENTUM_STYLES:
-            raise UserError(f"unknown momentum style {style!r}; choose one of {', '.join(MOMENTUM_STYLES)}")
+            raise InvalidValueError(f"unknown momentum style {style!r}; choose one of {', '.join(MOMENTUM_STYLES)}")
         self.lr, self.momentum, self.style = lr, momentum, style
         self.name = style
         self._params = {"lr": lr, "momentum": momentum, "style": style}
@@ -101,6 +104,10 @@ class HeavyBall:
         else:
             m.mul_(self.momentum).add_(g, alpha=1 - self.momentum)
         _axpy(theta, self.lr, m)
+
+    def preconditioner(self, state: dict) -> None:
+        """None: momentum steps are not preconditioned."""
+        return None
 
     def config(self) -> dict:
         return {"rule": self.name, "momentum": _listed(self.momentum), "momentum_style": self.style}
@@ -120,12 +127,12 @@ class Adam:
 
     name = "adam"
 
-    def __init__(self, lr, beta1=0.9, beta2: float = 0.999, eps: float = 1e-8,
+    def __init__(self, lr, beta1=DEFAULT_MOMENTUM, beta2: float = 0.999, eps: float = 1e-8,
                  frozen_preconditioner: Tensor | None = None) -> None:
         _check_beta("beta1 (momentum)", beta1)
         _check_beta("beta2", beta2)
         if not (eps > 0 and math.isfinite(eps)):
-            raise UserError(f"eps must be a positive finite number, got {eps}")
+            raise InvalidValueError(f"eps must be a positive finite number, got {eps}")
         self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
         self.frozen = frozen_preconditioner
         self._params = {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps,

@@ -10,10 +10,9 @@ import math
 import torch
 from torch import Tensor
 
-from ..errors import UserError
-
-DIRECTIONS = ("gaussian", "sphere", "rademacher")
-DIFFERENCES = ("central", "forward")
+from ..errors import InvalidValueError
+from ..presets import DEFAULT_DIRECTIONS, DIFFERENCES, DIRECTIONS
+from .protocols import StackedGradients
 
 #: purposes of per-step random streams; each draws from its own generator seed
 PURPOSE_DIRECTIONS = 1
@@ -38,6 +37,7 @@ class ExactSource:
     """First-order: the exact full-batch gradient."""
 
     name = "exact"
+    zeroth_order = False
     evaluates_loss = True
 
     def init(self, theta: Tensor) -> dict[str, Tensor]:
@@ -55,13 +55,12 @@ class ExactSource:
 
 
 def _batched_value_and_grad(objective, theta: Tensor):
-    if hasattr(objective, "value_and_grad_batched"):
+    """(loss, accuracy, g) of stacked copies θ (K, d): one call where the objective declares the
+    capability (`StackedGradients`), else one `value_and_grad` per copy."""
+    if isinstance(objective, StackedGradients):
         return objective.value_and_grad_batched(theta)
-    try:
-        return objective.value_and_grad(theta)  # the quadratic is batched natively
-    except Exception:  # noqa: BLE001 - fall back to a loop over copies
-        parts = [objective.value_and_grad(t) for t in theta]
-        return tuple(torch.stack([p[i] for p in parts]) for i in range(3))
+    parts = [objective.value_and_grad(t) for t in theta]
+    return tuple(torch.stack([p[i] for p in parts]) for i in range(3))
 
 
 QUERY_MODES = ("auto", "loop", "batched")
@@ -88,21 +87,22 @@ class TwoPointSource:
     """
 
     name = "two_point"
+    zeroth_order = True
     evaluates_loss = False
 
-    def __init__(self, queries: int = 1, mu: float = 1e-3, directions: str = "gaussian",
+    def __init__(self, queries: int = 1, mu: float = 1e-3, directions: str = DEFAULT_DIRECTIONS,
                  difference: str = "central", seed: int = 0, shared_directions: bool = False,
                  query_mode: str = "auto") -> None:
         if isinstance(queries, bool) or not isinstance(queries, int) or queries < 1:
-            raise UserError(f"queries must be a positive integer, got {queries}")
+            raise InvalidValueError(f"queries must be a positive integer, got {queries}")
         if not (mu > 0 and math.isfinite(mu)):
-            raise UserError(f"mu (smoothing radius) must be a positive finite number, got {mu}")
+            raise InvalidValueError(f"mu (smoothing radius) must be a positive finite number, got {mu}")
         if directions not in DIRECTIONS:
-            raise UserError(f"unknown direction distribution {directions!r}; choose one of {', '.join(DIRECTIONS)}")
+            raise InvalidValueError(f"unknown direction distribution {directions!r}; choose one of {', '.join(DIRECTIONS)}")
         if difference not in DIFFERENCES:
-            raise UserError(f"unknown finite difference {difference!r}; choose one of {', '.join(DIFFERENCES)}")
+            raise InvalidValueError(f"unknown finite difference {difference!r}; choose one of {', '.join(DIFFERENCES)}")
         if query_mode not in QUERY_MODES:
-            raise UserError(f"unknown query mode {query_mode!r}; choose one of {', '.join(QUERY_MODES)}")
+            raise InvalidValueError(f"unknown query mode {query_mode!r}; choose one of {', '.join(QUERY_MODES)}")
         self.queries, self.mu, self.directions, self.difference, self.seed = queries, mu, directions, difference, seed
         self.shared_directions = shared_directions
         self.query_mode = query_mode

@@ -11,7 +11,9 @@ import numpy as np
 
 from ..curvature.quadrature import gaussian_density
 from ..errors import UserError
-from ..run import Run, band_for
+from ..presets import preset
+from ..run import Run
+from ..theory import band_for
 from .style import (COMMUTATOR_REFERENCE, _band_label, _by_lr, _clip_y, _diverged_note, _edges, _finite_pos,
                     _integer_steps, _key, _legend, _log_if_wide, _log_ticks, _lower, _mark_divergence, _require,
                     _shade, _steps, _tex_quantity, _threshold_text, run_colors)
@@ -118,7 +120,7 @@ def draw_lambda(ax, runs: Sequence[Run], *, colors: dict[str, str] | None = None
     for r in runs:
         col = colors[_key(r)]
         cur = r.curvature()
-        fo = band_for({**r.config, "optimizer": r.optimizer.removeprefix("zo-")}, r.attrs.get("n_params"))
+        fo = band_for({**r.config, "optimizer": preset(r.optimizer).fo_twin}, r.attrs.get("n_params"))
         s = cur["step"].to_numpy()
         y, e = cur["lambda_max"].to_numpy(), cur["lambda_max_err"].to_numpy()
         ax.plot(s, y, color=col, marker="o", ms=2.5)

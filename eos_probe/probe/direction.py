@@ -1,15 +1,16 @@
 """The one place the probe reads the optimizer's last update direction (for ``dir_curvature``).
 
-Today the direction travels as a mutable attribute, ``optimizer.last_direction``, and across a resume through
-the probe's own checkpoint (``Probe.state_dict``'s "last_direction", handed back once by
-``Probe.restored_direction``). TODO(lead): once the last direction is optimizer state (checkpointed with it),
-read it from there here and drop the probe's copy.
+The direction is optimizer state (``state["update"]["direction"]``, `Optimizer.direction`), checkpointed with
+it. Checkpoints written before that kept it in the probe's own state ("last_direction"); the probe still reads
+those once after a resume.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from torch import Tensor
+
+from ..optim import Optimizer
 
 if TYPE_CHECKING:
     from .context import ProbeContext
@@ -22,21 +23,10 @@ def last_direction(ctx: "ProbeContext") -> Tensor | None:
         ctx: the probe step's context.
 
     Returns:
-        The optimizer's last direction; at the first probe after a resume (the optimizer has none yet) the
-        one restored from the probe's checkpoint; None before the first step.
+        The direction from the optimizer state; None before the first step (the state holds zeros then),
+        or, right after resuming from an old checkpoint without it, the copy the probe's checkpoint kept.
     """
-    g = ctx.optimizer.last_direction
-    if g is None:
-        g = ctx.probe.restored_direction()
-    return g
-
-
-def direction_to_save(optimizer) -> Tensor | None:
-    """A CPU copy of the optimizer's last direction for the probe's checkpoint (None if it has none).
-
-    Args:
-        optimizer: the run's optimizer, or None (a probe built without one).
-    """
-    if optimizer is None or optimizer.last_direction is None:
-        return None
-    return optimizer.last_direction.detach().to("cpu", copy=True)
+    g = Optimizer.direction(ctx.state) if isinstance(ctx.state, dict) else None
+    if g is not None and bool(g.any()):
+        return g
+    return ctx.probe.restored_direction()

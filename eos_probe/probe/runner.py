@@ -13,8 +13,7 @@ from torch import Tensor
 
 from .bands import band_formula
 from .context import ProbeContext
-from .direction import direction_to_save
-from .metrics.curvature import DirCurvature, Trace
+from .metrics.curvature import Trace
 from .registry import Metric
 from .shared import NHVP_ATTRIBUTION, lanczos_options, rest_options
 
@@ -117,18 +116,16 @@ class Probe:
         return row
 
     def state_dict(self) -> dict[str, Any]:
-        """Warm-start vectors (before and after the last probe), the HVP back end, the last direction."""
+        """Warm-start vectors (before and after the last probe) and the HVP back end (the last direction is
+        optimizer state, checkpointed with it)."""
         d: dict[str, Any] = {"warm": {k: v.clone() for k, v in self.warm.items()},
                              "warm_before": {k: v.clone() for k, v in self._warm_before.items()},
                              "last_step": self._last_step, "hvp_backend": self._backend}
-        if any(isinstance(m, DirCurvature) for m in self.metrics):
-            g = direction_to_save(self.settings.get("optimizer"))
-            if g is not None:
-                d["last_direction"] = g
         return d
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
-        """Restore what `state_dict` saved (a resumed run): warm starts, back end, the last direction."""
+        """Restore what `state_dict` saved (a resumed run): warm starts, back end, and the last direction of
+        checkpoints written before it was optimizer state."""
         self.warm = {k: v.clone() for k, v in d.get("warm", {}).items()}
         self._warm_before = {k: v.clone() for k, v in d.get("warm_before", {}).items()}
         self._last_step = d.get("last_step")

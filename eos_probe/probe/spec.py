@@ -9,6 +9,7 @@ import ast
 from typing import Any
 
 from ..errors import UserError
+from ..presets import PRESETS
 from .metrics import BUILTIN as _BUILTIN  # noqa: F401  (importing it registers the built-in metrics)
 from .bands import band_for_config
 from .registry import METRICS, Metric
@@ -16,8 +17,8 @@ from .runner import Probe
 
 
 def _preconditioned(optimizer: str) -> bool:
-    # TODO(lead): ask the optimizer's preset (presets.py) instead of its name
-    return optimizer.removeprefix("zo-") == "adam"
+    p = PRESETS.get(optimizer)  # an unknown name is validated elsewhere; it has no preconditioner here
+    return p is not None and p.preconditioned
 
 
 def default_metrics(optimizer: str) -> list[str]:

@@ -87,11 +87,10 @@ class Spectrum:
 
 
 def _band_kw(cfg: dict[str, Any], dim: int) -> dict[str, Any]:
-    from ..run import band_settings
+    from ..theory import Setting
 
-    kw = band_settings(cfg, dim)
-    kw.pop("lr")
-    return kw
+    s = Setting.from_config(cfg, dim)
+    return {"optimizer": s.optimizer, **s.kwargs()}
 
 
 def measure_spectrum(objective, theta, *, k: int = 20, n_matvec: int = 40, dense_max: int = 1500,

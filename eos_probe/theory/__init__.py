@@ -13,12 +13,14 @@ from .stability import (
     Setting,
     Verdict,
     band,
+    band_for,
     critical_lr,
     critical_lr_bounds,
     exact_critical_lr,
     moment_operator,
     ms_spectral_radius,
     ms_sum,
+    ms_term_function,
     ms_terms,
     resolve,
     spectral_radius,
@@ -26,7 +28,7 @@ from .stability import (
 )
 
 __all__ = [
-    "DIRECTIONS", "OPTIMIZERS", "ApproximationWarning", "Band", "Setting", "Verdict", "band", "critical_lr",
-    "critical_lr_bounds", "exact_critical_lr", "moment_operator", "ms_spectral_radius", "ms_sum", "ms_terms",
-    "resolve", "spectral_radius", "verdict",
+    "DIRECTIONS", "OPTIMIZERS", "ApproximationWarning", "Band", "Setting", "Verdict", "band", "band_for",
+    "critical_lr", "critical_lr_bounds", "exact_critical_lr", "moment_operator", "ms_spectral_radius", "ms_sum",
+    "ms_term_function", "ms_terms", "resolve", "spectral_radius", "verdict",
 ]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import InvalidValueError
 
 #: above this d the monodromy is applied matrix-free and ρ(Φ) comes from ARPACK instead of a dense eig
 DENSE_EIG_MAX = 400
@@ -62,23 +62,23 @@ class CoCDSchedule:
 
 def schedule(dim: int, block: int, gamma: float, memory: int | None = None,
              weight_decay: float = 0.0) -> CoCDSchedule:
-    """Validate CoCD hyper-parameters against d (one :class:`UserError` line per mistake)."""
+    """Validate CoCD hyper-parameters against d (one :class:`InvalidValueError` line per mistake)."""
     if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
-        raise UserError(f"dimension must be a positive integer, got {dim!r}")
+        raise InvalidValueError(f"dimension must be a positive integer, got {dim!r}")
     if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
-        raise UserError(f"CoCD block size B must be a positive integer, got {block!r}")
+        raise InvalidValueError(f"CoCD block size B must be a positive integer, got {block!r}")
     if block > dim:
-        raise UserError(f"CoCD block size B = {block} exceeds the number of parameters d = {dim}")
+        raise InvalidValueError(f"CoCD block size B = {block} exceeds the number of parameters d = {dim}")
     if not (isinstance(gamma, (int, float, np.floating)) and 0.0 <= float(gamma) <= 1.0):
-        raise UserError(f"CoCD decay gamma must lie in [0, 1], got {gamma!r}")
+        raise InvalidValueError(f"CoCD decay gamma must lie in [0, 1], got {gamma!r}")
     if memory is not None:
         if isinstance(memory, bool) or not isinstance(memory, (int, np.integer)):
-            raise UserError(f"CoCD memory budget must be an integer, got {memory!r}")
+            raise InvalidValueError(f"CoCD memory budget must be an integer, got {memory!r}")
         if not (block <= memory < dim):
-            raise UserError(f"CoCD memory budget m = {memory} must satisfy B = {block} <= m < d = {dim} "
+            raise InvalidValueError(f"CoCD memory budget m = {memory} must satisfy B = {block} <= m < d = {dim} "
                             "(omit it to keep every estimate)")
     if not (math.isfinite(weight_decay) and weight_decay >= 0):
-        raise UserError(f"weight decay must be a non-negative finite number, got {weight_decay!r}")
+        raise InvalidValueError(f"weight decay must be a non-negative finite number, got {weight_decay!r}")
     return CoCDSchedule(int(dim), int(block), float(gamma), None if memory is None else int(memory),
                         float(weight_decay))
 
@@ -86,9 +86,9 @@ def schedule(dim: int, block: int, gamma: float, memory: int | None = None,
 def _check_hessian(H) -> np.ndarray:
     H = np.asarray(H, dtype=float)
     if H.ndim != 2 or H.shape[0] != H.shape[1] or H.shape[0] == 0:
-        raise UserError(f"the Hessian must be a square matrix, got shape {H.shape}")
+        raise InvalidValueError(f"the Hessian must be a square matrix, got shape {H.shape}")
     if not np.all(np.isfinite(H)):
-        raise UserError("the Hessian contains NaN or inf")
+        raise InvalidValueError("the Hessian contains NaN or inf")
     return 0.5 * (H + H.T)
 
 
@@ -135,7 +135,7 @@ def spectral_radius(H, lr: float, block: int, gamma: float, *, memory: int | Non
 
 def _radius(H: np.ndarray, lr: float, s: CoCDSchedule, method: str = "auto", v0: np.ndarray | None = None) -> float:
     if method not in ("auto", "dense", "arpack"):
-        raise UserError(f"method must be auto, dense or arpack, got {method!r}")
+        raise InvalidValueError(f"method must be auto, dense or arpack, got {method!r}")
     if method == "dense" or (method == "auto" and s.dim <= DENSE_EIG_MAX):
         phi = _apply_cycle(H, lr, s, np.eye(2 * s.dim))
         return float(np.max(np.abs(np.linalg.eigvals(phi))))

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import InvalidValueError
+from ..presets import DEFAULT_DIRECTIONS, DIRECTIONS
 
-LAWS = ("gaussian", "sphere", "rademacher")
+LAWS = DIRECTIONS  # the two-point directions of the optimizers
 
 
 def effective_rank(K: np.ndarray) -> float:
@@ -28,7 +29,7 @@ def effective_rank(K: np.ndarray) -> float:
     return float(np.trace(K) ** 2 / np.sum(K * K))
 
 
-def zo_kernel_mse(A: np.ndarray, B: np.ndarray, P: int, law: str = "gaussian") -> float:
+def zo_kernel_mse(A: np.ndarray, B: np.ndarray, P: int, law: str = DEFAULT_DIRECTIONS) -> float:
     """Exact E‖K_ZO − K‖_F² for K = ABᵀ and K_ZO = (1/P)(AU)(BU)ᵀ, U with P i.i.d. columns of the law.
 
     One direction: E‖Auuᵀ Bᵀ‖_F² = E[(uᵀMu)(uᵀNu)] with M = AᵀA, N = BᵀB, minus ‖K‖_F² (the mean);
@@ -38,10 +39,10 @@ def zo_kernel_mse(A: np.ndarray, B: np.ndarray, P: int, law: str = "gaussian") -
     Theory: [docs/theory.md#zo-entk][zo-entk].
     """
     if law not in LAWS:
-        raise UserError(f"unknown direction law {law!r}; choose one of {', '.join(LAWS)}")
+        raise InvalidValueError(f"unknown direction law {law!r}; choose one of {', '.join(LAWS)}")
     A, B = np.asarray(A, dtype=float), np.asarray(B, dtype=float)
     if A.ndim != 2 or B.ndim != 2 or A.shape[1] != B.shape[1]:
-        raise UserError(f"A and B must be matrices with the same number of columns, got {A.shape} and {B.shape}")
+        raise InvalidValueError(f"A and B must be matrices with the same number of columns, got {A.shape} and {B.shape}")
     d = A.shape[1]
     K = A @ B.T
     kk = float(np.sum(K * K))  # ‖ABᵀ‖_F² = Tr(MN)
@@ -53,7 +54,7 @@ def zo_kernel_mse(A: np.ndarray, B: np.ndarray, P: int, law: str = "gaussian") -
     return (fourth - kk) / P
 
 
-def relative_mse(J: np.ndarray, P: int, law: str = "gaussian") -> float:
+def relative_mse(J: np.ndarray, P: int, law: str = DEFAULT_DIRECTIONS) -> float:
     """E‖K_ZO − K‖_F²/‖K‖_F² on a probe batch (A = B = J, K = JJᵀ). Gaussian: (1 + r_eff)/P.
 
     Theory: [docs/theory.md#zo-entk][zo-entk].

@@ -20,7 +20,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import InvalidValueError
+from ..presets import DEFAULT_DIRECTIONS, PRESETS
 from .stability import (
     exact_critical_lr,
     moment_operator,
@@ -78,7 +79,7 @@ def _stationary_start(theta, state: dict, eigs: np.ndarray, Q, P, lrs: list[floa
     H = np.diag(eigs) if Q is None else Q @ np.diag(eigs) @ Q.T
     m = state.get("rule", {}).get("m") if isinstance(state.get("rule"), dict) else None
     if s.momentum and m is None:
-        raise UserError("start='stationary' needs the momentum buffer state['rule']['m'] of the optimizer")
+        raise InvalidValueError("start='stationary' needs the momentum buffer state['rule']['m'] of the optimizer")
     for k, lr in enumerate(lrs):
         op = moment_operator(H, lr, s.optimizer, s.queries, s.momentum, s.momentum_style,
                              directions=s.directions, preconditioner=P)
@@ -108,7 +109,7 @@ def _rescale(state: dict, shape, rows: slice, factor: float) -> None:
 
 def simulate_growth(eigenvalues: Sequence[float] | np.ndarray, lrs: Sequence[float], optimizer: str, *,
                     queries: int = 1, momentum: float | None = None, momentum_style: str | None = None,
-                    directions: str = "gaussian", preconditioner: Sequence[float] | np.ndarray | None = None,
+                    directions: str = DEFAULT_DIRECTIONS, preconditioner: Sequence[float] | np.ndarray | None = None,
                     basis: np.ndarray | None = None, seeds: int = 2000, steps: int = 400,
                     fit_from: float = 0.5, groups: int = 8, seed: int = 0, mu: float = 1e-3,
                     start: str = "isotropic", threads: int | None = 1, moment: str = "norm") -> list[GrowthRun]:
@@ -130,47 +131,73 @@ def simulate_growth(eigenvalues: Sequence[float] | np.ndarray, lrs: Sequence[flo
 
     Theory: [docs/theory.md#ms-sum][ms-sum].
     """
+    eigs = np.asarray(eigenvalues, dtype=float).ravel()
+    s, lrs, P, Q = _check_growth_inputs(eigs, lrs, optimizer, queries, momentum, momentum_style, directions,
+                                        preconditioner, basis, seeds, groups, moment, start, steps, fit_from)
+    logs = _simulate_log_moments(eigs, lrs, s, P, Q, seeds=seeds, steps=steps, groups=groups, seed=seed, mu=mu,
+                                 start=start, threads=threads, moment=moment)
+    fit_start = int(fit_from * steps)
+    tt = np.arange(fit_start, steps + 1)
+    runs = []
+    for k, lr in enumerate(lrs):
+        # the overall mean is the mean of equal-sized group means; combine in log space stably
+        m = logs[:, k, :].max(axis=1, keepdims=True)
+        total = np.log(np.mean(np.exp(logs[:, k, :] - m), axis=1)) + m[:, 0]
+        rate = float(np.polyfit(tt, total[fit_start:], 1)[0])
+        per_group = np.polyfit(tt, logs[fit_start:, k, :], 1)[0]
+        stderr = float(np.std(per_group, ddof=1) / math.sqrt(groups))
+        pred, how = _predict(eigs, lr, s, Q, P, s.momentum_style)
+        runs.append(GrowthRun(lr, rate, stderr, total, fit_start, pred, how))
+    return runs
+
+
+def _check_growth_inputs(eigs, lrs, optimizer, queries, momentum, momentum_style, directions, preconditioner,
+                         basis, seeds, groups, moment, start, steps, fit_from):
+    """(setting, step sizes, frozen P or None, basis Q or None) of :func:`simulate_growth`, validated."""
+    d = eigs.size
+    s = resolve(optimizer, queries, momentum, momentum_style, directions, d)
+    lrs = [float(x) for x in np.atleast_1d(np.asarray(lrs, dtype=float))]
+    if not lrs or not all(math.isfinite(x) and x > 0 for x in lrs):
+        raise InvalidValueError("lrs must be a non-empty list of positive finite step sizes")
+    if seeds < 2 * groups or seeds % groups:
+        raise InvalidValueError(f"seeds ({seeds}) must be a multiple of groups ({groups}) and at least 2·groups")
+    if moment not in ("norm", "loss"):
+        raise InvalidValueError(f"moment must be 'norm' or 'loss', got {moment!r}")
+    if start not in ("isotropic", "stationary"):
+        raise InvalidValueError(f"start must be 'isotropic' or 'stationary', got {start!r}")
+    if start == "stationary" and d > DENSE_MAX_DIM:
+        raise InvalidValueError(f"start='stationary' needs the dense moment operator; keep d ≤ {DENSE_MAX_DIM}")
+    if steps < 10 or not (0.0 <= fit_from < 0.9):
+        raise InvalidValueError("steps must be ≥ 10 and fit_from in [0, 0.9)")
+    P = None
+    if preconditioner is not None:
+        if not s.preconditioned:
+            raise InvalidValueError(f"{optimizer} has no preconditioner; pass preconditioner only for adam presets")
+        P = np.asarray(preconditioner, dtype=float).ravel()
+        if P.shape != (d,) or not np.all(P > 0):
+            raise InvalidValueError(f"preconditioner must be {d} positive numbers (Adam's frozen diagonal P)")
+    elif s.preconditioned:
+        raise InvalidValueError("simulating Adam needs a frozen preconditioner (the live v makes the map nonlinear)")
+    Q = None if basis is None else np.asarray(basis, dtype=float)
+    return s, lrs, P, Q
+
+
+def _simulate_log_moments(eigs, lrs, s, P, Q, *, seeds, steps, groups, seed, mu, start, threads,
+                          moment) -> np.ndarray:
+    """log of the second moment per step, step size and seed group: shape (steps + 1, K, groups)."""
     import torch
 
     from ..data.quadratic import QuadraticObjective
     from ..optim import make_optimizer
 
-    eigs = np.asarray(eigenvalues, dtype=float).ravel()
-    d = eigs.size
-    s = resolve(optimizer, queries, momentum, momentum_style, directions, d)
-    lrs = [float(x) for x in np.atleast_1d(np.asarray(lrs, dtype=float))]
-    if not lrs or not all(math.isfinite(x) and x > 0 for x in lrs):
-        raise UserError("lrs must be a non-empty list of positive finite step sizes")
-    if seeds < 2 * groups or seeds % groups:
-        raise UserError(f"seeds ({seeds}) must be a multiple of groups ({groups}) and at least 2·groups")
-    if moment not in ("norm", "loss"):
-        raise UserError(f"moment must be 'norm' or 'loss', got {moment!r}")
-    if start not in ("isotropic", "stationary"):
-        raise UserError(f"start must be 'isotropic' or 'stationary', got {start!r}")
-    if start == "stationary" and d > DENSE_MAX_DIM:
-        raise UserError(f"start='stationary' needs the dense moment operator; keep d ≤ {DENSE_MAX_DIM}")
-    if steps < 10 or not (0.0 <= fit_from < 0.9):
-        raise UserError("steps must be ≥ 10 and fit_from in [0, 0.9)")
-    P = None
-    if preconditioner is not None:
-        if not s.preconditioned:
-            raise UserError(f"{optimizer} has no preconditioner; pass preconditioner only for adam presets")
-        P = np.asarray(preconditioner, dtype=float).ravel()
-        if P.shape != (d,) or not np.all(P > 0):
-            raise UserError(f"preconditioner must be {d} positive numbers (Adam's frozen diagonal P)")
-    elif s.preconditioned:
-        raise UserError("simulating Adam needs a frozen preconditioner (the live v makes the map nonlinear)")
-    Q = None if basis is None else np.asarray(basis, dtype=float)
-
-    K, S = len(lrs), seeds
+    d, K, S = eigs.size, len(lrs), seeds
     kw: dict = {"queries": s.queries, "directions": s.directions, "mu": mu, "seed": seed}
     if s.momentum:
         kw["momentum"] = s.momentum
-    if s.optimizer.endswith("gdm"):
+    if PRESETS[s.optimizer].rule == "momentum":
         kw["momentum_style"] = s.momentum_style
     if P is not None:
         kw["frozen_preconditioner"] = torch.as_tensor(P, dtype=torch.float64)
-
     old_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -186,45 +213,36 @@ def simulate_growth(eigenvalues: Sequence[float] | np.ndarray, lrs: Sequence[flo
             _stationary_start(theta, state, eigs, Q, P, lrs, s, gen)
         logs = np.empty((steps + 1, K, groups))
         offset = np.zeros(K)  # log of the factors divided out so far, per step size
-        lo, hi = math.log(1e-6 * d), math.log(1e6 * d)
-
-        def record(t: int) -> None:
-            proj = theta if Q is None else theta @ torch.as_tensor(Q)
-            sq = ((proj * proj * w_moment).sum(-1)).view(K, groups, S // groups).mean(-1)
-            logs[t] = np.log(sq.numpy()) + offset[:, None]
-            for k in range(K):  # keep ‖θ‖ moderate: the finite differences cancel at large ‖θ‖/μ
-                mean = float(sq[k].mean())
-                if not (math.isfinite(mean) and mean > 0):
-                    continue
-                level = math.log(mean)
-                if level > hi or level < lo:
-                    factor = math.exp(-0.5 * (level - math.log(d)))
-                    rows = slice(k * S, (k + 1) * S)
-                    theta[rows] *= factor
-                    _rescale(state, theta.shape, rows, factor)
-                    offset[k] -= 2 * math.log(factor)
-
-        record(0)
-        for t in range(steps):
-            opt.step(objective, theta, state, t)
-            record(t + 1)
+        for t in range(steps + 1):
+            if t:
+                opt.step(objective, theta, state, t - 1)
+            _record(logs, t, theta, state, Q, w_moment, offset, K, groups, S, d)
     finally:
         if threads is not None:
             torch.set_num_threads(old_threads)
+    return logs
 
-    start = int(fit_from * steps)
-    tt = np.arange(start, steps + 1)
-    runs = []
-    for k, lr in enumerate(lrs):
-        # the overall mean is the mean of equal-sized group means; combine in log space stably
-        m = logs[:, k, :].max(axis=1, keepdims=True)
-        total = np.log(np.mean(np.exp(logs[:, k, :] - m), axis=1)) + m[:, 0]
-        rate = float(np.polyfit(tt, total[start:], 1)[0])
-        per_group = np.polyfit(tt, logs[start:, k, :], 1)[0]
-        stderr = float(np.std(per_group, ddof=1) / math.sqrt(groups))
-        pred, how = _predict(eigs, lr, s, Q, P, s.momentum_style)
-        runs.append(GrowthRun(lr, rate, stderr, total, start, pred, how))
-    return runs
+
+def _record(logs, t, theta, state, Q, w_moment, offset, K, groups, S, d) -> None:
+    """Log the second moment of step t per group; keep ‖θ‖ moderate by rescaling a step size's rows
+    (the finite differences cancel at large ‖θ‖/μ); the factors divided out accumulate in `offset`."""
+    import torch
+
+    proj = theta if Q is None else theta @ torch.as_tensor(Q)
+    sq = ((proj * proj * w_moment).sum(-1)).view(K, groups, S // groups).mean(-1)
+    logs[t] = np.log(sq.numpy()) + offset[:, None]
+    lo, hi = math.log(1e-6 * d), math.log(1e6 * d)
+    for k in range(K):
+        mean = float(sq[k].mean())
+        if not (math.isfinite(mean) and mean > 0):
+            continue
+        level = math.log(mean)
+        if level > hi or level < lo:
+            factor = math.exp(-0.5 * (level - math.log(d)))
+            rows = slice(k * S, (k + 1) * S)
+            theta[rows] *= factor
+            _rescale(state, theta.shape, rows, factor)
+            offset[k] -= 2 * math.log(factor)
 
 
 @dataclass(frozen=True)
@@ -253,7 +271,7 @@ def commuting_gap(hessian: np.ndarray, preconditioner: Sequence[float] | np.ndar
     H = np.asarray(hessian, dtype=float)
     p = np.asarray(preconditioner, dtype=float).ravel()
     if H.shape[0] > DENSE_MAX_DIM:
-        raise UserError(f"commuting_gap builds a dense (2d)²×(2d)² operator; keep d ≤ {DENSE_MAX_DIM}")
+        raise InvalidValueError(f"commuting_gap builds a dense (2d)²×(2d)² operator; keep d ≤ {DENSE_MAX_DIM}")
     PH = p[:, None] * H
     ratio = float(np.linalg.norm(PH - PH.T) / np.linalg.norm(PH))  # HP = (PH)ᵀ for symmetric H, diagonal P
     spec = np.linalg.eigvalsh(H / np.sqrt(p)[:, None] / np.sqrt(p)[None, :])

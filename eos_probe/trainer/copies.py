@@ -84,12 +84,9 @@ class CopyStack:
         return self.theta[i], {part: {n: t[i] for n, t in v.items()} for part, v in self.state.items()}
 
     def probe_view(self, i: int) -> tuple[torch.Tensor, dict, Optimizer]:
-        """`view(i)` and the copy's own optimizer, holding its row of the last update direction."""
+        """`view(i)` and the copy's own optimizer (the last update direction is in the state's row)."""
         theta, state = self.view(i)
-        opt = self.optimizers[self.alive[i]]
-        if self.stacked and self.opt.last_direction is not None:
-            opt.last_direction = self.opt.last_direction[i]
-        return theta, state, opt
+        return theta, state, self.optimizers[self.alive[i]]
 
     def step(self, objective: Any, step: int) -> dict:
         """One update of every live copy (θ in place); returns what the source measured on the way."""
@@ -105,6 +102,4 @@ class CopyStack:
         idx = torch.tensor(keep, device=self.theta.device)
         self.theta = self.theta.index_select(0, idx)
         self.state = {part: {n: t.index_select(0, idx) for n, t in v.items()} for part, v in self.state.items()}
-        last = self.opt.last_direction
         self.opt = stack_optimizers([self.optimizers[j] for j in self.alive], source=self.opt.source)
-        self.opt.last_direction = None if last is None else last.index_select(0, idx)

@@ -19,6 +19,7 @@ from .. import __version__
 from ..config import TrainConfig
 from ..errors import CorruptFileError, DivergedError, UserError
 from ..optim import Optimizer
+from ..presets import preset
 from ..store import RunWriter, crash_point, fsync_path, write_error_message
 from ..zo_monitor import COLUMNS as ZO_COLUMNS
 from ..zo_monitor import DESCRIPTIONS as ZO_DESCRIPTIONS
@@ -90,7 +91,7 @@ def timing(seconds: float, probe_seconds: float) -> dict[str, float]:
 
 def zo_attrs(name: str, cfg: TrainConfig) -> dict[str, Any]:
     """The attributes of the ZO-trace monitor's column `name`."""
-    adam = cfg.optimizer.removeprefix("zo-") == "adam"
+    adam = preset(cfg.optimizer).preconditioned
     return {"description": ZO_DESCRIPTIONS[name], "window": cfg.zo_trace_window, "mu": cfg.mu,
             "directions": cfg.directions,
             "operator": "H" + (" (the plain Hessian: ZO directions are isotropic in theta-space, "

@@ -8,10 +8,10 @@ from typing import Any, Callable
 import numpy as np
 
 from ...errors import UserError
-from ..bands import theory_keywords
 from ..context import ProbeContext
 from ..registry import Column, Metric, positive_int
 from ..shared import ritz_block, shared_lanczos, shared_rest
+from ...theory import ms_term_function
 from .curvature import TRACE_METHODS
 
 
@@ -98,35 +98,3 @@ class MSMargin(Metric):
                              np.zeros_like(theta), rest)
         return {self.name: float(est.value), f"{self.name}_err": float(est.error), f"{self.name}_nhvp": spent,
                 f"{self.name}_neg": float(neg.value), f"{self.name}_neg_err": float(neg.error)}
-
-
-def ms_term_function(config: dict[str, Any], dim: int | None) -> Callable[[np.ndarray], np.ndarray]:
-    """λ ↦ f(λ), the per-mode term of S(η) for a run's settings (`theory.ms_terms`, inf beyond the per-mode
-    limit), with λ ≤ 0 contributing 0: negative-curvature modes are excluded from S (see MSMargin).
-
-    Args:
-        config: the run's config as a dict (`TrainConfig.to_dict()`; lr, optimizer, queries, momentum, ...).
-        dim: the number of parameters d (the zeroth-order noise terms depend on it), or None.
-
-    Returns:
-        A vectorised f: an array of eigenvalues → the array of their terms.
-
-    Theory: [docs/theory.md#metric-ms_margin][metric-ms_margin].
-    """
-    return _continued_terms(config, dim)
-
-
-def _continued_terms(config: dict[str, Any], dim: int | None) -> Callable[[np.ndarray], np.ndarray]:
-    # TODO(lead): use theory — this continuation of f(λ) to λ ≤ 0 (as 0) is docs/theory.md §2's, written a second
-    # time here beside eos_probe/theory/stability.py; swap it for theory's public function at the merge.
-    from ...theory import ms_terms
-
-    kw = theory_keywords(config, dim)
-    lr, opt = kw.pop("lr"), kw.pop("optimizer")
-
-    def f(lam: np.ndarray) -> np.ndarray:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the band's approximation warnings are stored under /bands
-            return ms_terms(np.maximum(np.asarray(lam, dtype=float), 0.0), lr, opt, **kw)
-
-    return f
