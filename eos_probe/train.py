@@ -23,11 +23,12 @@ from typing import Any
 
 import torch
 
-from .config import DEFAULT_LR, TrainConfig, validate
+from .config import TrainConfig, validate
 from .errors import CorruptFileError, DivergedError, UserError
 from .interrupt import Guard
 from .objective import Objective
 from .optim import Optimizer
+from .presets import preset
 from .store import check_writable, crash_point, open_run
 from .trainer.copies import CopyStack
 from .trainer.copies import optimizer_for as _make_optimizer
@@ -147,7 +148,7 @@ CHECKPOINT_SECONDS = 300.0
 
 
 def default_out(cfg: TrainConfig) -> Path:
-    lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.optimizer]
+    lr = cfg.lr if cfg.lr is not None else preset(cfg.optimizer).lr
     return Path("runs") / f"{_model_stem(cfg.model)}-{cfg.optimizer}-lr{lr:g}-s{cfg.seed}.h5"
 
 

@@ -108,8 +108,9 @@ def test_checkpoint_without_the_direction_still_resumes(tmp_path: Path, one_thre
         shutil.copy(p, tmp_path / "b" / p.name)
     old = checkpoint_path(tmp_path / "b" / "r.h5")
     ck = torch.load(old, weights_only=False)
-    assert "update" in ck["state"]
-    del ck["state"]["update"]
+    assert "update" in ck["state"] and "last_direction" not in ck["probe"]
+    # before the direction was optimizer state, the probe's own checkpoint state carried it
+    ck["probe"]["last_direction"] = ck["state"].pop("update")["direction"].clone()
     torch.save(ck, old)
     a = train(None, resume=tmp_path / "a" / "r.h5", steps=8, progress=False)
     b = train(None, resume=tmp_path / "b" / "r.h5", steps=8, progress=False)

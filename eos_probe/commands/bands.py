@@ -12,15 +12,11 @@ import warnings
 import click
 import numpy as np
 
+from ._options import finite
 from ..errors import UserError
 from ..presets import DEFAULT_DIRECTIONS, DEFAULT_MOMENTUM
 from ..theory import stability as st
 
-
-def _finite(ctx, param, value):
-    if value is not None and not math.isfinite(value):
-        raise click.BadParameter(f"must be a finite number, got {value}")
-    return value
 
 
 def load_spectrum(path: str) -> np.ndarray:
@@ -151,8 +147,8 @@ def render(out: dict) -> str:
 
 @click.command("bands")
 @click.option("--optimizer", required=True, type=click.Choice(list(st.OPTIMIZERS)), help="Optimizer preset.")
-@click.option("--lr", required=True, type=float, callback=_finite, help="Step size η.")
-@click.option("--momentum", type=float, callback=_finite,
+@click.option("--lr", required=True, type=float, callback=finite, help="Step size η.")
+@click.option("--momentum", type=float, callback=finite,
               help=f"β of gdm, β1 of adam (default {DEFAULT_MOMENTUM:g}; 0 for gd).")
 @click.option("--momentum-style", type=click.Choice(list(st.MOMENTUM_STYLES)),
               help="gdm convention: heavy_ball (default, torch SGD) or ema; adam is always ema.")
@@ -161,8 +157,8 @@ def render(out: dict) -> str:
               show_default=True,
               help="ZO direction law (sphere needs the dimension, rademacher uses it: --dim or --spectrum).")
 @click.option("--dim", type=int, help="Parameter count d (sphere/rademacher directions).")
-@click.option("--trace", type=float, callback=_finite, help="Tr(H) (Adam: Tr(P^-1 H)); give with --lambda-max.")
-@click.option("--lambda-max", "lambda_max", type=float, callback=_finite, help="λ_max(H) (Adam: of P^-1 H).")
+@click.option("--trace", type=float, callback=finite, help="Tr(H) (Adam: Tr(P^-1 H)); give with --lambda-max.")
+@click.option("--lambda-max", "lambda_max", type=float, callback=finite, help="λ_max(H) (Adam: of P^-1 H).")
 @click.option("--spectrum", "spectrum_file", type=str,
               help=".npy of eigenvalues (or a symmetric matrix) of H (Adam: of P^-1 H); gives S(η) and η*.")
 @click.option("--ignore-negative", is_flag=True,

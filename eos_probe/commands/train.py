@@ -8,6 +8,7 @@ import sys
 import click
 
 from ..config import TrainConfig, load_toml
+from ._options import finite
 from ..errors import DivergedError, UserError
 from ..presets import DEFAULT_MOMENTUM, DIFFERENCES, DIRECTIONS, MOMENTUM_STYLES
 
@@ -42,11 +43,6 @@ def _float_list(ctx, param, value):
     return floats[0] if len(floats) == 1 else floats
 
 
-def _finite(ctx, param, value):
-    if value is not None and isinstance(value, float) and not math.isfinite(value):
-        raise click.BadParameter(f"must be a finite number, got {value}")
-    return value
-
 
 @click.command("train")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file with run settings; flags override it.")
@@ -63,17 +59,17 @@ def _finite(ctx, param, value):
 @click.option("--momentum", callback=_float_list,
               help=f"β of gdm, β1 of adam (default {DEFAULT_MOMENTUM:g}); a comma list sweeps it.")
 @click.option("--momentum-style", type=click.Choice(list(MOMENTUM_STYLES)), help="gdm convention (default heavy_ball).")
-@click.option("--beta2", type=float, callback=_finite, help="Adam β2 (default 0.999).")
-@click.option("--eps", type=float, callback=_finite, help="Adam ε (default 1e-8).")
+@click.option("--beta2", type=float, callback=finite, help="Adam β2 (default 0.999).")
+@click.option("--eps", type=float, callback=finite, help="Adam ε (default 1e-8).")
 @click.option("--queries", type=int, help="ZO two-point queries per step q (default 1).")
-@click.option("--mu", type=float, callback=_finite, help="ZO smoothing radius μ (default 1e-3).")
+@click.option("--mu", type=float, callback=finite, help="ZO smoothing radius μ (default 1e-3).")
 @click.option("--directions", type=click.Choice(list(DIRECTIONS)), help="ZO direction law.")
 @click.option("--difference", type=click.Choice(list(DIFFERENCES)), help="ZO finite difference.")
 @click.option("--cocd-block", type=int, help="cocd/bccd: coordinates B refreshed per step (default ceil(1% of d)).")
-@click.option("--cocd-gamma", type=float, callback=_finite, help="cocd: decay gamma of stale estimates in [0, 1] (default 0.99; bccd: 0).")
-@click.option("--cocd-eps", type=float, callback=_finite, help="cocd/bccd: central-difference radius epsilon (default 0.1).")
+@click.option("--cocd-gamma", type=float, callback=finite, help="cocd: decay gamma of stale estimates in [0, 1] (default 0.99; bccd: 0).")
+@click.option("--cocd-eps", type=float, callback=finite, help="cocd/bccd: central-difference radius epsilon (default 0.1).")
 @click.option("--cocd-memory", type=int, help="cocd/bccd: keep only the m most recent estimates, B <= m < d (default: all).")
-@click.option("--weight-decay", type=float, callback=_finite, help="cocd/bccd: step on G + wd*theta (default 0).")
+@click.option("--weight-decay", type=float, callback=finite, help="cocd/bccd: step on G + wd*theta (default 0).")
 @click.option("--steps", type=int, help="Number of updates (default 300). With --resume: extend the run to this many.")
 @click.option("--seed", type=int, help="Run seed: model init, directions, probes (default 0).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Device (default auto).")
@@ -86,7 +82,7 @@ def _finite(ctx, param, value):
 @click.option("--probe", "probe_metrics", help="Comma list of probe metrics with options as name:key=value, or 'none'. Metrics: lambda_max, top_k, trace, density, ms_margin, dir_curvature; Adam runs also precond_lambda_max, precond_trace, precond_density, commutator_ratio; cocd runs cocd_edge, cocd_staleness; entk_fidelity (ZO eNTK on a probe batch). Default: lambda_max,trace, + ms_margin for ZO, + precond_lambda_max, precond_trace, commutator_ratio for Adam; README 'Probing' lists the options.")
 @click.option("--zo-trace-window", type=int, help="ZO runs: logged samples averaged in /train/zo_trace, the free Tr(H) monitor (default 50).")
 @click.option("--probe-memory", help="Peak-memory budget of one probe, e.g. 2GB or 512MB (default 2GB); HVPs and Jacobians are chunked to fit.")
-@click.option("--divergence-factor", type=float, callback=_finite, help="Stop when loss > factor × initial loss (default 1000).")
+@click.option("--divergence-factor", type=float, callback=finite, help="Stop when loss > factor × initial loss (default 1000).")
 @click.option("--out", type=click.Path(dir_okay=False), help="Run file (default runs/<model>-<optimizer>-lr<lr>-s<seed>.h5).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run file.")
 @click.option("--resume", type=click.Path(dir_okay=False), help="Continue RUN.h5 from its last checkpoint.")

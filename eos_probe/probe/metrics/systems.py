@@ -13,17 +13,18 @@ import torch
 from torch import Tensor
 
 from ...errors import UserError
+from ...presets import PRESETS
 from ..context import ProbeContext
 from ..registry import Column, Metric, positive_float, positive_int
 
-COCD_OPTIMIZERS = ("cocd", "bccd")
 
 
 def _cocd_source(metric: Metric):
     """The run's CoCD source (raises a one-line UserError on other optimizers)."""
     opt = metric.run.get("optimizer")
     source = getattr(opt, "source", None)
-    if metric.run["config"].get("optimizer") not in COCD_OPTIMIZERS or not hasattr(source, "schedule"):
+    p = PRESETS.get(metric.run["config"].get("optimizer"))
+    if p is None or p.source != "cocd" or not hasattr(source, "schedule"):
         raise UserError(f"probe metric {metric.name!r} needs a cocd or bccd run, not "
                         f"{metric.run['config'].get('optimizer')}; drop it from --probe")
     return source
