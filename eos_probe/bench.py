@@ -24,13 +24,14 @@ import math
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 from ._util import sync as _sync
 from .config import TrainConfig
+from .errors import InvalidValueError
 
 #: keys of `run_bench`'s result that are ratios (the test checks they are finite and positive)
 RATIO_KEYS = ("zo_step_over_two_forwards", "fo_step_over_forward_backward", "batched_q_speedup",
@@ -64,15 +65,28 @@ def device_name(device: torch.device) -> str:
     return f"cpu: {platform.machine()} {platform.processor() or ''} ({torch.get_num_threads()} threads)".replace("  ", " ")
 
 
+#: the bench's items, in the order they run (`eos-probe bench --only ITEM`)
+ITEMS = ("zo", "microbatch", "fo", "queries", "sweep", "hvp", "cocd", "probe")
+
+
 def run_bench(model: str = "cnn", *, model_args: dict | None = None, n_per_class: int | None = None,
               device: str = "auto", dtype: str = "float32", repeats: int = 5, queries: int = 8, copies: int = 3,
               microbatch: int | None = None, log: Callable[[str], None] | None = None,
               cocd_block: int | None = None, probe: bool = True,
-              probe_memory: str | None = None, optimizer: str = "zo-gd") -> dict[str, Any]:
+              probe_memory: str | None = None, optimizer: str = "zo-gd",
+              only: Sequence[str] | None = None) -> dict[str, Any]:
     """Measure the issue-6 ratios for one model on the default data; returns a JSON-ready dict.
 
     `repeats` rounds per ratio (the q-query and HVP items, several times dearer, use about half).
+    `only`: a subset of :data:`ITEMS` to run (default all; "probe" also needs `probe`).
+
+    Raises:
+        InvalidValueError: an unknown item in `only`.
     """
+    items = set(ITEMS if not only else only)
+    unknown = sorted(items - set(ITEMS))
+    if unknown:
+        raise InvalidValueError(f"unknown bench item(s) {', '.join(unknown)}; choose from {', '.join(ITEMS)}")
     from .train import build
 
     say = log or (lambda s: None)
@@ -87,14 +101,14 @@ def run_bench(model: str = "cnn", *, model_args: dict | None = None, n_per_class
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
     # the items run (and their keys are written) in this order
-    _zo_vs_forwards(b, out)
-    _microbatching(b, out)
-    _fo_vs_forward_backward(b, out)
-    _query_modes(b, out, queries)
-    _sweeps(b, out, copies)
-    _hvp_vs_grad(b, out)
-    _cocd(b, out, cocd_block)
-    if probe:  # one default probe: cost in forward passes and peak memory (eos_probe.budget)
+    steps = {"zo": lambda: _zo_vs_forwards(b, out), "microbatch": lambda: _microbatching(b, out),
+             "fo": lambda: _fo_vs_forward_backward(b, out), "queries": lambda: _query_modes(b, out, queries),
+             "sweep": lambda: _sweeps(b, out, copies), "hvp": lambda: _hvp_vs_grad(b, out),
+             "cocd": lambda: _cocd(b, out, cocd_block)}
+    for name in ITEMS[:-1]:
+        if name in items:
+            steps[name]()
+    if probe and "probe" in items:  # one default probe: cost in forward passes and peak memory (eos_probe.budget)
         from dataclasses import replace
 
         from .budget import measure_probe
@@ -270,24 +284,30 @@ def _cocd(b: _Bench, out: dict[str, Any], cocd_block: int | None) -> None:
 
 def format_table(res: dict[str, Any]) -> str:
     """The ratios as an aligned text table, with the machine named."""
-    rows = [
-        ("ZO step / two forwards (q=1)", res["zo_step_over_two_forwards"], "goal <= 1.15"),
-        ("FO step / forward+backward", res["fo_step_over_forward_backward"], ""),
-        (f"batched-q speed-up (q={res['queries']})", res["batched_q_speedup"],
-         f"auto picks {res['batched_q_auto']}: x{res['batched_q_auto_speedup']:.2f}"),
-        (f"sweep throughput / sequential, ZO (K={res['copies']})", res["sweep_speedup"], ""),
-        (f"sweep throughput / sequential, FO (K={res['copies']})", res["sweep_speedup_fo"], ""),
-        ("HVP / gradient", res["hvp_over_grad"], f"back end {res['hvp_backend']}"),
-        ("full batch / micro-batched forward", res["microbatch_speedup"], f"micro-batch {res['microbatch']}"),
-        (f"CoCD step / {2 * res['cocd_block']} forwards (B={res['cocd_block']})", res["cocd_step_over_2b_forwards"],
-         f"auto picks {res['cocd_auto']}; loop {res['cocd_step_over_2b_forwards_loop']:.3f}, batched "
-         f"{res['cocd_step_over_2b_forwards_batched']:.3f}; goal <= 1.2"),
-    ]
+    rows = []
+
+    def row(key: str, name, note) -> None:
+        if key in res:  # `--only` leaves items out
+            rows.append((name(), res[key], note()))
+
+    row("zo_step_over_two_forwards", lambda: "ZO step / two forwards (q=1)", lambda: "goal <= 1.15")
+    row("fo_step_over_forward_backward", lambda: "FO step / forward+backward", lambda: "")
+    row("batched_q_speedup", lambda: f"batched-q speed-up (q={res['queries']})",
+        lambda: f"auto picks {res['batched_q_auto']}: x{res['batched_q_auto_speedup']:.2f}")
+    row("sweep_speedup", lambda: f"sweep throughput / sequential, ZO (K={res['copies']})", lambda: "")
+    row("sweep_speedup_fo", lambda: f"sweep throughput / sequential, FO (K={res['copies']})", lambda: "")
+    row("hvp_over_grad", lambda: "HVP / gradient", lambda: f"back end {res['hvp_backend']}")
+    row("microbatch_speedup", lambda: "full batch / micro-batched forward", lambda: f"micro-batch {res['microbatch']}")
+    row("cocd_step_over_2b_forwards", lambda: f"CoCD step / {2 * res['cocd_block']} forwards (B={res['cocd_block']})",
+        lambda: (f"auto picks {res['cocd_auto']}; loop {res['cocd_step_over_2b_forwards_loop']:.3f}, batched "
+                 f"{res['cocd_step_over_2b_forwards_batched']:.3f}; goal <= 1.2"))
     head = (f"eos-probe bench: {res['model']} ({res['n_params']:,} params, {res['n_train']} examples, {res['dtype']}) "
             f"on {res['device']}, torch {res['torch']}, {res['date']}")
-    width = max(len(r[0]) for r in rows)
-    lines = [head, f"  forward {res['forward_ms']:.1f} ms, ZO step {res['zo_step_ms']:.1f} ms, "
-                   f"FO step {res['fo_step_ms']:.1f} ms (medians)"]
+    width = max((len(r[0]) for r in rows), default=0)
+    lines = [head]
+    if {"forward_ms", "zo_step_ms", "fo_step_ms"} <= res.keys():
+        lines.append(f"  forward {res['forward_ms']:.1f} ms, ZO step {res['zo_step_ms']:.1f} ms, "
+                     f"FO step {res['fo_step_ms']:.1f} ms (medians)")
     for name, value, note in rows:
         lines.append(f"  {name:<{width}}  {_fmt(value)}  {note}".rstrip())
     if "probe_forward_equivalents" in res:

@@ -31,9 +31,11 @@ def _positive(ctx, param, value):
               help="Also run one default probe: probe_forward_equivalents and probe_peak_bytes.")
 @click.option("--optimizer", default="zo-gd", show_default=True, help="Whose default probe to measure.")
 @click.option("--probe-memory", help="Probe peak-memory budget, e.g. 2GB (default 2GB).")
+@click.option("--only", multiple=True, type=click.Choice(["zo", "microbatch", "fo", "queries", "sweep", "hvp", "cocd", "probe"]),
+              help="Run only this item (repeatable; default: all).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 def command(model, model_args, n_per_class, device, dtype, repeats, queries, copies, microbatch, cocd_block,
-            threads, probe, optimizer, probe_memory, as_json) -> None:
+            threads, probe, optimizer, probe_memory, only, as_json) -> None:
     """Time a ZO step against two forwards, a FO step against forward+backward, batched q, sweeps and HVPs."""
     import torch
 
@@ -44,5 +46,6 @@ def command(model, model_args, n_per_class, device, dtype, repeats, queries, cop
     log = None if as_json else (lambda s: click.echo(f"  timing {s} ...", err=True))
     res = run_bench(model, model_args=_parse_kv("--model-arg", model_args), n_per_class=n_per_class, device=device, dtype=dtype,
                     repeats=repeats, queries=queries, copies=copies, microbatch=microbatch, log=log,
-                    cocd_block=cocd_block, probe=probe, probe_memory=probe_memory, optimizer=optimizer)
+                    cocd_block=cocd_block, probe=probe, probe_memory=probe_memory, optimizer=optimizer,
+                    only=only or None)
     click.echo(json.dumps(res) if as_json else format_table(res))
