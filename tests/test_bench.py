@@ -50,3 +50,20 @@ def test_interleaved_timing_and_median_ratio() -> None:
     assert len(t["slow"]) == len(t["fast"]) == 3
     assert all(a >= 0.02 for a in t["slow"])
     assert ratio({"a": [2.0, 9.0, 4.0], "b": [1.0, 1.0, 1.0]}, "a", "b", scale=2.0) == 2.0  # median of 1, 4.5, 2
+
+
+def test_bench_only_runs_the_named_items(capsys) -> None:
+    from eos_probe.bench import run_bench
+    from eos_probe.errors import InvalidValueError
+
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--model", "mlp", "--model-arg", "hidden=[8]", "--n-per-class", "2", "--repeats", "1",
+              "--device", "cpu", "--only", "cocd", "--cocd-block", "4", "--no-probe"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "CoCD step / 8 forwards (B=4)" in out and "ZO step" not in out and "HVP" not in out
+    res = run_bench("mlp", model_args={"hidden": [8]}, n_per_class=2, device="cpu", repeats=1, only=["hvp"],
+                    probe=False)
+    assert "hvp_over_grad" in res and "cocd_step_over_2b_forwards" not in res
+    with pytest.raises(InvalidValueError, match="unknown bench item"):
+        run_bench("mlp", only=["cocd", "nope"])
