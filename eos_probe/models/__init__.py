@@ -93,3 +93,21 @@ def num_params(model: nn.Module) -> int:
 
 
 __all__ = ["KINDS", "MODELS", "ModelSpec", "build_model", "model_names", "num_params"]
+
+
+def param_groups(model: nn.Module) -> dict[str, list[str]]:
+    """Named parameter groups of a model: name -> parameter names (in `named_parameters` order).
+
+    A model may define its own ``param_groups()`` (the ViT with adapters: ``adapter``, ``head``, ``body``).
+    Otherwise ``head`` is the last layer (the module owning the last parameter, e.g. ``head`` or
+    ``net.9``) and ``body`` everything else. Every parameter is in exactly one group.
+    """
+    own = getattr(model, "param_groups", None)
+    if callable(own):
+        return own()
+    names = [n for n, _ in model.named_parameters()]
+    if not names:
+        return {}
+    last = names[-1].rsplit(".", 1)[0] if "." in names[-1] else names[-1]
+    head = [n for n in names if n == last or n.startswith(last + ".")]
+    return {"body": [n for n in names if n not in head], "head": head}
