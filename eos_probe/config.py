@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .presets import DEFAULT_DIRECTIONS, DIFFERENCES, DIRECTIONS, MOMENTUM_STYLES, NAMES, PRESETS, check_lr, preset
+from .presets import (DEFAULT_DIRECTIONS, DEFAULT_MOMENTUM, DIFFERENCES, DIRECTIONS, GROUP_KEYS, GROUP_RULES,
+                      GROUP_SOURCES, MOMENTUM_STYLES, NAMES, PRESETS, check_lr, preset)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -65,6 +66,10 @@ class TrainConfig:
     weight_decay: float = 0.0  # g = G + weight_decay·θ (cocd / bccd only)
     zo_trace_window: int = 50  # ZO runs: logged samples in the /train/zo_trace window (eos_probe.zo_monitor)
     probe_memory: str | None = None  # probe peak-memory budget, e.g. "2GB" (default 2 GB; eos_probe.budget)
+    # shaped and grouped optimizers (docs/theory.md §5a-5b)
+    norm_match: bool = False  # two-point ZO: divide the estimate by √κ (zo-gd-nm always does)
+    rise_blocks: str | int = "tensor"  # rise: one block per parameter tensor, or chunks of N coordinates
+    groups: dict[str, dict[str, Any]] = field(default_factory=dict)  # zo-fc, hybrid: [groups.<name>] tables
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -75,6 +80,10 @@ _FIELDS = {f.name: f for f in fields(TrainConfig)}
 
 def _expected(name: str) -> tuple[type, ...]:
     ann = str(_FIELDS[name].type)
+    if ann == "bool":
+        return (bool,)
+    if ann == "str | int":
+        return (str, int)
     if ann.startswith("list"):
         return (list,)
     if ann.startswith("dict"):
@@ -101,12 +110,13 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     """Read a TOML config; unknown keys and wrong types are user errors (one line each, first one raised)."""
     p = Path(path)
     raw = read_toml(p)
-    raw = raw.get("train", raw)  # accept a [train] table or top-level keys
+    if "train" in raw:  # a [train] table; [groups.<name>] tables may sit beside it
+        raw = {**raw["train"], **({"groups": raw["groups"]} if "groups" in raw else {})}
     for key, value in raw.items():
         if key not in _FIELDS:
             raise UserError(f"config file {p}: unknown key {key!r}; valid keys: {', '.join(sorted(_FIELDS))}")
         types = _expected(key)
-        if isinstance(value, bool) or not isinstance(value, types):
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             raise UserError(f"config file {p}: key {key!r} must be of type {types[0].__name__}, "
                             f"got {type(value).__name__} {value!r}")
     return raw
@@ -158,8 +168,97 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.seed < 0:
         raise UserError(f"seed must be a non-negative integer, got {cfg.seed}")
     _validate_cocd(cfg)
+    _validate_shaping(cfg)
     p.check_momentum(cfg.momentum)
     return cfg
+
+
+def _validate_shaping(cfg: TrainConfig) -> None:
+    """norm_match, rise_blocks and groups: each only where its optimizer uses it, with valid values."""
+    from .optim.shaping import rise_blocks
+
+    p = preset(cfg.optimizer)
+    if not isinstance(cfg.norm_match, bool):
+        raise UserError(f"norm_match must be true or false, got {cfg.norm_match!r}")
+    if cfg.norm_match and p.source != "two_point":
+        raise UserError(f"norm_match applies to the two-point ZO optimizers only, not {cfg.optimizer}")
+    if (cfg.norm_match or p.norm_match) and cfg.directions == "rademacher":
+        raise UserError("norm matching needs gaussian or sphere directions (the norm inflation of rademacher "
+                        "directions depends on the gradient); use --directions gaussian")
+    if cfg.rise_blocks != "tensor":
+        if p.source != "rise":
+            raise UserError(f"rise_blocks applies to the rise optimizer only, not {cfg.optimizer}")
+        rise_blocks([1], cfg.rise_blocks)  # "tensor" or a positive chunk length
+    if cfg.groups and not p.grouped:
+        raise UserError(f"[groups] tables apply to the grouped optimizers (zo-fc, hybrid) only, not {cfg.optimizer}")
+    if p.grouped:
+        group_tables(cfg)
+
+
+def group_tables(cfg: TrainConfig) -> dict[str, dict[str, Any]]:
+    """The groups of a grouped preset, validated and filled: the preset's own groups updated key by key
+    by the config's ``[groups.<name>]`` tables (new names add groups). Omitted keys: directions, queries
+    and mu from the run's settings, lr the run's lr, momentum 0.9 for heavy_ball and adam (0 for gd),
+    no clip, until 1 (never frozen).
+
+    Raises:
+        UserError: no groups, a table that is not a table, an unknown key, a group without a source, a bad value.
+    """
+    p = preset(cfg.optimizer)
+    if not isinstance(cfg.groups, dict):
+        raise UserError(f"groups must be [groups.<name>] tables, got {cfg.groups!r}")
+    tables = {n: dict(t) for n, t in p.group_defaults}
+    for name, table in cfg.groups.items():
+        if not isinstance(table, dict):
+            raise UserError(f"group {name!r} must be a [groups.{name}] table of settings, got {table!r}")
+        tables[name] = {**tables.get(name, {}), **table}
+    if not tables:
+        raise UserError(f"optimizer {cfg.optimizer} needs parameter groups: add [groups.<name>] tables "
+                        "(source, rule, lr, ...) to the config file")
+    return {name: _group_table(cfg, name, t) for name, t in tables.items()}
+
+
+def _group_table(cfg: TrainConfig, name: str, t: dict[str, Any]) -> dict[str, Any]:
+    """One group's settings checked and filled (see `group_tables`)."""
+    where = f"group {name!r}"
+    unknown = sorted(set(t) - set(GROUP_KEYS))
+    if unknown:
+        raise UserError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(GROUP_KEYS)}")
+    if "source" not in t:
+        raise UserError(f"{where} has no source; set source = \"exact\" or \"two_point\"")
+    src, rule = t["source"], t.get("rule", "gd")
+    if src not in GROUP_SOURCES:
+        raise UserError(f"{where}: unknown source {src!r}; choose one of {', '.join(GROUP_SOURCES)}")
+    if rule not in GROUP_RULES:
+        raise UserError(f"{where}: unknown rule {rule!r}; choose one of {', '.join(GROUP_RULES)}")
+    zo_keys = sorted(k for k in ("directions", "queries", "mu") if k in t)
+    if src == "exact" and zo_keys:
+        raise UserError(f"{where}: {', '.join(zo_keys)} apply to two_point groups only (source is exact)")
+    out = {"source": src, "rule": rule, "lr": t.get("lr", cfg.lr), "clip": t.get("clip"),
+           "until": t.get("until", 1.0), "directions": t.get("directions", cfg.directions),
+           "queries": t.get("queries", cfg.queries), "mu": t.get("mu", cfg.mu),
+           "momentum": t.get("momentum", 0.0 if rule == "gd" else DEFAULT_MOMENTUM)}
+    for key in ("lr", "mu", "until", "momentum", "clip", "queries"):
+        v = out[key]
+        if key == "clip" and v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise UserError(f"{where}: {key} must be a number, got {v!r}")
+    _positive(f"{where}: lr", out["lr"])
+    _positive(f"{where}: mu", out["mu"])
+    _positive(f"{where}: clip", out["clip"], allow_none=True)
+    if not isinstance(out["queries"], int) or out["queries"] < 1:
+        raise UserError(f"{where}: queries must be a positive integer, got {out['queries']!r}")
+    if not 0.0 < out["until"] <= 1.0:
+        raise UserError(f"{where}: until (fraction of each task after which it is frozen) must lie in (0, 1], "
+                        f"got {out['until']}")
+    if rule == "gd" and out["momentum"] != 0:
+        raise UserError(f"{where}: rule gd takes no momentum (got {out['momentum']}); use rule = \"heavy_ball\"")
+    if not 0.0 <= out["momentum"] < 1.0:
+        raise UserError(f"{where}: momentum must lie in [0, 1), got {out['momentum']}")
+    if out["directions"] not in DIRECTIONS:
+        raise UserError(f"{where}: unknown directions {out['directions']!r}; choose one of {', '.join(DIRECTIONS)}")
+    return out
 
 
 def _validate_cocd(cfg: TrainConfig) -> None:

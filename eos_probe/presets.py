@@ -38,6 +38,12 @@ class Preset:
         family: the first-order rule name the stability theory uses (``"gd"``, ``"gdm"``, ``"adam"``, or
             ``"cocd"``/``"bccd"``), i.e. the name without ``zo-``.
         fo_twin: the first-order preset with the same update rule (a ZO run's classical edge).
+        norm_match: the two-point estimate is divided by √κ (E‖v‖² = ‖g‖², docs/theory.md §5a).
+        base: the preset whose band this one reports at the effective step η/√κ (norm-matched presets),
+            else None.
+        grouped: per-parameter-group sources and rules (hybrid ZO/FO, docs/theory.md §5b); the groups
+            come from `group_defaults` and the config's ``[groups.<name>]`` tables.
+        group_defaults: the preset's own groups, as (name, settings) pairs (a config may override them).
     """
 
     name: str
@@ -49,11 +55,16 @@ class Preset:
     momentum_style: str | None
     family: str
     fo_twin: str
+    norm_match: bool = False
+    base: str | None = None
+    grouped: bool = False
+    group_defaults: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = ()
 
     @property
     def takes_momentum(self) -> bool:
-        """Whether ``momentum`` means something for this preset (β of gdm, β1 of adam)."""
-        return self.rule != "gd"
+        """Whether ``momentum`` means something for this preset (β of gdm, β1 of adam); grouped presets
+        take theirs per group."""
+        return self.rule in ("momentum", "adam")
 
     @property
     def preconditioned(self) -> bool:
@@ -62,8 +73,15 @@ class Preset:
 
     @property
     def has_band(self) -> bool:
-        """Whether the spectral stability theory (docs/theory.md §2–3) covers this preset (not CoCD)."""
-        return self.source != "cocd"
+        """Whether the spectral stability theory (docs/theory.md §2–3) covers this preset.
+
+        Not CoCD (its edge needs H's eigenvectors, probe metric cocd_edge). Not RISE: its step
+        v_b = U_b U_bᵀ g_b/(q√κ_b) shapes each block differently, so no single (T, c) band of §2 applies.
+        Not the grouped (hybrid) presets: each group has its own rule and step; their block-diagonal bands
+        are the probe metric hybrid_bands (docs/theory.md §5b). Norm-matched ZO presets have one: ZO at
+        the effective step η/√κ (`Setting.from_config`).
+        """
+        return self.source in ("exact", "two_point") and not self.grouped
 
     def check_momentum(self, momentum) -> None:
         """Raise InvalidValueError if a non-zero ``momentum`` is given to a preset without momentum.
@@ -72,7 +90,7 @@ class Preset:
             InvalidValueError: e.g. "optimizer zo-gd takes no momentum (got 0.9); use zo-gdm".
         """
         if not self.takes_momentum and momentum not in (None, 0, 0.0):
-            hint = f"; use {self.name}m" if self.source != "cocd" else ""
+            hint = f"; use {self.name}m" if f"{self.name}m" in PRESETS else ""
             raise InvalidValueError(f"optimizer {self.name} takes no momentum (got {momentum}){hint}")
 
 
@@ -98,8 +116,27 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     _preset("zo-adam", "two_point", "adam", 1e-4),
     _preset("cocd", "cocd", "gd", 0.01),
     _preset("bccd", "cocd", "gd", 0.01),
+    # norm-matched ZO-GD: E‖ηv‖² = η²‖g‖², the FO step's size, so GD's default η (its band is ZO-GD's at the
+    # effective step η/√κ, far inside ZO-GD's T = 2q/η for any d ≫ 1)
+    Preset("zo-gd-nm", True, "two_point", "gd", 0.05, 0.0, None, "gd", "gd", norm_match=True, base="zo-gd"),
+    # RISE: one exact gradient, blockwise norm-matched shaping, plain GD steps (docs/theory.md §5a)
+    Preset("rise", False, "rise", "gd", 0.05, 0.0, None, "gd", "gd"),
+    # ZO-FC (docs/theory.md §5b): ZO adapter (Rademacher q = 4, μ = 1e-3, clipped to 1, heavy ball 0.9),
+    # exact head for the first half of each task
+    Preset("zo-fc", True, "groups", "groups", 0.01, 0.0, None, "gd", "gd", grouped=True, group_defaults=(
+        ("adapter", (("source", "two_point"), ("directions", "rademacher"), ("queries", 4), ("mu", 1e-3),
+                     ("clip", 1.0), ("rule", "heavy_ball"), ("momentum", 0.9), ("lr", 0.01))),
+        ("head", (("source", "exact"), ("rule", "gd"), ("lr", 0.01), ("until", 0.5))))),
+    # groups only from the config's [groups.<name>] tables
+    Preset("hybrid", False, "groups", "groups", 0.01, 0.0, None, "gd", "gd", grouped=True),
 )}
 NAMES = tuple(PRESETS)
+
+#: keys of a ``[groups.<name>]`` table (a hybrid optimizer's group, docs/theory.md §5b)
+GROUP_KEYS = ("source", "directions", "queries", "mu", "clip", "rule", "lr", "momentum", "until")
+#: a group's gradient sources and update rules
+GROUP_SOURCES = ("exact", "two_point")
+GROUP_RULES = ("gd", "heavy_ball", "adam")
 
 
 def preset(name: str) -> Preset:

@@ -135,7 +135,7 @@ def build(cfg: TrainConfig) -> Setup:
         from .budget import parse_bytes
 
         objective.probe_memory = parse_bytes(cfg.probe_memory)
-    optimizer = _make_optimizer(cfg)
+    optimizer = _make_optimizer(cfg, model)
     if hasattr(optimizer.source, "check_dim"):  # CoCD: B > d, m >= d are user errors known only now
         optimizer.source.check_dim(objective.dim)
     return Setup(replace(cfg, data=data_name), device, ds, model, objective, optimizer, objective.initial_theta(),
@@ -318,7 +318,7 @@ def _train_guarded(cfgs: list[TrainConfig], paths: list[Path], *, overwrite: boo
     """Build the copies, open their files and run the loop with the standard hooks (see `_train`)."""
     setup = build(cfgs[0])
     obj = setup.objective
-    optimizers = [setup.optimizer] if len(cfgs) == 1 else [_make_optimizer(c) for c in cfgs]
+    optimizers = [setup.optimizer] if len(cfgs) == 1 else [_make_optimizer(c, setup.model) for c in cfgs]
     files = [RunFile(replace(setup.config, lr=c.lr, momentum=c.momentum, out=c.out), p, o)
              for c, p, o in zip(cfgs, paths, optimizers)]
     for f in files:

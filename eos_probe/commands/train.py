@@ -54,7 +54,7 @@ def _float_list(ctx, param, value):
 @click.option("--n-per-class", type=int, help="Training images per class (default: the reference 250).")
 @click.option("--classes", help="Comma list of class indices (default 0,1,2,3).")
 @click.option("--loss", type=click.Choice(["mse", "ce"]), help="mse (0.5·Σ(f−onehot)², default) or ce.")
-@click.option("--optimizer", help="gd | gdm | adam | zo-gd | zo-gdm | zo-adam | cocd | bccd (default zo-gd).")
+@click.option("--optimizer", help="gd | gdm | adam | zo-gd | zo-gdm | zo-adam | cocd | bccd | zo-gd-nm | rise | zo-fc | hybrid (default zo-gd); zo-fc and hybrid take [groups.<name>] tables from --config.")
 @click.option("--lr", callback=_float_list, help="Step size η, or a comma list to train a sweep of copies together, one file each (default per optimizer: gd 0.05, gdm 0.005, adam 1e-3, zo-gd 1e-3, zo-gdm 1e-4, zo-adam 1e-4, cocd/bccd 0.01).")
 @click.option("--momentum", callback=_float_list,
               help=f"β of gdm, β1 of adam (default {DEFAULT_MOMENTUM:g}); a comma list sweeps it.")
@@ -65,6 +65,8 @@ def _float_list(ctx, param, value):
 @click.option("--mu", type=float, callback=finite, help="ZO smoothing radius μ (default 1e-3).")
 @click.option("--directions", type=click.Choice(list(DIRECTIONS)), help="ZO direction law.")
 @click.option("--difference", type=click.Choice(list(DIFFERENCES)), help="ZO finite difference.")
+@click.option("--norm-match", is_flag=True, default=None, help="Two-point ZO: divide the estimate by sqrt(kappa) so E|v|^2 = |g|^2 (gaussian or sphere directions; zo-gd-nm always does).")
+@click.option("--rise-blocks", help="rise: 'tensor' (one block per parameter tensor, default) or a chunk length N.")
 @click.option("--cocd-block", type=int, help="cocd/bccd: coordinates B refreshed per step (default ceil(1% of d)).")
 @click.option("--cocd-gamma", type=float, callback=finite, help="cocd: decay gamma of stale estimates in [0, 1] (default 0.99; bccd: 0).")
 @click.option("--cocd-eps", type=float, callback=finite, help="cocd/bccd: central-difference radius epsilon (default 0.1).")
@@ -96,6 +98,8 @@ def command(config_file, model_args, data_args, classes, probe_metrics, overwrit
 
     values = load_toml(config_file) if config_file else {}
     values.update({k: v for k, v in flags.items() if v is not None})
+    if isinstance(values.get("rise_blocks"), str) and values["rise_blocks"].isdigit():
+        values["rise_blocks"] = int(values["rise_blocks"])
     if model_args:
         values["model_args"] = {**values.get("model_args", {}), **_parse_kv("--model-arg", model_args)}
     if data_args:

@@ -12,11 +12,15 @@ from torch import Tensor
 
 from ..errors import InvalidValueError
 from ..presets import DEFAULT_DIRECTIONS, DIFFERENCES, DIRECTIONS
+from ..theory.shaping import norm_inflation
 from .protocols import StackedGradients
+from .shaping import rise_blocks, rise_shape
 
 #: purposes of per-step random streams; each draws from its own generator seed
 PURPOSE_DIRECTIONS = 1
 PURPOSE_PROBE = 2
+#: mixes a block or group index into a step's seed (RISE blocks, hybrid groups)
+PURPOSE_PART = 3
 
 _MASK64 = (1 << 64) - 1
 
@@ -83,6 +87,10 @@ class TwoPointSource:
     "auto" batches where that is no slower (see `batch_queries`). Both modes draw the same directions
     from the same stream, so they differ only by float round-off in the losses.
 
+    `norm_match`: divide the estimate by √κ, κ = `eos_probe.theory.shaping.norm_inflation(q, d, directions)`,
+    so E‖g‖² = ‖∇L‖² (μ → 0; docs/theory.md §5a). Gaussian and sphere directions only (Rademacher's κ
+    depends on ∇L). The step is then ZO at the effective step η/√κ.
+
     Theory: [docs/theory.md#zo-estimator][zo-estimator].
     """
 
@@ -92,7 +100,7 @@ class TwoPointSource:
 
     def __init__(self, queries: int = 1, mu: float = 1e-3, directions: str = DEFAULT_DIRECTIONS,
                  difference: str = "central", seed: int = 0, shared_directions: bool = False,
-                 query_mode: str = "auto") -> None:
+                 query_mode: str = "auto", norm_match: bool = False) -> None:
         if isinstance(queries, bool) or not isinstance(queries, int) or queries < 1:
             raise InvalidValueError(f"queries must be a positive integer, got {queries}")
         if not (mu > 0 and math.isfinite(mu)):
@@ -106,13 +114,17 @@ class TwoPointSource:
         self.queries, self.mu, self.directions, self.difference, self.seed = queries, mu, directions, difference, seed
         self.shared_directions = shared_directions
         self.query_mode = query_mode
+        self.norm_match = bool(norm_match)
+        if self.norm_match:
+            norm_inflation(queries, 1, directions)  # raises for a law without a g-independent κ
         self._buffers: dict[str, Tensor] | None = None
         self._gen: torch.Generator | None = None
         self._batched: dict[tuple, bool] = {}
 
     def config(self) -> dict:
-        return {"source": self.name, "queries": self.queries, "mu": self.mu,
-                "directions": self.directions, "difference": self.difference}
+        out = {"source": self.name, "queries": self.queries, "mu": self.mu,
+               "directions": self.directions, "difference": self.difference}
+        return {**out, "norm_match": True} if self.norm_match else out
 
     def init(self, theta: Tensor) -> dict[str, Tensor]:
         return {}
@@ -165,6 +177,12 @@ class TwoPointSource:
         return self._batched[key]
 
     def __call__(self, objective, theta: Tensor, state: dict, step: int) -> tuple[Tensor, dict]:
+        g, info = self._estimate(objective, theta, step)
+        if self.norm_match:
+            g.div_(math.sqrt(norm_inflation(self.queries, theta.shape[-1], self.directions)))
+        return g, info
+
+    def _estimate(self, objective, theta: Tensor, step: int) -> tuple[Tensor, dict]:
         batched = self.batch_queries(objective, theta)
         b = self._scratch(theta, batched)
         u, point, g = b["u"], b["point"], b["g"]
@@ -247,3 +265,59 @@ def _fits_batched(objective, theta: Tensor, n_points: int) -> bool:
     width = n_points * math.prod(theta.shape[:-1])
     memory = torch.cuda.get_device_properties(theta.device).total_memory
     return width * total * int(x.shape[0]) <= memory // 4
+
+
+def part_generator_for(seed: int, step: int, device: torch.device | str = "cpu"):
+    """b ↦ a generator seeded from (seed, step, b) alone: stream_seed(seed, step, PURPOSE_DIRECTIONS) mixed
+    with the index b. RISE's block b draws from it, so a step's draws never depend on what ran before."""
+    base = stream_seed(seed, step, PURPOSE_DIRECTIONS)
+    gen = torch.Generator(device=device)
+
+    def generator_for(b: int) -> torch.Generator:
+        return gen.manual_seed(stream_seed(base, b, PURPOSE_PART))
+
+    return generator_for
+
+
+class RiseSource:
+    """RISE (docs/theory.md §5a): the exact gradient g, then per block b v_b = U_b(U_bᵀ g_b)/(q√κ_b),
+    κ_b = (q+d_b+1)/q, U_b ~ N(0, I) regenerated from (seed, step, b) (`part_generator_for`).
+
+    Blocks (`eos_probe.optim.shaping.rise_blocks`): ``"tensor"`` (one per parameter tensor, `sizes` in flat
+    order; without sizes one block of all of θ) or a chunk length N. Stacked θ (K, d): every copy is shaped
+    with the same draws, as K separate runs of one seed are.
+    """
+
+    name = "rise"
+    zeroth_order = False
+    evaluates_loss = True
+
+    def __init__(self, queries: int = 1, blocks: str | int = "tensor", sizes: list[int] | None = None,
+                 seed: int = 0) -> None:
+        if isinstance(queries, bool) or not isinstance(queries, int) or queries < 1:
+            raise InvalidValueError(f"queries must be a positive integer, got {queries}")
+        rise_blocks([1], blocks)  # validates the spec
+        self.queries, self.blocks, self.seed = queries, blocks, seed
+        self.sizes = list(sizes) if sizes is not None else None
+        self._exact = ExactSource()
+
+    def block_bounds(self, d: int) -> list[tuple[int, int]]:
+        """(start, stop) of each block over θ of dimension d."""
+        sizes = self.sizes if self.sizes is not None else [d]
+        if sum(sizes) != d:
+            raise InvalidValueError(f"RISE blocks: the parameter sizes sum to {sum(sizes)}, but θ has {d} entries")
+        return rise_blocks(sizes, self.blocks)
+
+    def init(self, theta: Tensor) -> dict[str, Tensor]:
+        return {}
+
+    def __call__(self, objective, theta: Tensor, state: dict, step: int) -> tuple[Tensor, dict]:
+        g, info = self._exact(objective, theta, state, step)
+        blocks = self.block_bounds(theta.shape[-1])
+        rows = [g] if g.dim() == 1 else list(g)
+        v = torch.stack([rise_shape(r, blocks, self.queries, part_generator_for(self.seed, step, r.device))
+                         for r in rows])
+        return (v[0] if g.dim() == 1 else v), info
+
+    def config(self) -> dict:
+        return {"source": self.name, "queries": self.queries, "rise_blocks": self.blocks}

@@ -15,9 +15,10 @@ import numpy as np
 from ..errors import InvalidValueError
 from ..presets import DEFAULT_DIRECTIONS, DIRECTIONS, MOMENTUM_STYLES, PRESETS
 
-#: the presets with a spectral band (docs/theory.md §2–3): zeroth order first, as error messages list them
-ZO_OPTIMIZERS = tuple(n for n, p in PRESETS.items() if p.has_band and p.zeroth_order)
-FO_OPTIMIZERS = tuple(n for n, p in PRESETS.items() if p.has_band and not p.zeroth_order)
+#: the presets with a spectral band (docs/theory.md §2–3): zeroth order first, as error messages list them.
+#: Norm-matched presets are not listed: their band is their base preset's at η/√κ (`Setting.from_config`)
+ZO_OPTIMIZERS = tuple(n for n, p in PRESETS.items() if p.has_band and p.zeroth_order and p.base is None)
+FO_OPTIMIZERS = tuple(n for n, p in PRESETS.items() if p.has_band and not p.zeroth_order and p.base is None)
 OPTIMIZERS = ZO_OPTIMIZERS + FO_OPTIMIZERS
 
 #: momentum used when the caller passes ``momentum=None`` (the presets' defaults)
@@ -87,8 +88,11 @@ class Setting:
         lr = config.get("lr")
         if lr is None:  # a config as written, before validation filled the per-optimizer default
             lr = p.lr if p is not None else math.nan
-        s = resolve(name, int(config.get("queries", 1)), momentum, style,
-                    config.get("directions", DEFAULT_DIRECTIONS), dim)
+        queries, directions = int(config.get("queries", 1)), config.get("directions", DEFAULT_DIRECTIONS)
+        if p is not None and (p.norm_match or config.get("norm_match")):
+            lr = _norm_matched_lr(float(lr), queries, dim, directions)
+            name = p.base or name
+        s = resolve(name, queries, momentum, style, directions, dim)
         return replace(s, lr=float(lr))
 
     def kwargs(self) -> dict[str, Any]:
@@ -170,6 +174,15 @@ class Setting:
         if self.optimizer == "zo-adam":
             out.append(COMMUTING_WARNING)
         return tuple(out)
+
+
+def _norm_matched_lr(lr: float, queries: int, dim: int | None, directions: str) -> float:
+    """η/√κ: a norm-matched ZO step v = g_ZO/√κ is the plain ZO step at this effective step size."""
+    from .shaping import norm_inflation
+
+    if dim is None:
+        raise InvalidValueError("a norm-matched optimizer's band needs the dimension d (kappa = (q+d+1)/q); pass dim")
+    return lr / math.sqrt(norm_inflation(queries, dim, directions))
 
 
 def resolve(optimizer: str, queries: int = 1, momentum: float | None = None,

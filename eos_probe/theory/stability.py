@@ -338,7 +338,11 @@ def verdict(trace: float, lambda_max: float, lr: float, optimizer: str, queries:
 # A run's config → its band and its per-mode term (what the probe, the reader and the plots ask)
 
 #: presets without a spectral band: their exact edge needs H's eigenvectors (probe metric cocd_edge)
-COCD_BANDLESS = tuple(n for n, p in PRESETS.items() if not p.has_band)
+COCD_BANDLESS = tuple(n for n, p in PRESETS.items() if p.source == "cocd")
+#: other presets without a spectral band (RISE, grouped): the classical GD line stands in, with this warning
+SHAPED_BAND_WARNING = ("{name}: no single spectral band (docs/theory.md section 5a-5b: RISE shapes each block "
+                       "differently; grouped optimizers have one band per group, see the probe metric "
+                       "hybrid_bands); the line drawn is the classical GD line lambda_max(H) < 2/lr")
 COCD_BAND_WARNING = ("CoCD/BCCD: the line lambda_max(H) < 2/lr drawn here is exact only for B = d (finite-difference "
                      "GD); the exact edge lr*(H, B, gamma) depends on H's eigenvectors (docs/theory.md section 5d) - "
                      "see the probe series cocd_edge")
@@ -362,6 +366,12 @@ def band_for(config: Mapping[str, Any], dim: int | None = None) -> Band:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # they are kept in Band.warnings and shown beside every band
         b = band(s.lr, s.optimizer, **s.kwargs())
+    p = PRESETS.get(config.get("optimizer"))
+    if p is not None and not p.has_band and p.source != "cocd":
+        b = replace(b, optimizer=p.name, warnings=(SHAPED_BAND_WARNING.format(name=p.name),))
+    elif p is not None and (p.norm_match or config.get("norm_match")):
+        b = replace(b, optimizer=p.name, convention=f"norm-matched (g / sqrt(kappa)), i.e. at the effective lr "
+                    f"{s.lr:.4g}: {b.convention}")
     if config.get("optimizer") in COCD_BANDLESS:
         b = replace(b, optimizer=config["optimizer"], convention=f"{config['optimizer']}: coordinate-wise central "
                     "differences with a decaying buffer, theta <- theta - lr G", warnings=(COCD_BAND_WARNING,))
