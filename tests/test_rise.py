@@ -131,7 +131,7 @@ def test_rise_step_is_gd_on_the_shaped_gradient() -> None:
     v, _ = opt.source(obj, theta, {}, 3)
     before = theta.clone()
     opt.step(obj, theta, opt.init(theta), 3)
-    assert torch.equal(theta, before - 0.1 * v) and not opt.zeroth_order
+    assert torch.equal(theta, torch.add(before, v, alpha=-0.1)) and not opt.zeroth_order
 
 
 def test_bands_of_the_new_presets() -> None:
