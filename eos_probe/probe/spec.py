@@ -28,10 +28,13 @@ def default_metrics(optimizer: str) -> list[str]:
         optimizer: the run's optimizer name (e.g. "zo-adam").
 
     Returns:
-        Metric names: lambda_max and trace; ms_margin for zeroth-order runs; the P⁻¹H metrics for Adam.
+        Metric names: lambda_max and trace; ms_margin for two-point ZO runs with a band; the P⁻¹H metrics
+        for Adam.
     """
     metrics = ["lambda_max", "trace"]
-    if optimizer.startswith("zo-"):
+    p = PRESETS.get(optimizer)
+    # S(η) is the band of a two-point ZO run; grouped/RISE presets have no spectral band (presets.Preset.has_band)
+    if p is not None and p.source == "two_point" and p.has_band:
         metrics.append("ms_margin")
     if _preconditioned(optimizer):
         metrics += ["precond_lambda_max", "precond_trace", "commutator_ratio"]
