@@ -65,6 +65,11 @@ class TrainConfig:
     weight_decay: float = 0.0  # g = G + weight_decay·θ (cocd / bccd only)
     zo_trace_window: int = 50  # ZO runs: logged samples in the /train/zo_trace window (eos_probe.zo_monitor)
     probe_memory: str | None = None  # probe peak-memory budget, e.g. "2GB" (default 2 GB; eos_probe.budget)
+    # task sequences (class-incremental continual learning, eos_probe.tasks; THEORY §5b)
+    tasks: list[list[int]] | str | None = None  # class splits, "0,1;2,3" or [[0, 1], [2, 3]]
+    task_steps: list[int] | None = None  # updates per task (default `steps` each; 0 = already trained)
+    mask_old_logits: bool | None = None  # leave earlier tasks' class outputs out of the loss (default: ce only)
+    init_from: str | None = None  # start θ from this finished run file's final checkpoint
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -75,8 +80,10 @@ _FIELDS = {f.name: f for f in fields(TrainConfig)}
 
 def _expected(name: str) -> tuple[type, ...]:
     ann = str(_FIELDS[name].type)
+    if ann.startswith("bool"):
+        return (bool,)
     if ann.startswith("list"):
-        return (list,)
+        return (list, str) if "| str" in ann else (list,)
     if ann.startswith("dict"):
         return (dict,)
     if "float" in ann:
@@ -106,7 +113,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         if key not in _FIELDS:
             raise UserError(f"config file {p}: unknown key {key!r}; valid keys: {', '.join(sorted(_FIELDS))}")
         types = _expected(key)
-        if isinstance(value, bool) or not isinstance(value, types):
+        if isinstance(value, bool) is not (bool in types) or not isinstance(value, types):
             raise UserError(f"config file {p}: key {key!r} must be of type {types[0].__name__}, "
                             f"got {type(value).__name__} {value!r}")
     return raw
@@ -159,6 +166,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise UserError(f"seed must be a non-negative integer, got {cfg.seed}")
     _validate_cocd(cfg)
     p.check_momentum(cfg.momentum)
+    from .tasks import validate_tasks
+
+    validate_tasks(cfg)
     return cfg
 
 
