@@ -65,7 +65,7 @@ class TrainConfig:
     weight_decay: float = 0.0  # g = G + weight_decay·θ (cocd / bccd only)
     zo_trace_window: int = 50  # ZO runs: logged samples in the /train/zo_trace window (eos_probe.zo_monitor)
     probe_memory: str | None = None  # probe peak-memory budget, e.g. "2GB" (default 2 GB; eos_probe.budget)
-    # task sequences (class-incremental continual learning, eos_probe.tasks; THEORY §5b)
+    # task sequences (class-incremental continual learning, eos_probe.tasks; docs/theory.md §5b)
     tasks: list[list[int]] | str | None = None  # class splits, "0,1;2,3" or [[0, 1], [2, 3]]
     task_steps: list[int] | None = None  # updates per task (default `steps` each; 0 = already trained)
     mask_old_logits: bool | None = None  # leave earlier tasks' class outputs out of the loss (default: ce only)

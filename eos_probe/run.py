@@ -154,7 +154,7 @@ class Run:
 
         One row per (after, task) pair, T×T rows: `after` = t (θ after training task t, at step `step` =
         its end boundary), `task` = j (evaluated on task j's test split, all outputs), `accuracy`, `loss`
-        (NaN where row t was not reached yet), `classes` (task j's dataset class ids, as "0,1"). The THEORY
+        (NaN where row t was not reached yet), `classes` (task j's dataset class ids, as "0,1"). The docs/theory.md
         §5b summary is in `.attrs`: average_accuracy, last_accuracy, forgetting (and boundaries, task_steps).
         The T×T table: `run.tasks.pivot(index="after", columns="task", values="accuracy")`.
         """

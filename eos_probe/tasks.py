@@ -5,7 +5,7 @@ as the dataset numbers them, like `--classes`), task t for `task_steps[t]` updat
 Global step s belongs to task `task_at(s)`: task t owns steps [b_t, b_{t+1}) with b = `boundaries`. A task
 with 0 steps owns no step and counts as already trained (a run started with `init_from` continues a sequence
 that another run began). At every boundary b_{t+1} the parameters θ_{b_{t+1}} are evaluated on every task's
-test split: row t of the accuracy/loss table (THEORY §5b: a_{t,j} after task t on task j).
+test split: row t of the accuracy/loss table (docs/theory.md §5b: a_{t,j} after task t on task j).
 
 This module is the schedule and the data bookkeeping (no training); the trainer's hook
 (`eos_probe.trainer.tasks.TaskHook`) switches the objective's data in place and writes /tasks/* to the run file.
@@ -147,7 +147,7 @@ def validate_tasks(cfg: Any) -> None:
     if sum(steps) == 0:
         raise UserError("task_steps are all 0: nothing to train")
     cfg.task_steps = steps
-    if cfg.mask_old_logits is None:  # class-incremental heads: on by default for ce (THEORY §5b)
+    if cfg.mask_old_logits is None:  # class-incremental heads: on by default for ce (docs/theory.md §5b)
         cfg.mask_old_logits = cfg.loss == "ce"
 
 
@@ -244,7 +244,7 @@ class TaskData:
 
         objective.set_data(*self.train([t]), self.output_mask(t))
         objective.task = t
-        # THEORY §5a: the retention loss L_r is the union of the earlier tasks' training sets, all outputs
+        # docs/theory.md §5a: the retention loss L_r is the union of the earlier tasks' training sets, all outputs
         ret = None
         if t > 0:  # a task with 0 steps counts as trained (init_from)
             ret = Objective(objective.model, *self.train(range(t)), loss=objective.loss_name,
@@ -255,7 +255,7 @@ class TaskData:
 
 
 def summary(acc: np.ndarray) -> dict[str, float]:
-    """THEORY §5b summary of a T×T accuracy table a[t, j] (after task t, on task j); NaN until the last row.
+    """docs/theory.md §5b summary of a T×T accuracy table a[t, j] (after task t, on task j); NaN until the last row.
 
     average_accuracy: mean over t of the mean over j ≤ t of a[t, j] (average incremental accuracy);
     last_accuracy: mean over j of a[T-1, j] (every task after the last);

@@ -83,7 +83,7 @@ def _float_list(ctx, param, value):
 @click.option("--zo-trace-window", type=int, help="ZO runs: logged samples averaged in /train/zo_trace, the free Tr(H) monitor (default 50).")
 @click.option("--probe-memory", help="Peak-memory budget of one probe, e.g. 2GB or 512MB (default 2GB); HVPs and Jacobians are chunked to fit.")
 @click.option("--divergence-factor", type=float, callback=finite, help="Stop when loss > factor × initial loss (default 1000).")
-@click.option("--tasks", help="Task sequence of class splits, e.g. \"0,1;2,3\" (tasks split by ';', dataset class ids by ','): trains them in turn and writes the accuracy table /tasks/* (THEORY §5b).")
+@click.option("--tasks", help="Task sequence of class splits, e.g. \"0,1;2,3\" (tasks split by ';', dataset class ids by ','): trains them in turn and writes the accuracy table /tasks/* (docs/theory.md §5b).")
 @click.option("--task-steps", help="Updates per task, comma list, one per task (default --steps each; 0 = already trained, e.g. with --init-from).")
 @click.option("--mask-old-logits/--no-mask-old-logits", default=None, help="While training a task, leave earlier tasks' class outputs out of the loss (default: on for ce, off for mse).")
 @click.option("--init-from", type=click.Path(dir_okay=False), help="Start θ from this finished RUN.h5's final checkpoint (e.g. continue its task sequence).")

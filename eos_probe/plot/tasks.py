@@ -1,5 +1,5 @@
 """`--kind tasks`: a task sequence's accuracy table a[t, j] as a heat map, and each task's accuracy over the
-task boundaries (THEORY §5b); several runs share the second panel (one line style per run)."""
+task boundaries (docs/theory.md §5b); several runs share the second panel (one line style per run)."""
 from __future__ import annotations
 
 from typing import Sequence

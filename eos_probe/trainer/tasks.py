@@ -3,7 +3,7 @@
 Before the update of step s it (1) makes the shared `Objective` train task `task_at(s)` (its data swapped in
 place, `objective.task`, `objective.retention`), and (2) when s ends a task (s = b_{t+1}), evaluates θ_s on
 every task's test split (all outputs, no task identity: class-incremental) and writes row t of /tasks/accuracy
-and /tasks/loss of each live copy's run file, with the THEORY §5b summary in the attributes of /tasks.
+and /tasks/loss of each live copy's run file, with the docs/theory.md §5b summary in the attributes of /tasks.
 
 Resuming from a checkpoint at step s keeps the rows of tasks that ended before s and redoes the others (the
 same θ gives the same numbers), so a resumed run writes the table an uninterrupted one does.
