@@ -70,6 +70,11 @@ class TrainConfig:
     norm_match: bool = False  # two-point ZO: divide the estimate by √κ (zo-gd-nm always does)
     rise_blocks: str | int = "tensor"  # rise: one block per parameter tensor, or chunks of N coordinates
     groups: dict[str, dict[str, Any]] = field(default_factory=dict)  # zo-fc, hybrid: [groups.<name>] tables
+    # task sequences (class-incremental continual learning, eos_probe.tasks; docs/theory.md §5b)
+    tasks: list[list[int]] | str | None = None  # class splits, "0,1;2,3" or [[0, 1], [2, 3]]
+    task_steps: list[int] | None = None  # updates per task (default `steps` each; 0 = already trained)
+    mask_old_logits: bool | None = None  # leave earlier tasks' class outputs out of the loss (default: ce only)
+    init_from: str | None = None  # start θ from this finished run file's final checkpoint
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -80,12 +85,12 @@ _FIELDS = {f.name: f for f in fields(TrainConfig)}
 
 def _expected(name: str) -> tuple[type, ...]:
     ann = str(_FIELDS[name].type)
-    if ann == "bool":
+    if ann.startswith("bool"):
         return (bool,)
     if ann == "str | int":
         return (str, int)
     if ann.startswith("list"):
-        return (list,)
+        return (list, str) if "| str" in ann else (list,)
     if ann.startswith("dict"):
         return (dict,)
     if "float" in ann:
@@ -170,6 +175,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _validate_cocd(cfg)
     _validate_shaping(cfg)
     p.check_momentum(cfg.momentum)
+    from .tasks import validate_tasks
+
+    validate_tasks(cfg)
     return cfg
 
 

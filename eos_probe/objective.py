@@ -112,25 +112,19 @@ class Objective:
         self.loss_spec = resolve_loss(loss, model, x, y, num_classes)
         self.loss_name = self.loss_spec.name
         self.num_classes = self.loss_spec.num_classes
-        self.x, self.y = x, y
         self.sequence = self.loss_spec.sequence
-        self.n_terms = self.loss_spec.n_terms(y)
-        if self.n_terms == 0:
-            raise UserError("the training set has no loss terms (empty data or every target masked)")
-        if microbatch == "auto":
-            microbatch = auto_microbatch(model, x)
-        self.microbatch = microbatch
-        mb = microbatch or x.shape[0]
-        self.chunks: list[tuple[Tensor, Tensor]] = list(zip(x.split(mb), y.split(mb)))
+        self.microbatch = auto_microbatch(model, x) if microbatch == "auto" else microbatch
+        self.set_data(x, y)
+        # task sequences (eos_probe.tasks): the task trained now, and the earlier tasks' Objective (else None)
+        self.task: int | None = None
+        self.retention: Objective | None = None
         self.hvp_backend = hvp_backend
         self.device = x.device
         from .budget import DEFAULT_PROBE_MEMORY
-
         #: peak-memory budget (bytes) of one piece of curvature work; see `work_chunks`
         self.probe_memory = DEFAULT_PROBE_MEMORY
         self._example_bytes: int | None = None
 
-    # ----------------------------------------------------------------- parameters
     @property
     def dim(self) -> int:
         return self.space.dim
@@ -140,9 +134,21 @@ class Objective:
         with torch.no_grad():
             return self.space.flatten(dict(self.model.named_parameters())).detach().clone()
 
-    # ----------------------------------------------------------------- core functional pieces
-    def _forward(self, theta: Tensor, x: Tensor) -> Tensor:
-        return functional_call(self.model, self.space.unflatten(theta), (x,))
+    def set_data(self, x: Tensor, y: Tensor, output_mask: Tensor | None = None) -> None:
+        """Train on (x, y) from now on, in place (a task boundary; same micro-batch size). False outputs of `output_mask`
+        are left out of the loss (ce: logit −inf; mse: output = its 0 target); `evaluate` on given data uses all."""
+        n_terms = self.loss_spec.n_terms(y)
+        if n_terms == 0:
+            raise UserError("the training set has no loss terms (empty data or every target masked)")
+        self.x, self.y, self.n_terms, self.output_mask = x, y, n_terms, output_mask
+        mb = self.microbatch or x.shape[0]
+        self.chunks: list[tuple[Tensor, Tensor]] = list(zip(x.split(mb), y.split(mb)))
+
+    def _forward(self, theta: Tensor, x: Tensor, masked: bool = True) -> Tensor:
+        out = functional_call(self.model, self.space.unflatten(theta), (x,))
+        if masked and self.output_mask is not None:
+            out = out.masked_fill(~self.output_mask, float("-inf") if self.loss_name == "ce" else 0.0)
+        return out
 
     def _chunk_sum(self, theta: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """(Σ loss terms, Σ correct predictions) over one chunk; θ is a single (d,) vector."""
@@ -155,7 +161,6 @@ class Objective:
             total = s if total is None else total + s
         return total / self.n_terms
 
-    # ----------------------------------------------------------------- public API
     @property
     def vectorizes_stacks(self) -> bool:
         """Whether stacked θ (…, d) is evaluated in one vmapped call (else row by row); see VMAP_MAX_ACTIVATION."""
@@ -202,7 +207,7 @@ class Objective:
         ls, cs = 0.0, 0.0
         with torch.inference_mode():
             for xc, yc in chunks:
-                s, c = self._chunk_sum(theta, xc, yc)
+                s, c = self.loss_spec.chunk_sum(self._forward(theta, xc, masked=x is None), yc)
                 ls, cs = ls + s, cs + c
         return ls / n_terms, cs / n_terms
 

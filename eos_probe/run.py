@@ -56,6 +56,7 @@ class Run:
     _bands: dict[str, Any] = field(default_factory=dict, repr=False)
     _probe_attrs: dict[str, Any] = field(default_factory=dict, repr=False)
     _series_attrs: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+    _tasks: dict[str, Any] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ description
     @property
@@ -147,6 +148,31 @@ class Run:
         """Whether every named probe series exists and has at least one row."""
         return all((n in self.probe or n in self._arrays) for n in names) and len(self.probe) > 0
 
+    @property
+    def tasks(self) -> pd.DataFrame | None:
+        """The task sequence's accuracy/loss table in long form (None for a run without tasks).
+
+        One row per (after, task) pair, T×T rows: `after` = t (θ after training task t, at step `step` =
+        its end boundary), `task` = j (evaluated on task j's test split, all outputs), `accuracy`, `loss`
+        (NaN where row t was not reached yet), `classes` (task j's dataset class ids, as "0,1"). The docs/theory.md
+        §5b summary is in `.attrs`: average_accuracy, last_accuracy, forgetting (and boundaries, task_steps).
+        The T×T table: `run.tasks.pivot(index="after", columns="task", values="accuracy")`.
+        """
+        if not self._tasks:
+            return None
+        acc, loss = self._tasks["accuracy"], self._tasks["loss"]
+        T = acc.shape[0]
+        bounds = [int(b) for b in self._tasks["boundaries"]]
+        classes = self._tasks["attrs"].get("classes") or [[] for _ in range(T)]
+        after, task = np.repeat(np.arange(T), T), np.tile(np.arange(T), T)
+        out = pd.DataFrame({"after": after, "task": task, "step": np.asarray(bounds[1:])[after],
+                            "accuracy": acc.reshape(-1), "loss": loss.reshape(-1),
+                            "classes": [",".join(map(str, classes[j])) for j in task]})
+        out.attrs = {k: self._tasks["attrs"].get(k, math.nan)
+                     for k in ("average_accuracy", "last_accuracy", "forgetting")}
+        out.attrs.update(boundaries=bounds, task_steps=[int(v) for v in self._tasks["task_steps"]])
+        return out
+
     # ------------------------------------------------------------------ theory
     def band(self):
         """The stability band of this run (`eos_probe.theory.Band`): as stored in /bands, else from the config."""
@@ -216,11 +242,13 @@ class Run:
                 for name, grp in f["spectra"].items():
                     spectra[name] = _consistent_rows({k: ds[()] for k, ds in grp.items()}, path, f"spectra/{name}")
             bands = {k: _decode(v) for k, v in f["bands"].attrs.items()} if "bands" in f else {}
+            tasks = ({**{k: ds[()] for k, ds in f["tasks"].items()},
+                      "attrs": {k: _decode(v) for k, v in f["tasks"].attrs.items()}} if "tasks" in f else {})
         except (OSError, KeyError, ValueError, RuntimeError) as e:
             raise CorruptFileError(f"{path}: run file is damaged and cannot be read completely ({e})") from None
         finally:
             f.close()
-        return cls(path, attrs, train, probe, spectra, arrays, bands, probe_attrs, series_attrs)
+        return cls(path, attrs, train, probe, spectra, arrays, bands, probe_attrs, series_attrs, tasks)
 
 
 def _consistent_rows(cols: dict[str, np.ndarray], path: Path, group: str) -> dict[str, np.ndarray]:

@@ -104,7 +104,7 @@ class RunWriter:
                 if k not in ("status", "stop_reason", "stop_step"):
                     dst.attrs[k] = v
             dst.attrs["resumed"] = int(src.attrs.get("resumed", 0)) + 1
-            for extra in ("bands",):
+            for extra in ("bands", "tasks"):  # whole tables (`put`): kept; their writer resets what it redoes
                 if extra in src:
                     src.copy(src[extra], dst, name=extra)
             for g in _series_groups(src):
@@ -145,6 +145,30 @@ class RunWriter:
         target = self.f.require_group(obj) if obj not in ("", "/") else self.f
         for k, v in attrs.items():
             target.attrs[k] = _attr(v)
+
+    def put(self, group: str, data: dict[str, Any], attrs: dict[str, Any] | None = None) -> None:
+        """Write whole datasets of `group` (replacing them), e.g. a table filled in as the run goes: on the set-up
+        copy before `start`, after it as one atomic replacement of the run file (with the buffered rows)."""
+        def write(f: h5py.File) -> None:
+            grp = f.require_group(group)
+            for name, value in data.items():
+                arr = np.asarray(value)
+                if name in grp and grp[name].shape == arr.shape and grp[name].dtype == arr.dtype:
+                    grp[name][...] = arr
+                else:
+                    if name in grp:
+                        del grp[name]
+                    grp.create_dataset(name, data=arr)
+            for k, v in (attrs or {}).items():
+                grp.attrs[k] = _attr(v)
+
+        if self.f is not None:
+            write(self.f)
+            return
+        with self._update() as f:
+            self._write_rows(f)
+            write(f)
+        self._last_flush = time.monotonic()
 
     def start(self) -> None:
         """Publish the set-up file (atomically); from now on rows are appended by whole-file replacement."""

@@ -38,6 +38,8 @@ from .trainer.hooks import (CheckpointHook, DivergenceHook, InterruptHook, LogHo
 from .trainer.hooks import check_divergence as _check_divergence
 from .trainer.loop import run_loop
 from .trainer.runfile import RunFile, checkpoint_path, environment, load_checkpoint, open_files, save_checkpoint
+from .tasks import TaskData, TaskSchedule, dataset_classes, load_init
+from .trainer.tasks import TaskHook
 from .zo_monitor import ZOTraceMonitor
 
 __all__ = ["CHECKPOINT_SECONDS", "RUNS_DIR", "SWEEP_FIELDS", "RunResult", "Setup", "build", "checkpoint_path",
@@ -57,6 +59,8 @@ class Setup:
     optimizer: Optimizer
     theta: torch.Tensor
     model_source: dict | None = None  # provenance of a plug-in model (eos_probe.plugins), None for built-ins
+    tasks: Any = None  # eos_probe.tasks.TaskData of a task sequence, else None
+    init_from: dict | None = None  # provenance of θ_0 when `init_from` started it from another run
 
 
 @dataclass
@@ -98,7 +102,7 @@ def exact_float32() -> None:
 
 def build(cfg: TrainConfig) -> Setup:
     """Data, model, objective and optimizer for a config (validates what it touches)."""
-    from .data import load_dataset
+    from .data import DATASETS, load_dataset
     from .models import MODELS, build_model
 
     from .plugins import build_plugin_model, is_model_plugin
@@ -114,8 +118,8 @@ def build(cfg: TrainConfig) -> Setup:
     if device.type == "cuda":
         exact_float32()
     dtype = getattr(torch, cfg.dtype)
-    ds = load_dataset(data_name, data_dir=cfg.data_dir, n_per_class=cfg.n_per_class, classes=cfg.classes,
-                      seed=cfg.seed, **cfg.data_args)
+    ds = load_dataset(data_name, data_dir=cfg.data_dir, n_per_class=cfg.n_per_class, seed=cfg.seed,
+                      classes=dataset_classes(cfg, data_name in DATASETS), **cfg.data_args)
     if kind is not None and ds.kind != kind:
         raise UserError(f"model {cfg.model!r} takes {kind} data but dataset {data_name!r} is {ds.kind} data")
     source = None
@@ -138,8 +142,12 @@ def build(cfg: TrainConfig) -> Setup:
     optimizer = _make_optimizer(cfg, model)
     if hasattr(optimizer.source, "check_dim"):  # CoCD: B > d, m >= d are user errors known only now
         optimizer.source.check_dim(objective.dim)
-    return Setup(replace(cfg, data=data_name), device, ds, model, objective, optimizer, objective.initial_theta(),
-                 source)
+    theta, init = objective.initial_theta(), None
+    if cfg.init_from:
+        theta, init = load_init(cfg.init_from, objective.dim, theta)
+    schedule = TaskSchedule.from_config(cfg)
+    tasks = TaskData(ds, schedule, device, dtype, bool(cfg.mask_old_logits)) if schedule.active else None
+    return Setup(replace(cfg, data=data_name), device, ds, model, objective, optimizer, theta, source, tasks, init)
 
 
 #: the most work (seconds) a kill may cost: a checkpoint is written at the first step boundary after this long
@@ -195,6 +203,9 @@ def train(cfg: TrainConfig | None, *, overwrite: bool = False, resume: str | Pat
         if ckpt is None and logged and not restart:
             raise UserError(f"{path} has no checkpoint to continue from, so its {logged} logged rows would be "
                             "recomputed from step 0; pass --restart to do that")
+        if steps is not None and stored.get("tasks"):
+            raise UserError(f"{path} trains a task sequence: its task_steps fix its length, so --steps cannot "
+                            "change it; start a run with init_from to train further")
         if steps is not None:
             done = int(ckpt["step"]) if ckpt else 0
             if steps < done:
@@ -327,6 +338,10 @@ def _train_guarded(cfgs: list[TrainConfig], paths: list[Path], *, overwrite: boo
     stack = CopyStack(setup.theta, optimizers)
     log_every = cfg.log_every or (1 if not stack.opt.zeroth_order else 10)
     start = stack.restore(resume_ckpt) if resume_ckpt is not None else 0
+    steps = TaskSchedule.from_config(cfg).total  # T: `steps`, or the sum of the task steps
+    tasks = TaskHook(setup.tasks, start=start, resuming=resuming) if setup.tasks is not None else None
+    if tasks is not None:
+        tasks.prepare(obj)  # the first step's task: the initial loss and the probe see its data
     # the free curvature monitor: central-difference ZO runs, sampled on every logged step (L(θ) known there)
     zo_monitor = (ZOTraceMonitor(cfg.zo_trace_window) if stack.opt.zeroth_order
                   and getattr(stack.opt.source, "difference", "") == "central" else None)
@@ -336,9 +351,9 @@ def _train_guarded(cfgs: list[TrainConfig], paths: list[Path], *, overwrite: boo
 
     zo_monitor = open_files(files, stack, setup, start=start, resuming=resuming, overwrite=overwrite,
                             ckpt=resume_ckpt, make_probe=make_probe, zo_monitor=zo_monitor, log_every=log_every)
-    bar = progress_bar(progress, start, cfg.steps)
+    bar = progress_bar(progress, start, steps)
     # the two checkpoint knobs are read here, from this module, so tests can patch them
-    hooks = [InterruptHook(guard),
+    hooks = [InterruptHook(guard), *([tasks] if tasks is not None else []),
              CheckpointHook(every=cfg.checkpoint_every, keep_every=cfg.keep_checkpoints_every,
                             from_checkpoint=resume_ckpt is not None, resuming=resuming,
                             seconds=CHECKPOINT_SECONDS, save=save_checkpoint),
@@ -347,9 +362,9 @@ def _train_guarded(cfgs: list[TrainConfig], paths: list[Path], *, overwrite: boo
                        lambda row, s, th: probe_cost_line(row, s, obj, th, cfg, stack.opt, log_every,
                                                           len(stack.alive))),
              DivergenceHook(), ProgressHook(bar)]
-    ctx = StepContext(stack, files, obj, start, cfg.steps, time.perf_counter())
+    ctx = StepContext(stack, files, obj, start, steps, time.perf_counter())
     run_loop(ctx, hooks)
-    return _results(files, start, cfg.steps, time.perf_counter() - ctx.t0)
+    return _results(files, start, steps, time.perf_counter() - ctx.t0)
 
 
 def _results(files: list[RunFile], start: int, steps: int, seconds: float) -> list[RunResult]:

@@ -273,6 +273,8 @@ def _new_attrs(f: RunFile, i: int, files: list[RunFile], setup: Any, stack: Copy
              "run_id": uuid.uuid4().hex, **environment(setup.device)}
     if setup.model_source:
         attrs["model_source"] = setup.model_source
+    if getattr(setup, "init_from", None):  # θ_0 came from another run's final checkpoint (eos_probe.tasks)
+        attrs["init_from"] = setup.init_from
     if stack.stacked:
         attrs["sweep"] = {"copies": [str(x.path) for x in files], "index": i}
     return attrs
