@@ -3,6 +3,7 @@ project's own shaping code (`eos_probe.optim.shaping`: the same draws as the RIS
 metric) on random quadratics: ≤ 1 % at 10^5 draws (and within 4 standard errors)."""
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -26,10 +27,23 @@ def _quadratic(d: int, seed: int, spread: float = 3.0) -> tuple[np.ndarray, np.n
     return H, g
 
 
-def _draws(g: np.ndarray, q: int, law: str, norm_match: bool = False, n: int = DRAWS, seed: int = 0) -> np.ndarray:
-    gen = torch.Generator().manual_seed(seed)
-    gt = torch.as_tensor(g, dtype=torch.float64)
-    return torch.stack([zo_shape(gt, q, gen, law, norm_match) for _ in range(n)]).numpy()
+D = 6
+#: one gradient for every ZO test: the draws Zg depend on g (not on H), so they are made once per (q, law)
+G = np.random.default_rng(0).standard_normal(D) * np.linspace(0.5, 1.5, D)
+
+
+@functools.lru_cache(maxsize=None)
+def _raw(q: int, law: str) -> np.ndarray:
+    """10^5 draws of Zg from the project's `zo_shape` (one generator, as the source draws them)."""
+    gen = torch.Generator().manual_seed(q)
+    gt = torch.as_tensor(G, dtype=torch.float64)
+    return torch.stack([zo_shape(gt, q, gen, law, norm_match=False) for _ in range(DRAWS)]).numpy()
+
+
+def _draws(q: int, law: str, norm_match: bool = False) -> np.ndarray:
+    """Zg (or Zg/√κ, zo_shape's norm matching: the same division) for G."""
+    s = _raw(q, law)
+    return s / math.sqrt(th.norm_inflation(q, D, law)) if norm_match else s
 
 
 def _close(samples: np.ndarray, exact: float, rel: float = 0.01) -> None:
@@ -40,18 +54,19 @@ def _close(samples: np.ndarray, exact: float, rel: float = 0.01) -> None:
 @pytest.mark.parametrize("law", th.SHAPING_DIRECTIONS)
 def test_shaping_moment_matches_monte_carlo_for_each_law(law: str) -> None:
     """E[(Zg)ᵀA(Zg)] = gᵀE[ZAZ]g for a random A, and E[Zg (Zg)ᵀ] = E[Z ggᵀ Z] entrywise."""
-    d, q = 6, 3
-    H, g = _quadratic(d, 1)
+    d, q, g = D, 3, G
+    H, _ = _quadratic(d, 1)
     H = H + 1.0 * np.eye(d)  # positive mean so a relative error is meaningful
-    s = _draws(g, q, law)
+    s = _draws(q, law)
     quad = np.einsum("ni,ij,nj->n", s, H, s)
     exact = g @ th.shaping_moment(H, q, law) @ g
     _close(quad, exact)
     gdg = float(np.sum(g * g * np.diag(H)))
     assert th.shaped_quadratic(g @ H @ g, g @ g, np.trace(H), q, d, law, gdg) == pytest.approx(exact, rel=1e-12)
-    outer = np.einsum("ni,nj->ij", s, s) / s.shape[0]
+    prods = np.einsum("ni,nj->nij", s, s)
     M = th.shaping_moment(np.outer(g, g), q, law)
-    assert np.linalg.norm(outer - M) / np.linalg.norm(M) < 0.01
+    z = (prods.mean(0) - M) / (prods.std(0, ddof=1) / math.sqrt(s.shape[0]))
+    assert np.abs(z).max() < 4.5, z  # every entry within its Monte Carlo error
     # κ: E‖Zg‖² / ‖g‖² (Rademacher and sphere share (q+d−1)/q since ‖u‖² = d exactly)
     _close(np.sum(s * s, axis=1) / (g @ g), th.inflation(q, d, law))
 
@@ -76,12 +91,12 @@ def test_shaped_curvature_keeps_the_isotropic_floor() -> None:
     assert np.allclose(th.shaped_curvature(H, q), (1 - tau) * H + tau * np.trace(H) / d * np.eye(d))
 
 
-@pytest.mark.parametrize("q", [1, 4])
+@pytest.mark.parametrize("q", [1, 3])
 def test_forgetting_predictions_match_the_mean_over_norm_matched_steps(q: int) -> None:
     """On a quadratic L_r (exact to second order) the predicted FO and ZO forgetting, and their gap
     (η²/2)τ‖g‖²e_r(g), equal the loss changes of the actual steps averaged over 10^5 draws."""
-    d, lr = 8, 0.3
-    H, g = _quadratic(d, 4)
+    d, lr, g = D, 0.3, G
+    H, _ = _quadratic(d, 4)
     gr = np.random.default_rng(5).standard_normal(d) * 0.1  # retention gradient ≠ 0: the linear terms count
 
     def F(delta: np.ndarray) -> np.ndarray:
@@ -90,7 +105,7 @@ def test_forgetting_predictions_match_the_mean_over_norm_matched_steps(q: int) -
     rho, lam = g @ H @ g / (g @ g), np.trace(H) / d
     fo = th.forgetting_fo(lr, gr @ g, g @ H @ g)
     assert fo == pytest.approx(float(F(-lr * g)), rel=1e-12)
-    v = _draws(g, q, "gaussian", norm_match=True, seed=q)
+    v = _draws(q, "gaussian", norm_match=True)
     zo = th.forgetting_zo(lr, gr @ g, g @ H @ g, g @ g, np.trace(H), q, d)
     _close(F(-lr * v), zo)
     k = th.inflation(q, d)
@@ -101,16 +116,16 @@ def test_forgetting_predictions_match_the_mean_over_norm_matched_steps(q: int) -
     assert (zo + lr * gr @ g / math.sqrt(k)) / (fo + lr * gr @ g) == pytest.approx(1 - tau * (1 - lam / rho), rel=1e-10)
 
 
-@pytest.mark.parametrize("spec", ["tensor", 3])
-def test_rise_blockwise_prediction_matches_monte_carlo(spec) -> None:
-    """E[vᵀHv] and E[F] of RISE's blockwise step (the source's own `rise_shape`) equal `rise_quadratic`."""
-    sizes, q, lr = [4, 3, 5], 2, 0.2
+def test_rise_blockwise_prediction_matches_monte_carlo() -> None:
+    """E[vᵀHv] and E[F] of RISE's blockwise step (the source's own `rise_shape`, chunks of 4 across tensor
+    boundaries) equal `rise_quadratic`, cross-block terms included."""
+    sizes, q, lr, spec = [3, 4, 5], 2, 0.2, 4
     d = sum(sizes)
     H, g = _quadratic(d, 6)
     gr = np.random.default_rng(7).standard_normal(d) * 0.1
     blocks = rise_blocks(sizes, spec)
     gt = torch.as_tensor(g)
-    n = DRAWS // 2
+    n = DRAWS
     gens = [torch.Generator().manual_seed(100 + b) for b in range(len(blocks))]
     v = torch.stack([rise_shape(gt, blocks, q, lambda b: gens[b]) for _ in range(n)]).numpy()
     scale = np.concatenate([np.full(b - a, 1 / math.sqrt(th.norm_inflation(q, b - a))) for a, b in blocks])
@@ -128,13 +143,13 @@ def test_rise_blockwise_prediction_matches_monte_carlo(spec) -> None:
 def test_zo_descent_threshold_is_where_the_expected_step_stops_descending(law: str, norm_match: bool) -> None:
     """At η = η_ZO(g) the mean loss change of a raw (or norm-matched) ZO step on a quadratic is zero, and
     at η_ZO/2 it is −(η‖g‖²)/2 (halfway down the parabola); Gaussian: 2q/((q+1)ρ(g) + Tr H)."""
-    d, q = 6, 2
-    H, g = _quadratic(d, 8)
+    d, q, g = D, 3, G
+    H, _ = _quadratic(d, 8)
     gdg = float(np.sum(g * g * np.diag(H)))
     eta = th.zo_descent_lr(g @ H @ g, g @ g, np.trace(H), q, d, law, norm_match, gdg)
     if law == "gaussian" and not norm_match:
         assert eta == pytest.approx(2 * q / ((q + 1) * (g @ H @ g) / (g @ g) + np.trace(H)), rel=1e-12)
-    s = _draws(g, q, law, norm_match, seed=11)
+    s = _draws(q, law, norm_match)
     for frac in (1.0, 0.5):
         lr = frac * eta
         change = -lr * s @ g + 0.5 * lr * lr * np.einsum("ni,ij,nj->n", s, H, s)
