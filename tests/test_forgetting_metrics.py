@@ -209,3 +209,43 @@ def test_the_metrics_run_inside_training_and_their_products_add_up(tmp_path) -> 
     assert p["zo_descent"].notna().all() and p["flatness"].notna().all() and p["hybrid_bands"].isna().all()
     spent = p[[c for c in p.columns if c.endswith("_nhvp")]].sum(axis=1)
     assert (spent == p["nhvp"]).all()
+
+
+def test_gap_agreement_counts_signs_where_the_prediction_is_decided() -> None:
+    from eos_probe.plot.forgetting import gap_agreement
+
+    pred = np.array([1.0, -1.0, 0.1, 2.0, -3.0])
+    meas = np.array([0.9, 0.5, -0.1, 2.1, -2.5])
+    s = gap_agreement(pred, np.full(5, 0.1), meas, np.full(5, 0.1), e_r=pred)
+    assert s["n"] == 5 and s["n_decided"] == 4 and s["agree"] == 0.75  # 0.1 is within 2 se: undecided
+    assert s["slope"] == pytest.approx(np.polyfit(pred, meas, 1)[0]) and -1 < s["pearson_r"] < 1
+
+
+def test_forgetting_plot_scatters_the_gap_and_draws_the_accuracy_table(tmp_path) -> None:
+    """A run file with forgetting rows (from the metric on a tiny network at several θ) and a task table."""
+    import h5py
+    import pandas as pd
+
+    from eos_probe.plot.forgetting import forgetting_figure
+
+    rows = []
+    for step in range(4):
+        m, ctx, obj, ret, theta = _ctx(Forgetting, step=step, lr=0.05, M=4)
+        ctx.theta = theta + 0.05 * step * torch.randn(theta.shape, generator=torch.Generator().manual_seed(step),
+                                                       dtype=theta.dtype)
+        rows.append(m.compute(ctx))
+    path = tmp_path / "run.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["schema_version"] = 1
+        f.create_group("train")
+        f.create_dataset("tasks/accuracy", data=np.array([[0.9, np.nan], [0.6, 0.8]]))
+    run = SimpleNamespace(name="tiny", path=path, probe=pd.DataFrame(rows))
+    fig = forgetting_figure([run])
+    assert len(fig.axes) == 3  # scatter, heat map, its colour bar
+    assert "forgetting gap" in fig.axes[0].get_title() and fig.axes[1].get_ylabel() == "after task t"
+    out = tmp_path / "f.png"
+    fig.savefig(out)
+    assert out.stat().st_size > 10_000
+    empty = SimpleNamespace(name="x", path=path, probe=pd.DataFrame({"forgetting": [np.nan]}))
+    with pytest.raises(UserError, match="no forgetting"):
+        forgetting_figure([empty])
