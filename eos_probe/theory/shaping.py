@@ -60,6 +60,8 @@ def shaping_moment(A, q: int, directions: str = "gaussian"):
 
     Gaussian: ((q+1)/q)·A + (1/q)·Tr(A)·I; sphere of radius √d: the single-query part 2A + Tr(A)·I times
     d/(d+2); Rademacher: the Gaussian value minus (2/q)·diag(A) (docs/theory.md §5, shaping moments).
+
+    Theory: [docs/theory.md#shaping-moments][shaping-moments].
     """
     import numpy as np
 
@@ -79,6 +81,8 @@ def shaped_quadratic(gHg: float, gg: float, trace: float, q: int, d: int, direct
 
     Raises:
         InvalidValueError: Rademacher without `g_diag_g`, or a bad q, d or law.
+
+    Theory: [docs/theory.md#shaping-moments][shaping-moments].
     """
     _check_qd(q, d)
     c = _fourth(d, directions)
@@ -94,6 +98,8 @@ def inflation(q: int, d: int, directions: str = "gaussian") -> float:
     """κ = E‖Zg‖²/‖g‖² for the three laws: (q+d+1)/q (Gaussian); (q+d−1)/q (sphere and Rademacher: ‖u‖² = d).
 
     Unlike `norm_inflation` (the norm-matching contract, which refuses Rademacher) this covers every law.
+
+    Theory: [docs/theory.md#shaping-moments][shaping-moments].
     """
     _check_qd(q, d)
     if directions == "rademacher":
@@ -102,7 +108,10 @@ def inflation(q: int, d: int, directions: str = "gaussian") -> float:
 
 
 def shaped_curvature(H, q: int, directions: str = "gaussian"):
-    """E[Z H Z]/κ: the expected Hessian seen by a norm-matched ZO step (Gaussian: (1−τ)H + τ·λ̄·I)."""
+    """E[Z H Z]/κ: the expected Hessian seen by a norm-matched ZO step (Gaussian: (1−τ)H + τ·λ̄·I).
+
+    Theory: [docs/theory.md#rise][rise].
+    """
     import numpy as np
 
     H = np.asarray(H, dtype=float)
@@ -111,7 +120,10 @@ def shaped_curvature(H, q: int, directions: str = "gaussian"):
 
 # ------------------------------------------------------------------------------------------------ forgetting
 def forgetting_fo(lr: float, gr_dot_g: float, gHg: float) -> float:
-    """Predicted one-step forgetting of the FO step −ηg: −η∇L_rᵀg + (η²/2) gᵀH_r g (docs/theory.md §5a)."""
+    """Predicted one-step forgetting of the FO step −ηg: −η∇L_rᵀg + (η²/2) gᵀH_r g (docs/theory.md §5a).
+
+    Theory: [docs/theory.md#rise][rise].
+    """
     return -lr * gr_dot_g + 0.5 * lr * lr * gHg
 
 
@@ -120,6 +132,8 @@ def forgetting_zo(lr: float, gr_dot_g: float, gHg: float, gg: float, trace: floa
     """Predicted E F of the norm-matched ZO step −η Zg/√κ: −(η/√κ)∇L_rᵀg + (η²/2) gᵀE[ZH_rZ]g/κ.
 
     Gaussian: the second-order part is (η²/2)[(1−τ)gᵀH_r g + τ λ̄_r ‖g‖²] (docs/theory.md §5a).
+
+    Theory: [docs/theory.md#rise][rise].
     """
     import math
 
@@ -129,7 +143,10 @@ def forgetting_zo(lr: float, gr_dot_g: float, gHg: float, gg: float, trace: floa
 
 
 def forgetting_gap(lr: float, gg: float, rho: float, lam_bar: float, q: int, d: int) -> float:
-    """Second-order F_FO − E F_ZO = (η²/2)·τ·‖g‖²·e_r(g), e_r = ρ_r(g) − λ̄_r (Gaussian, norm-matched)."""
+    """Second-order F_FO − E F_ZO = (η²/2)·τ·‖g‖²·e_r(g), e_r = ρ_r(g) − λ̄_r (Gaussian, norm-matched).
+
+    Theory: [docs/theory.md#rise][rise].
+    """
     return 0.5 * lr * lr * shaping_tau(q, d) * gg * (rho - lam_bar)
 
 
@@ -140,6 +157,8 @@ def rise_quadratic(block_gHg, block_gg, block_trace, block_dims, cross_scaled: f
     Args:
         block_gHg, block_gg, block_trace, block_dims: per block b: g_bᵀH_bb g_b, ‖g_b‖², Tr H_bb, d_b.
         cross_scaled: ḡᵀHḡ with ḡ_b = g_b/√κ_b (all blocks; its diagonal blocks are removed here).
+
+    Theory: [docs/theory.md#rise][rise].
     """
     diag, own = 0.0, 0.0
     for h, gg, tr, db in zip(block_gHg, block_gg, block_trace, block_dims):
@@ -151,7 +170,10 @@ def rise_quadratic(block_gHg, block_gg, block_trace, block_dims, cross_scaled: f
 
 
 def forgetting_rise(lr: float, gr_dot_g_scaled: float, quad: float) -> float:
-    """Predicted E F of the RISE step −ηv: −η Σ_b ∇L_r,bᵀg_b/√κ_b + (η²/2) E[vᵀH_r v] (`rise_quadratic`)."""
+    """Predicted E F of the RISE step −ηv: −η Σ_b ∇L_r,bᵀg_b/√κ_b + (η²/2) E[vᵀH_r v] (`rise_quadratic`).
+
+    Theory: [docs/theory.md#rise][rise].
+    """
     return -lr * gr_dot_g_scaled + 0.5 * lr * lr * quad
 
 
@@ -162,6 +184,8 @@ def zo_descent_lr(gHg: float, gg: float, trace: float, q: int, d: int, direction
 
     E[L(θ−ηZg)] − L(θ) = −η‖g‖² + (η²/2) gᵀE[ZHZ]g, so η_ZO = 2‖g‖²/gᵀE[ZHZ]g; Gaussian:
     2q/((q+1)ρ(g) + Tr H). Norm matching scales it by √κ. inf when the shaped curvature is ≤ 0.
+
+    Theory: [docs/theory.md#rise][rise].
     """
     import math
 
@@ -173,25 +197,40 @@ def zo_descent_lr(gHg: float, gg: float, trace: float, q: int, d: int, direction
 
 
 def flatness_linf(rho: float, trace: float) -> float:
-    """Second-order mean loss increase at a random ℓ∞ corner θ + ρs, s ∈ {±1}^d: (ρ²/2)·Tr H."""
+    """Second-order mean loss increase at a random ℓ∞ corner θ + ρs, s ∈ {±1}^d: (ρ²/2)·Tr H.
+
+    Theory: [docs/theory.md#hybrid-groups][hybrid-groups].
+    """
     return 0.5 * rho * rho * trace
 
 
 def flatness_l2(rho: float, trace: float, d: int) -> float:
-    """Second-order mean loss increase at a random point of the ℓ2 sphere of radius ρ: (ρ²/2)·Tr H/d."""
+    """Second-order mean loss increase at a random point of the ℓ2 sphere of radius ρ: (ρ²/2)·Tr H/d.
+
+    Theory: [docs/theory.md#hybrid-groups][hybrid-groups].
+    """
     return 0.5 * rho * rho * trace / d
 
 
 def flatness_sam(rho: float, g_norm: float, rho_g: float) -> float:
-    """Loss increase along the SAM direction θ + ρ g/‖g‖ to second order: ρ‖g‖ + (ρ²/2)·ρ(g)."""
+    """Loss increase along the SAM direction θ + ρ g/‖g‖ to second order: ρ‖g‖ + (ρ²/2)·ρ(g).
+
+    Theory: [docs/theory.md#hybrid-groups][hybrid-groups].
+    """
     return rho * g_norm + 0.5 * rho * rho * rho_g
 
 
 def zo_band_limit(lr: float, q: int, momentum: float = 0.0) -> float:
-    """The ZO group's bound on Tr(H_ZZ): 2q(1−β)/η (docs/theory.md §5b)."""
+    """The ZO group's bound on Tr(H_ZZ): 2q(1−β)/η (docs/theory.md §5b).
+
+    Theory: [docs/theory.md#hybrid-groups][hybrid-groups].
+    """
     return 2.0 * q * (1.0 - momentum) / lr
 
 
 def fo_band_limit(lr: float, momentum: float = 0.0) -> float:
-    """The FO group's bound on λ_max(H_FF): 2(1+β)/η (docs/theory.md §5b)."""
+    """The FO group's bound on λ_max(H_FF): 2(1+β)/η (docs/theory.md §5b).
+
+    Theory: [docs/theory.md#hybrid-groups][hybrid-groups].
+    """
     return 2.0 * (1.0 + momentum) / lr
