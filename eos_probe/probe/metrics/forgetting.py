@@ -469,7 +469,8 @@ class HybridBands(Metric):
             else:
                 from ...curvature import lambda_max
 
-                est = lambda_max(Restricted(op, s.index), tol=self.options["tol"], max_iter=self.options["max_iter"],
+                est = lambda_max(Restricted(op, s.index), tol=self.options["tol"],
+                                 max_iter=min(self.options["max_iter"], max(2, int(s.index.numel()))),
                                  generator=ctx.generator(f"{self.name}/lanczos/{s.index.numel()}"))
                 m, se = float(est.value), float(est.error)
                 limit.append(th.fo_band_limit(lr, beta))
