@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import click
 
-KINDS = ("bands", "lambda", "loss", "margin", "spectrum", "commutator", "entk", "cocd-edge", "tasks", "all", "sweep")
+KINDS = ("bands", "lambda", "loss", "margin", "spectrum", "commutator", "entk", "cocd-edge", "tasks", "forgetting",
+         "all", "sweep")
 
 
 @click.command("plot")
@@ -12,7 +13,8 @@ KINDS = ("bands", "lambda", "loss", "margin", "spectrum", "commutator", "entk", 
               help="bands: Tr(H) and Tr(H)+c·λ_max against the threshold T (Adam: P⁻¹H); lambda: λ_max against "
                    "2/η-type first-order thresholds; loss: training loss; margin: the exact mean-square sum S(η) against 1; spectrum: SLQ density heat map; "
                    "commutator: ‖PH−HP‖/‖PH‖ of Adam runs; entk: ZO-eNTK error against P (probe entk_fidelity); "
-                   "cocd-edge: lr/α*(H_t) of cocd runs (probe cocd_edge); tasks: a task sequence's accuracy table (heat map) and each task's accuracy over the boundaries; all: every panel the files have data for; "
+                   "cocd-edge: lr/α*(H_t) of cocd runs (probe cocd_edge); tasks: a task sequence's accuracy table (heat map) and each task's accuracy over the boundaries; forgetting: predicted vs measured one-step "
+                   "forgetting gap coloured by sign(e_r) (probe forgetting) and the task accuracy table; all: every panel the files have data for; "
                    "sweep: a sweep directory's last Tr/T, S(η), η·λ_max, loss, accuracy against η.")
 @click.option("--out", type=click.Path(dir_okay=False),
               help="Output file (.png 300 dpi, .pdf or .svg vector). Default figures/<run>-<kind>.png.")

@@ -21,7 +21,8 @@ from .style import (COMMUTATOR_REFERENCE, FORMATS, PALETTE, STYLE, _band_label, 
                     _integer_steps, _key, _log_ticks, _plt, load_runs, pretty, run_colors)
 
 
-KINDS = ("bands", "lambda", "loss", "margin", "spectrum", "commutator", "entk", "cocd-edge", "tasks", "all")
+KINDS = ("bands", "lambda", "loss", "margin", "spectrum", "commutator", "entk", "cocd-edge", "tasks", "forgetting",
+         "all")
 
 
 def _notes(runs: Sequence[Run]) -> list[str]:
@@ -118,6 +119,10 @@ def build_figure(runs: Sequence[Run | str | Path], kind: str, *, normalize: bool
             from .tasks import tasks_figure
 
             return _titled(tasks_figure(runs), title)
+        if kind == "forgetting":
+            from .forgetting import forgetting_figure
+
+            return _titled(forgetting_figure(runs), title)
         if kind == "spectrum":
             fig, axes = plt.subplots(len(runs), 1, figsize=(6.4, 3.2 * len(runs)), squeeze=False,
                                      layout="constrained")

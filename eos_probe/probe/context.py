@@ -45,12 +45,16 @@ class ProbeContext:
         return g
 
     def operator(self, which: str):
-        """"H": the Hessian at θ; "P": P^-1/2 H P^-1/2 with Adam's current P (same spectrum as P⁻¹H)."""
+        """"H": the Hessian at θ; "P": P^-1/2 H P^-1/2 with Adam's current P (same spectrum as P⁻¹H);
+        "H_r": the Hessian of the retention objective (``objective.retention``, earlier tasks) at θ."""
         from ..curvature import HessianOperator, PreconditionedOperator
 
         if which not in self._ops:
             if which == "H":
                 self._ops["H"] = HessianOperator(self.objective, self.theta, backend=self.probe.hvp_backend(self))
+            elif which == "H_r":
+                self._ops["H_r"] = HessianOperator(self.objective.retention, self.theta,
+                                                   backend=self.probe.hvp_backend(self))
             elif which == "P":
                 p = self.preconditioner()
                 self._ops["P"] = PreconditionedOperator(self.operator("H"), p)
@@ -60,7 +64,7 @@ class ProbeContext:
 
     def hessian_products(self) -> int:
         """Hessian-vector products spent at this step so far (the P operator's go through H's)."""
-        return int(self._ops["H"].n_hvp) if "H" in self._ops else 0
+        return sum(int(op.n_hvp) for k, op in self._ops.items() if k != "P")
 
     def preconditioner(self) -> Tensor:
         """Adam's current P (diagonal, flat); RuntimeError for an optimizer without one."""

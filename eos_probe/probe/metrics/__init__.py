@@ -11,14 +11,16 @@ from .curvature import TRACE_METHODS, Density, DirCurvature, LambdaMax, TopK, Tr
 from .preconditioned import CommutatorRatio, PrecondDensity, PrecondLambdaMax, PrecondTrace
 from .stability import MSMargin, ms_term_function
 from .systems import CoCDEdge, CoCDStaleness, EntkFidelity
+from .forgetting import CurvatureExcess, Forgetting, Flatness, HybridBands, ZODescent
 
 #: the built-in metrics in registration (= computation) order
 BUILTIN = (LambdaMax, PrecondLambdaMax, TopK, Trace, PrecondTrace, Density, PrecondDensity, MSMargin,
-           CommutatorRatio, DirCurvature, CoCDEdge, CoCDStaleness, EntkFidelity)
+           CommutatorRatio, DirCurvature, CoCDEdge, CoCDStaleness, EntkFidelity,
+           CurvatureExcess, Forgetting, ZODescent, Flatness, HybridBands)
 
 for _cls in BUILTIN:
     register_metric(_cls)
 
-__all__ = ["BUILTIN", "TRACE_METHODS", "CoCDEdge", "CoCDStaleness", "CommutatorRatio", "Density", "DirCurvature",
-           "EntkFidelity", "LambdaMax", "MSMargin", "PrecondDensity", "PrecondLambdaMax", "PrecondTrace", "TopK",
-           "Trace", "ms_term_function"]
+__all__ = ["BUILTIN", "TRACE_METHODS", "CoCDEdge", "CoCDStaleness", "CommutatorRatio", "CurvatureExcess", "Density",
+           "DirCurvature", "EntkFidelity", "Flatness", "Forgetting", "HybridBands", "LambdaMax", "MSMargin",
+           "PrecondDensity", "PrecondLambdaMax", "PrecondTrace", "TopK", "Trace", "ZODescent", "ms_term_function"]
