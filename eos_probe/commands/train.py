@@ -94,8 +94,9 @@ def _float_list(ctx, param, value):
 @click.option("--resume", type=click.Path(dir_okay=False), help="Continue RUN.h5 from its last checkpoint.")
 @click.option("--restart", is_flag=True, help="With --resume: run a file that has no checkpoint again from step 0.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--list-groups", is_flag=True, help="Print the model's parameter groups (name, parameter count, parameter names; the names hybrid [groups.<name>] tables take) and exit without training.")
 def command(config_file, model_args, data_args, classes, probe_metrics, overwrite, resume, restart, quiet,
-            **flags) -> None:
+            list_groups, **flags) -> None:
     """Train a model full-batch and write an HDF5 run file (loss every step, curvature every N)."""
     from ..interrupt import RunInterrupted
     from ..train import train
@@ -116,6 +117,11 @@ def command(config_file, model_args, data_args, classes, probe_metrics, overwrit
     if probe_metrics is not None:
         values["probe"] = [] if probe_metrics.strip().lower() == "none" else [
             m.strip() for m in probe_metrics.split(",") if m.strip()]
+    if list_groups:
+        if resume:
+            raise UserError("--list-groups lists the groups of a model to be trained; it does not go with --resume")
+        _list_groups(TrainConfig(**values))
+        return
     if resume and set(values) - {"steps"}:
         extra = ", ".join(sorted(set(values) - {"steps"}))
         raise UserError(f"--resume continues a run with its recorded settings; only --steps may be given (got {extra})")
@@ -152,6 +158,40 @@ def command(config_file, model_args, data_args, classes, probe_metrics, overwrit
             sys.exit(DivergedError.exit_code)
         return
     click.echo(_summary(res))
+
+
+def _list_groups(cfg: TrainConfig) -> None:
+    """Print each parameter group of the config's model: name, parameter count, parameter names.
+
+    Builds the data (for the input shape and class count) and the model only — not the optimizer, so a
+    hybrid config whose group names are wrong can still list the right ones. Works for plug-in models too.
+    """
+    import torch
+
+    from ..data import load_dataset
+    from ..groups import describe_groups
+    from ..models import MODELS, build_model
+    from ..plugins import build_plugin_model, is_model_plugin
+
+    plugin = cfg.model not in MODELS and is_model_plugin(cfg.model)
+    if cfg.model not in MODELS and not plugin:
+        raise UserError(f"unknown model {cfg.model!r}; choose one of {', '.join(sorted(MODELS))}, "
+                        "path/to/file.py:factory or package.module:factory")
+    sequence = not plugin and MODELS[cfg.model].kind == "sequence"
+    ds = load_dataset(cfg.data or ("sort" if sequence else "fashion4"), data_dir=cfg.data_dir,
+                      n_per_class=cfg.n_per_class, classes=cfg.classes, seed=cfg.seed, **cfg.data_args)
+    shape = tuple(ds.input_shape)
+    if plugin:
+        model, _ = build_plugin_model(cfg.model, input_shape=shape, num_outputs=ds.num_classes, seed=cfg.seed,
+                                      dtype=torch.float32, **cfg.model_args)
+    else:
+        model = build_model(cfg.model, input_shape=shape, num_classes=ds.num_classes, seed=cfg.seed,
+                            **cfg.model_args)
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    for name, count, names in describe_groups(model):
+        click.echo(f"{name}: {count} parameters in {len(names)} tensors")
+        for n in names:
+            click.echo(f"  {n} {'×'.join(map(str, shapes[n])) or 'scalar'}")
 
 
 def _summary(res) -> str:
