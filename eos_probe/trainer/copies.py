@@ -27,7 +27,7 @@ def optimizer_for(cfg: TrainConfig, model: torch.nn.Module | None = None, progre
         a fresh `Optimizer` for `cfg.optimizer` with the config's hyper-parameters.
     """
     from ..config import group_tables
-    from ..optim.hybrid import default_progress, group_specs
+    from ..optim.hybrid import group_specs
     from ..presets import preset
 
     p, extra = preset(cfg.optimizer), {}
@@ -37,8 +37,11 @@ def optimizer_for(cfg: TrainConfig, model: torch.nn.Module | None = None, progre
         if model is None:
             raise ValueError(f"optimizer {cfg.optimizer} resolves its groups on the model; pass model=")
         device = next(model.parameters()).device
-        extra.update(groups=group_specs(model, group_tables(cfg), device),
-                     progress=progress or default_progress(cfg.steps))
+        if progress is None:  # the task schedule's fraction of the current task (one task of `steps` without tasks)
+            from ..tasks import TaskSchedule
+
+            progress = TaskSchedule.from_config(cfg).progress
+        extra.update(groups=group_specs(model, group_tables(cfg), device), progress=progress)
     return make_optimizer(cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum, momentum_style=cfg.momentum_style,
                           beta2=cfg.beta2, eps=cfg.eps, queries=cfg.queries, mu=cfg.mu,
                           directions=cfg.directions, difference=cfg.difference, seed=cfg.seed,
