@@ -182,9 +182,9 @@ def test_density_grid_is_a_probability_density() -> None:
     np.testing.assert_allclose(np.trapezoid(dens * grid, grid, axis=1), (w * nodes).sum(-1).mean(1), atol=1e-6)
 
 
-#: kinds that need their own probe metrics (entk_fidelity, cocd_edge, forgetting): tested in test_entk.py /
-#: test_cocd.py / test_forgetting_metrics.py
-SYSTEM_KINDS = ("entk", "cocd-edge", "forgetting")
+#: kinds that need their own probe metrics (entk_fidelity, cocd_edge, forgetting) or a task sequence: tested in
+#: test_entk.py / test_cocd.py / test_forgetting_metrics.py / test_tasks.py
+SYSTEM_KINDS = ("entk", "cocd-edge", "forgetting", "tasks")
 
 
 @pytest.mark.parametrize("kind", [k for k in KINDS if k not in SYSTEM_KINDS])

@@ -238,7 +238,8 @@ def test_plot_kind_tasks(tmp_path: Path) -> None:
 
     train_mod.train(_cfg(tmp_path), progress=False)
     out = make_figure([tmp_path / "a.h5"], "tasks", tmp_path / "t.png")
-    assert out.stat().st_size > 1000
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
     train_mod.train(replace(_cfg(tmp_path, "plain.h5"), tasks=None, task_steps=None, steps=2), progress=False)
     with pytest.raises(UserError, match="no task table"):
         make_figure([tmp_path / "plain.h5"], "tasks", tmp_path / "u.png")
