@@ -190,9 +190,6 @@ def _validate_shaping(cfg: TrainConfig) -> None:
         raise UserError(f"norm_match must be true or false, got {cfg.norm_match!r}")
     if cfg.norm_match and p.source != "two_point":
         raise UserError(f"norm_match applies to the two-point ZO optimizers only, not {cfg.optimizer}")
-    if (cfg.norm_match or p.norm_match) and cfg.directions == "rademacher":
-        raise UserError("norm matching needs gaussian or sphere directions (the norm inflation of rademacher "
-                        "directions depends on the gradient); use --directions gaussian")
     if cfg.rise_blocks != "tensor":
         if p.source != "rise":
             raise UserError(f"rise_blocks applies to the rise optimizer only, not {cfg.optimizer}")

@@ -191,7 +191,7 @@ def test_hybrid_bands_without_groups_is_nan_and_options_are_checked() -> None:
     with pytest.raises(UserError, match="forgetting"):
         _ctx(Forgetting, M=1)
     with pytest.raises(UserError, match="directions"):
-        _ctx(Forgetting, directions="rademacher")
+        _ctx(Forgetting, directions="cauchy")
     with pytest.raises(UserError, match="loss"):
         _ctx(Flatness, loss="test")
     with pytest.raises(UserError, match="rise blocks"):

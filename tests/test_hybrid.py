@@ -215,8 +215,6 @@ def test_bad_groups_are_one_line_exit_2(case, tmp_path, capsys) -> None:
 
 @pytest.mark.parametrize("args,needle", [
     (["--optimizer", "hybrid"], "optimizer hybrid needs parameter groups"),
-    (["--optimizer", "zo-gd", "--norm-match", "--directions", "rademacher"], "norm matching needs gaussian or sphere"),
-    (["--optimizer", "zo-gd-nm", "--directions", "rademacher"], "norm matching needs gaussian or sphere"),
     (["--optimizer", "gd", "--norm-match"], "norm_match applies to the two-point ZO optimizers only"),
     (["--optimizer", "rise", "--rise-blocks", "layer"], "rise blocks must be 'tensor' or a positive integer"),
     (["--optimizer", "rise", "--rise-blocks", "0"], "rise blocks must be 'tensor' or a positive integer"),

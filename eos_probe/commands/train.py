@@ -65,7 +65,7 @@ def _float_list(ctx, param, value):
 @click.option("--mu", type=float, callback=finite, help="ZO smoothing radius μ (default 1e-3).")
 @click.option("--directions", type=click.Choice(list(DIRECTIONS)), help="ZO direction law.")
 @click.option("--difference", type=click.Choice(list(DIFFERENCES)), help="ZO finite difference.")
-@click.option("--norm-match", is_flag=True, default=None, help="Two-point ZO: divide the estimate by sqrt(kappa) so E|v|^2 = |g|^2 (gaussian or sphere directions; zo-gd-nm always does).")
+@click.option("--norm-match", is_flag=True, default=None, help="Two-point ZO: divide the estimate by sqrt(kappa) so E|v|^2 = |g|^2 (kappa = (q+d+1)/q gaussian, (q+d-1)/q sphere and rademacher; zo-gd-nm always does).")
 @click.option("--rise-blocks", help="rise: 'tensor' (one block per parameter tensor, default) or a chunk length N.")
 @click.option("--cocd-block", type=int, help="cocd/bccd: coordinates B refreshed per step (default ceil(1% of d)).")
 @click.option("--cocd-gamma", type=float, callback=finite, help="cocd: decay gamma of stale estimates in [0, 1] (default 0.99; bccd: 0).")

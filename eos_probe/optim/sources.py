@@ -116,7 +116,7 @@ class TwoPointSource:
         self.query_mode = query_mode
         self.norm_match = bool(norm_match)
         if self.norm_match:
-            norm_inflation(queries, 1, directions)  # raises for a law without a g-independent κ
+            norm_inflation(queries, 1, directions)  # validates the law early
         self._buffers: dict[str, Tensor] | None = None
         self._gen: torch.Generator | None = None
         self._batched: dict[tuple, bool] = {}

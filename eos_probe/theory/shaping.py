@@ -8,25 +8,26 @@ from __future__ import annotations
 
 from ..errors import InvalidValueError
 
-#: direction laws whose κ does not depend on g (Rademacher's does: it subtracts (2/q)Σg_i⁴/‖g‖⁴)
-NORM_MATCH_DIRECTIONS = ("gaussian", "sphere")
+#: direction laws with a closed-form κ (none depends on g: Rademacher's −(2/q)diag(ggᵀ) has trace −(2/q)‖g‖²)
+NORM_MATCH_DIRECTIONS = ("gaussian", "sphere", "rademacher")
 
 
 def norm_inflation(q: int, d: int, directions: str = "gaussian") -> float:
-    """κ = E‖Zg‖²/‖g‖² for q queries in dimension d: (q+d+1)/q (Gaussian), (q+d−1)/q (sphere of radius √d).
+    """κ = E‖Zg‖²/‖g‖² for q queries in dimension d: (q+d+1)/q (Gaussian), (q+d−1)/q (sphere of radius √d
+    and Rademacher, whose directions all have ‖u‖² = d).
 
     Raises:
-        InvalidValueError: q or d < 1, or a law without a g-independent κ (rademacher).
+        InvalidValueError: q or d < 1, or an unknown law.
     """
     if q < 1 or d < 1:
         raise InvalidValueError(f"norm inflation needs q >= 1 and d >= 1, got q={q}, d={d}")
     if directions == "gaussian":
         return (q + d + 1) / q
-    if directions == "sphere":
-        # sphere fourth moment: d/(d+2)·(2A + Tr(A) I), so the single-query part is d/(d+2)·(2 + d) = d
+    if directions in ("sphere", "rademacher"):
+        # one query: E‖u uᵀg‖² = E[‖u‖²(uᵀg)²] = d‖g‖² when ‖u‖² = d always (sphere, Rademacher)
         return (q - 1 + d) / q
-    raise InvalidValueError(f"norm matching needs directions in {', '.join(NORM_MATCH_DIRECTIONS)} "
-                            f"(κ of {directions!r} depends on g), got {directions!r}")
+    raise InvalidValueError(f"unknown direction distribution {directions!r}; choose one of "
+                            f"{', '.join(NORM_MATCH_DIRECTIONS)}")
 
 
 def shaping_tau(q: int, d: int) -> float:

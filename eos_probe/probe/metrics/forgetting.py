@@ -35,7 +35,7 @@ def _mean_se(x: np.ndarray) -> tuple[float, float]:
 
 
 def _law(ctx_or_config, option: str | None) -> str:
-    """The law of the shaped steps: the option, else the run's when it can be norm-matched, else Gaussian."""
+    """The law of the shaped steps: the option, else the run's, else Gaussian."""
     if option:
         return option
     cfg = ctx_or_config
@@ -60,7 +60,7 @@ def _check_common(metric: Metric) -> None:
         positive_int(metric.name, "queries", o["queries"])
     if o.get("directions") is not None and o["directions"] not in th.NORM_MATCH_DIRECTIONS:
         raise UserError(f"probe metric {metric.name!r}: directions must be one of "
-                        f"{', '.join(th.NORM_MATCH_DIRECTIONS)} (norm-matched steps), got {o['directions']!r}")
+                        f"{', '.join(th.NORM_MATCH_DIRECTIONS)}, got {o['directions']!r}")
 
 
 # ------------------------------------------------------------------------------------------ shared quantities
