@@ -178,8 +178,17 @@ def _list_groups(cfg: TrainConfig) -> None:
         raise UserError(f"unknown model {cfg.model!r}; choose one of {', '.join(sorted(MODELS))}, "
                         "path/to/file.py:factory or package.module:factory")
     sequence = not plugin and MODELS[cfg.model].kind == "sequence"
-    ds = load_dataset(cfg.data or ("sort" if sequence else "fashion4"), data_dir=cfg.data_dir,
-                      n_per_class=cfg.n_per_class, classes=cfg.classes, seed=cfg.seed, **cfg.data_args)
+    name = cfg.data or ("sort" if sequence else "fashion4")
+    classes = cfg.classes
+    if cfg.tasks:  # the model's outputs are those of the classes the run loads (every task's)
+        from dataclasses import replace
+
+        from ..data import DATASETS
+        from ..tasks import dataset_classes, parse_tasks
+
+        classes = dataset_classes(replace(cfg, tasks=[list(t) for t in parse_tasks(cfg.tasks)]), name in DATASETS)
+    ds = load_dataset(name, data_dir=cfg.data_dir, n_per_class=cfg.n_per_class, classes=classes, seed=cfg.seed,
+                      **cfg.data_args)
     shape = tuple(ds.input_shape)
     if plugin:
         model, _ = build_plugin_model(cfg.model, input_shape=shape, num_outputs=ds.num_classes, seed=cfg.seed,

@@ -68,9 +68,9 @@ def draw_forgetting(ax, runs: Sequence[Any]) -> dict[str, dict[str, float]]:
                 ax.errorbar(pred[m], meas[m], xerr=p["forgetting_pred_gap_err"].to_numpy()[m],
                             yerr=p["forgetting_err"].to_numpy()[m], fmt="osD^v"[i % 5], ms=4, lw=0.6,
                             color=SIGN_COLORS[positive],
-                            label=f"{r.name}: {sign}" if len(have) > 1 else sign)
+                            label=f"{_name(r)}: {sign}" if len(have) > 1 else sign)
         lo, hi = min(lo, pred.min(), meas.min()), max(hi, pred.max(), meas.max())
-        ax.plot([], [], " ", label=f"{r.name}: r={s['pearson_r']:.2f}, slope={s['slope']:.2f}, "
+        ax.plot([], [], " ", label=f"{_name(r)}: r={s['pearson_r']:.2f}, slope={s['slope']:.2f}, "
                                    f"sign agrees {s['agree']:.0%} of {s['n_decided']}")
     ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
     ax.axhline(0, color="0.6", lw=0.5)
@@ -78,8 +78,17 @@ def draw_forgetting(ax, runs: Sequence[Any]) -> dict[str, dict[str, float]]:
     ax.set_xlabel(r"predicted $F_{FO}-\mathbb{E}F_{ZO}$")
     ax.set_ylabel(r"measured $F_{FO}-\overline{F}_{ZO}$")
     ax.set_title("one-step forgetting gap on the retention loss")
-    ax.legend(fontsize=7)
+    # below the axes: inside, a dozen runs' lines cover the points they describe
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.16), frameon=False)
     return stats
+
+
+def _name(run: Any) -> str:
+    """The run's legend label (optimizer, η, q, ...) and seed, falling back to the file name."""
+    try:
+        return f"{run.label()}, seed {run.config.get('seed', '?')}"
+    except Exception:  # a hand-made run object in a notebook
+        return run.name
 
 
 def draw_accuracy(ax, table: np.ndarray, name: str = "") -> None:
@@ -95,7 +104,7 @@ def draw_accuracy(ax, table: np.ndarray, name: str = "") -> None:
     ax.set_yticks(range(T))
     ax.set_xlabel("evaluated on task j")
     ax.set_ylabel("after task t")
-    ax.set_title(f"accuracy {name}".strip())
+    ax.set_title(f"accuracy {name}".strip(), fontsize=8)
     ax.figure.colorbar(im, ax=ax, shrink=0.8)
 
 
@@ -104,9 +113,10 @@ def forgetting_figure(runs: Sequence[Any]):
     from .style import _plt
 
     plt = _plt()
-    tables = [(r.name, t) for r in runs if (t := accuracy_table(r.path)) is not None]
+    tables = [(_name(r), t) for r in runs if (t := accuracy_table(r.path)) is not None]
     n = 1 + len(tables)
-    fig, axes = plt.subplots(1, n, figsize=(6.4 + 3.6 * len(tables), 4.0), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(1, n, figsize=(5.0 + 3.2 * len(tables), 4.0 + 0.16 * 2 * len(runs)), squeeze=False,
+                             layout="constrained")
     try:
         draw_forgetting(axes[0, 0], runs)
         for ax, (name, t) in zip(axes[0, 1:], tables):
