@@ -188,7 +188,7 @@ class TaskData:
         ds: the loaded dataset (`eos_probe.data.Dataset`) holding every task's classes.
         schedule: the task schedule (active).
         device, dtype: where the data go (floating inputs take the parameters' dtype).
-        mask_old_logits: while training task t, the outputs of earlier tasks' classes are left out of the loss.
+        mask_old_logits: while training task t, only its own classes' outputs are in the loss (see `output_mask`).
     """
 
     def __init__(self, ds: Any, schedule: TaskSchedule, device: torch.device, dtype: torch.dtype,
@@ -230,13 +230,19 @@ class TaskData:
         return self.x_train[keep], self.y_train[keep]
 
     def output_mask(self, t: int) -> torch.Tensor | None:
-        """Outputs in the loss while training task t: all but earlier tasks' classes (None: all, or masking off)."""
-        old = [c for s in range(t) for c in self.labels[s]]
-        if not self.mask_old_logits or not old:
+        """Outputs in the loss while training task t: its own classes only (None: masking off).
+
+        Earlier tasks' classes are masked as docs/theory.md §5b says; later tasks' classes too, because a
+        class-incremental head has no output for a class before its task (a head that grows). Left in, the
+        first task's softmax pushes every later class's logits down on all images, and a later task — which
+        never sees the earlier classes' logits — cannot lift its classes above them: measured on
+        recipes/zo-fc.toml, task 2 stayed at 0 % accuracy for FO, ZO and hybrid alike.
+        """
+        if not self.mask_old_logits:
             return None
-        mask = torch.ones(self.num_classes, dtype=torch.bool, device=self.y_train.device)
-        mask[old] = False
-        return mask
+        mask = torch.zeros(self.num_classes, dtype=torch.bool, device=self.y_train.device)
+        mask[self.labels[t]] = True
+        return None if bool(mask.all()) else mask
 
     def apply(self, objective: Any, t: int) -> None:
         """Make `objective` train task t (in place): its data, output mask, `task` and `retention`."""

@@ -126,7 +126,8 @@ def test_table_matches_an_independent_evaluation_of_the_saved_theta(tmp_path: Pa
 
 
 def test_old_class_logits_are_out_of_the_loss_and_the_gradient(tmp_path: Path) -> None:
-    """The logged loss at the first step of task 1 and the GD step taken there, against CE on logits 2, 3 only."""
+    """The logged loss during task 0 against CE on logits 0, 1 only (later classes have no output yet), at the
+    first step of task 1 and the GD step taken there against CE on logits 2, 3 only."""
     cfg = _cfg(tmp_path, keep_checkpoints_every=1)
     train_mod.train(cfg, progress=False)
     path = tmp_path / "a.h5"
@@ -141,23 +142,27 @@ def test_old_class_logits_are_out_of_the_loss_and_the_gradient(tmp_path: Path) -
         keep = torch.isin(ds.y_train, torch.tensor(labels))
         out = torch.func.functional_call(model, params, (ds.x_train[keep],))
         y = ds.y_train[keep]
-        return F.cross_entropy(out[:, 2:], y - 2) if masked else F.cross_entropy(out, y)
+        lo = min(labels)
+        return F.cross_entropy(out[:, lo:lo + 2], y - lo) if masked else F.cross_entropy(out, y)
 
     logged = eos_probe.load(path).train.set_index("step")["loss"]
     th3, th4, th5 = _theta(path, 3), _theta(path, 4), _theta(path, 5)
-    assert logged[3] == pytest.approx(float(task_loss(th3, [0, 1], False)), rel=1e-5)
+    assert logged[3] == pytest.approx(float(task_loss(th3, [0, 1], True)), rel=1e-5)
+    assert logged[3] != pytest.approx(float(task_loss(th3, [0, 1], False)), rel=1e-3)  # the mask matters
     assert logged[4] == pytest.approx(float(task_loss(th4, [2, 3], True)), rel=1e-5)
     g = torch.func.grad(lambda t: task_loss(t, [2, 3], True))(th4)
     torch.testing.assert_close(th5, th4 - 0.5 * g, atol=1e-6, rtol=1e-5)
     bias = list(model.named_parameters())[-1][1].numel()
     assert torch.equal(th5[-bias:][:2], th4[-bias:][:2])  # the old classes' output biases did not move
+    th1, th2 = _theta(path, 1), _theta(path, 2)
+    assert torch.equal(th2[-bias:][2:], th1[-bias:][2:])  # nor did the later classes' during task 0
 
 
 def test_retention_and_task_follow_the_data_swap(tmp_path: Path) -> None:
     setup = train_mod.build(_cfg(tmp_path))
     obj, data = setup.objective, setup.tasks
     data.apply(obj, 0)
-    assert obj.task == 0 and obj.retention is None and obj.output_mask is None
+    assert obj.task == 0 and obj.retention is None and obj.output_mask.tolist() == [True, True, False, False]
     assert set(obj.y.tolist()) == {0, 1}
     data.apply(obj, 1)
     assert obj.task == 1 and set(obj.y.tolist()) == {2, 3} and obj.output_mask.tolist() == [False, False, True, True]

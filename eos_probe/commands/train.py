@@ -87,7 +87,7 @@ def _float_list(ctx, param, value):
 @click.option("--divergence-factor", type=float, callback=finite, help="Stop when loss > factor × initial loss (default 1000).")
 @click.option("--tasks", help="Task sequence of class splits, e.g. \"0,1;2,3\" (tasks split by ';', dataset class ids by ','): trains them in turn and writes the accuracy table /tasks/* (docs/theory.md §5b).")
 @click.option("--task-steps", help="Updates per task, comma list, one per task (default --steps each; 0 = already trained, e.g. with --init-from).")
-@click.option("--mask-old-logits/--no-mask-old-logits", default=None, help="While training a task, leave earlier tasks' class outputs out of the loss (default: on for ce, off for mse).")
+@click.option("--mask-old-logits/--no-mask-old-logits", default=None, help="While training a task, only its own classes' outputs are in the loss: earlier and later tasks' are masked (default: on for ce, off for mse).")
 @click.option("--init-from", type=click.Path(dir_okay=False), help="Start θ from this finished RUN.h5's final checkpoint (e.g. continue its task sequence).")
 @click.option("--out", type=click.Path(dir_okay=False), help="Run file (default runs/<model>-<optimizer>-lr<lr>-s<seed>.h5).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run file.")
