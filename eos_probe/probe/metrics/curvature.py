@@ -81,7 +81,20 @@ def _pad(x: Any, k: int) -> np.ndarray:
     return a
 
 
-class Trace(Metric):
+class TraceUser:
+    """Shared-work needs of a metric that reads the probe's trace (options `method`, `n_matvec`): the krylov
+    trace needs the shared Lanczos run (k = 1) and `n_matvec` deflated probes of one step."""
+
+    options: dict[str, Any]
+
+    def lanczos_need(self) -> dict[str, Any] | None:
+        return {"k": 1} if self.options["method"] == "krylov" else None
+
+    def rest_need(self) -> dict[str, Any] | None:
+        return {"n_probes": self.options["n_matvec"], "n_steps": 1} if self.options["method"] == "krylov" else None
+
+
+class Trace(TraceUser, Metric):
     """Tr H by `method` (krylov, ggn+residual, hutch++, hutchinson); the estimate is shared with
     ms_margin and dir_curvature on the same operator (``ProbeContext.trace``)."""
 
@@ -101,12 +114,6 @@ class Trace(Metric):
         if self.options["method"] == "krylov" and self.options["rtol"] is not None:
             raise UserError(f"probe metric {self.name!r}: method 'krylov' has a fixed budget (n_matvec probes of "
                             f"the deflated rest); drop rtol or choose another method")
-
-    def lanczos_need(self) -> dict[str, Any] | None:
-        return {"k": 1} if self.options["method"] == "krylov" else None
-
-    def rest_need(self) -> dict[str, Any] | None:
-        return {"n_probes": self.options["n_matvec"], "n_steps": 1} if self.options["method"] == "krylov" else None
 
     def columns(self) -> list[Column]:
         cols = super().columns()
@@ -156,19 +163,13 @@ def _fit(a: Any, shape: tuple[int, int], fill: float = np.nan) -> np.ndarray:
     return out
 
 
-class DirCurvature(Metric):
+class DirCurvature(TraceUser, Metric):
     """gᵀHg/‖g‖² along the optimizer's last direction g (``probe.direction``), beside Tr(H)/d."""
 
     name = "dir_curvature"
     description = ("curvature g^T H g / ||g||^2 along the last gradient estimate g the optimizer used "
                    "(NaN at step 0); dir_curvature_mean = Tr(H)/d beside it (docs/theory.md section 5)")
     defaults = {"method": "krylov", "n_matvec": 6, "rtol": None}
-
-    def lanczos_need(self) -> dict[str, Any] | None:
-        return {"k": 1} if self.options["method"] == "krylov" else None
-
-    def rest_need(self) -> dict[str, Any] | None:
-        return {"n_probes": self.options["n_matvec"], "n_steps": 1} if self.options["method"] == "krylov" else None
 
     def columns(self) -> list[Column]:
         return super().columns() + [

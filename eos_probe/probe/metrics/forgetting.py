@@ -21,6 +21,7 @@ from ...optim.shaping import rise_blocks, rise_shape, zo_shape
 from ...theory import shaping as th
 from ..context import ProbeContext
 from ..registry import Column, Metric, positive_float, positive_int
+from .curvature import TraceUser
 
 LOSS_CHOICES = ("retention", "train")
 
@@ -245,7 +246,7 @@ class Forgetting(Metric):
 
 
 # ------------------------------------------------------------------------------------------ ZO descent
-class ZODescent(Metric):
+class ZODescent(TraceUser, Metric):
     """η/η_ZO(g) on the training loss: η_ZO = 2‖g‖²/gᵀE[ZHZ]g is the largest step whose ZO-GD update
     (Zg, or Zg/√κ when the run norm-matches) descends in expectation; Gaussian 2q/((q+1)ρ(g) + Tr H).
     Above 1 the expected one-step change is an increase. Rademacher adds Σ g_i² H_ii (n_matvec probes).
@@ -258,12 +259,6 @@ class ZODescent(Metric):
                    "loss (Gaussian 2q/((q+1) rho(g) + Tr H)); above 1 one ZO step increases the loss in mean; "
                    "err from the trace's se")
     defaults = {"method": "krylov", "n_matvec": 6, "rtol": None}
-
-    def lanczos_need(self) -> dict[str, Any] | None:
-        return {"k": 1} if self.options["method"] == "krylov" else None
-
-    def rest_need(self) -> dict[str, Any] | None:
-        return {"n_probes": self.options["n_matvec"], "n_steps": 1} if self.options["method"] == "krylov" else None
 
     def columns(self) -> list[Column]:
         return super().columns() + [
