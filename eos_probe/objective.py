@@ -144,10 +144,11 @@ class Objective:
         mb = self.microbatch or x.shape[0]
         self.chunks: list[tuple[Tensor, Tensor]] = list(zip(x.split(mb), y.split(mb)))
 
-    def _forward(self, theta: Tensor, x: Tensor, masked: bool = True) -> Tensor:
+    def _forward(self, theta: Tensor, x: Tensor, masked: bool = True, mask: Tensor | None = None) -> Tensor:
         out = functional_call(self.model, self.space.unflatten(theta), (x,))
-        if masked and self.output_mask is not None:
-            out = out.masked_fill(~self.output_mask, float("-inf") if self.loss_name == "ce" else 0.0)
+        mask = self.output_mask if masked and mask is None else mask
+        if mask is not None:
+            out = out.masked_fill(~mask, float("-inf") if self.loss_name == "ce" else 0.0)
         return out
 
     def _chunk_sum(self, theta: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -191,13 +192,13 @@ class Objective:
                 return self._loss_single(theta)
             return self._stacked(self._loss_single, theta)
 
-    def evaluate(self, theta: Tensor, x: Tensor | None = None, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """(mean loss, accuracy) at θ on the training set, or on (x, y) if given.
-
+    def evaluate(self, theta: Tensor, x: Tensor | None = None, y: Tensor | None = None,
+                 mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(mean loss, accuracy) at θ on the training set, or on (x, y) if given (outputs `mask` only, if given).
         θ of shape (d,) gives scalars; (K, d) gives two (K,) tensors."""
         if theta.dim() > 1:
             with torch.inference_mode():
-                return self._stacked(lambda t: tuple(self.evaluate(t, x, y)), theta)
+                return self._stacked(lambda t: tuple(self.evaluate(t, x, y, mask)), theta)
         if x is None:
             chunks, n_terms = self.chunks, self.n_terms
         else:
@@ -207,7 +208,7 @@ class Objective:
         ls, cs = 0.0, 0.0
         with torch.inference_mode():
             for xc, yc in chunks:
-                s, c = self.loss_spec.chunk_sum(self._forward(theta, xc, masked=x is None), yc)
+                s, c = self.loss_spec.chunk_sum(self._forward(theta, xc, masked=x is None, mask=mask), yc)
                 ls, cs = ls + s, cs + c
         return ls / n_terms, cs / n_terms
 
@@ -242,7 +243,6 @@ class Objective:
         """∇L(θ) as a flat vector."""
         return self.value_and_grad(theta)[2]
 
-    # ----------------------------------------------------------------- memory budget of curvature work
     @property
     def example_bytes(self) -> int:
         """A: bytes per example of all batch-leading tensors of one inference forward (shape-only, cached)."""

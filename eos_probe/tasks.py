@@ -229,6 +229,15 @@ class TaskData:
         keep = self._where(tasks)
         return self.x_train[keep], self.y_train[keep]
 
+    def seen_mask(self, t: int) -> torch.Tensor | None:
+        """Outputs a class-incremental head has after task t: the classes of tasks 0..t (None: masking off, or
+        every class). The accuracy table's row t is evaluated on these, as a head grown task by task would be."""
+        if not self.mask_old_logits:
+            return None
+        mask = torch.zeros(self.num_classes, dtype=torch.bool, device=self.y_train.device)
+        mask[[c for s in range(t + 1) for c in self.labels[s]]] = True
+        return None if bool(mask.all()) else mask
+
     def output_mask(self, t: int) -> torch.Tensor | None:
         """Outputs in the loss while training task t: its own classes only (None: masking off).
 
@@ -250,13 +259,15 @@ class TaskData:
 
         objective.set_data(*self.train([t]), self.output_mask(t))
         objective.task = t
-        # docs/theory.md §5a: the retention loss L_r is the union of the earlier tasks' training sets, all outputs
+        # docs/theory.md §5a: the retention loss L_r is the union of the earlier tasks' training sets, on the
+        # outputs the head has now (tasks 0..t with class-incremental masking, else all), as the table sees them
         ret = None
         if t > 0:  # a task with 0 steps counts as trained (init_from)
             ret = Objective(objective.model, *self.train(range(t)), loss=objective.loss_name,
                             num_classes=objective.num_classes, microbatch=objective.microbatch,
                             hvp_backend=objective.hvp_backend)
             ret.probe_memory = objective.probe_memory
+            ret.output_mask = self.seen_mask(t)
         objective.retention = ret
 
 

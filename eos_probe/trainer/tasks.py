@@ -2,7 +2,7 @@
 
 Before the update of step s it (1) makes the shared `Objective` train task `task_at(s)` (its data swapped in
 place, `objective.task`, `objective.retention`), and (2) when s ends a task (s = b_{t+1}), evaluates θ_s on
-every task's test split (all outputs, no task identity: class-incremental) and writes row t of /tasks/accuracy
+every task's test split (no task identity: class-incremental; with masking, the outputs of tasks 0..t) and writes row t of /tasks/accuracy
 and /tasks/loss of each live copy's run file, with the docs/theory.md §5b summary in the attributes of /tasks.
 
 Resuming from a checkpoint at step s keeps the rows of tasks that ended before s and redoes the others (the
@@ -19,7 +19,7 @@ from ..tasks import TaskData, summary
 from .hooks import Hook, StepContext
 
 DESCRIPTION = ("accuracy[t, j] / loss[t, j]: theta after task t (at step boundaries[t+1]) on task j's test split, "
-               "all outputs (class-incremental, no task identity); NaN = row not reached yet")
+               "the outputs of tasks 0..t with class-incremental masking, else all (no task identity); NaN = row not reached yet")
 
 
 class TaskHook(Hook):
@@ -73,11 +73,12 @@ class TaskHook(Hook):
         live = ctx.live()
         if not rows or not live or not any(np.isnan(self.tables[ctx.stack.alive[i]][0][rows]).any() for i, _ in live):
             return
-        cols = [ctx.objective.evaluate(ctx.stack.theta, x, y) for x, y in self.data.test]
+        for row in rows:  # row t sees the outputs of tasks 0..t (all of them without class-incremental masking)
+            cols = [ctx.objective.evaluate(ctx.stack.theta, x, y, self.data.seen_mask(row)) for x, y in self.data.test]
+            for i, _ in live:
+                acc, loss = self.tables[ctx.stack.alive[i]]
+                for col, (lv, av) in enumerate(cols):
+                    loss[row, col] = float(lv[i] if ctx.stack.stacked else lv)
+                    acc[row, col] = float(av[i] if ctx.stack.stacked else av)
         for i, f in live:
-            j = ctx.stack.alive[i]
-            acc, loss = self.tables[j]
-            for col, (lv, av) in enumerate(cols):
-                loss[rows, col] = float(lv[i] if ctx.stack.stacked else lv)
-                acc[rows, col] = float(av[i] if ctx.stack.stacked else av)
-            self._write(f, j)
+            self._write(f, ctx.stack.alive[i])
