@@ -153,7 +153,7 @@ class Run:
         """The task sequence's accuracy/loss table in long form (None for a run without tasks).
 
         One row per (after, task) pair, T×T rows: `after` = t (θ after training task t, at step `step` =
-        its end boundary), `task` = j (evaluated on task j's test split, all outputs), `accuracy`, `loss`
+        its end boundary), `task` = j (evaluated on task j's test split; with class-incremental masking on the outputs of tasks 0..t), `accuracy`, `loss`
         (NaN where row t was not reached yet), `classes` (task j's dataset class ids, as "0,1"). The docs/theory.md
         §5b summary is in `.attrs`: average_accuracy, last_accuracy, forgetting (and boundaries, task_steps).
         The T×T table: `run.tasks.pivot(index="after", columns="task", values="accuracy")`.
