@@ -110,7 +110,8 @@ def test_example_config_lists_every_key() -> None:
 # ------------------------------------------------------------------------------------------- every bash block
 #: install steps, the test runner itself, and the docs build (checked by `.ci/run`'s strict build and by
 #: tests/test_docs.py, with the `docs` extra that this suite does not install)
-SKIP = ("pip install", "python3 -m venv", "pytest", ". .venv/bin/activate", "mkdocs build")
+SKIP = ("pip install", "python3 -m venv", "pytest", ". .venv/bin/activate", "mkdocs build",
+        "make_figures.py")  # the gallery runs for an hour; tests/test_gallery.py runs every recipe for 20 steps
 #: keep every command short: few steps, few examples, cheap probes (the commands' own flags still win
 #: where they matter: model, optimizer, lr, kind, paths)
 SMALL = {"--steps": "4", "--probe-every": "2", "--checkpoint-every": "2"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 KINDS = ("bands", "lambda", "loss", "margin", "spectrum", "commutator", "entk", "cocd-edge", "tasks", "forgetting",
-         "all", "sweep")
+         "all", "paper", "sweep")
 
 
 @click.command("plot")
@@ -15,6 +15,7 @@ KINDS = ("bands", "lambda", "loss", "margin", "spectrum", "commutator", "entk", 
                    "commutator: ‖PH−HP‖/‖PH‖ of Adam runs; entk: ZO-eNTK error against P (probe entk_fidelity); "
                    "cocd-edge: lr/α*(H_t) of cocd runs (probe cocd_edge); tasks: a task sequence's accuracy table (heat map) and each task's accuracy over the boundaries; forgetting: predicted vs measured one-step "
                    "forgetting gap coloured by sign(e_r) (probe forgetting) and the task accuracy table; all: every panel the files have data for; "
+                   "paper: the gallery figure, one column (3.3 in, 8 pt) of bands, S(η), commutator ratio and loss on one step axis; "
                    "sweep: a sweep directory's last Tr/T, S(η), η·λ_max, loss, accuracy against η.")
 @click.option("--out", type=click.Path(dir_okay=False),
               help="Output file (.png 300 dpi, .pdf or .svg vector). Default figures/<run>-<kind>.png.")

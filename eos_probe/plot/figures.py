@@ -22,7 +22,7 @@ from .style import (COMMUTATOR_REFERENCE, FORMATS, PALETTE, STYLE, _band_label, 
 
 
 KINDS = ("bands", "lambda", "loss", "margin", "spectrum", "commutator", "entk", "cocd-edge", "tasks", "forgetting",
-         "all")
+         "all", "paper")
 
 
 def _notes(runs: Sequence[Run]) -> list[str]:
@@ -119,6 +119,10 @@ def build_figure(runs: Sequence[Run | str | Path], kind: str, *, normalize: bool
             from .tasks import tasks_figure
 
             return _titled(tasks_figure(runs), title)
+        if kind == "paper":  # the gallery's single-column figure (figures/)
+            from .paper import paper_figure
+
+            return _titled(paper_figure(runs), title)
         if kind == "forgetting":
             from .forgetting import forgetting_figure
 

@@ -123,6 +123,9 @@ def parse_sweep(raw: dict[str, Any], source: str = "sweep config") -> SweepSpec:
     """Check a parsed sweep file (one clear line per mistake) and return its spec."""
     raw = dict(raw)
     table = raw.pop("sweep", None)
+    figure = raw.pop("figure", None)  # read by the gallery (eos_probe.gallery), not a train option
+    if figure is not None and not isinstance(figure, dict):
+        raise UserError(f"{source}: [figure] must be a table (kind, title, ...), got {figure!r}")
     raw = raw.pop("train", raw) if "train" in raw and isinstance(raw["train"], dict) else raw
     if table is None or not isinstance(table, dict):
         raise UserError(f"{source}: no [sweep] table; add one with a list per swept option, e.g. lr = [0.001, 0.002]")
