@@ -36,6 +36,7 @@ def _short(recipe, steps: int = 20):
     return r
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_recipe_runs_20_steps_and_draws(name, tmp_path):
     """Every gallery recipe, all of its points, 20 steps with a probe at 0 and 20, then its figure and index."""
