@@ -47,14 +47,13 @@ def forward_seconds(objective, theta: torch.Tensor, repeats: int = 3) -> float:
     return statistics.median(times)
 
 
-def step_forwards(optimizer, log_every: int) -> float:
-    """Cost of one training step in forward passes: 2q (central) or q+1 (forward) for ZO, plus the loss
-    log's forward every `log_every` steps; first order 3 (a forward and a backward, backward ≈ 2 forwards)."""
+def step_forwards(optimizer, log_every: int, dim: int) -> float:
+    """Cost of one training step in forward passes: the source's own (`forwards_per_step`: 2q central or
+    q+1 forward ZO, 3 for an exact gradient, 2B for CoCD), plus the loss log's forward every `log_every`
+    steps for sources that do not measure the loss themselves."""
     src = optimizer.source
-    if getattr(src, "queries", None) is None:
-        return 3.0
-    q = src.queries
-    return (2 * q if src.difference == "central" else q + 1) + 1.0 / log_every
+    log = 0.0 if src.evaluates_loss else 1.0 / log_every
+    return src.forwards_per_step(dim) + log
 
 
 # ------------------------------------------------------------------------------------------ measuring

@@ -76,6 +76,10 @@ class CoCDSource:
         """Raise a one-line InvalidValueError if B, m do not fit d parameters."""
         self.schedule(dim)
 
+    def forwards_per_step(self, dim: int) -> float:
+        """2B loss evaluations (central differences on one block)."""
+        return float(2 * self.block_size(dim))
+
     def config(self) -> dict:
         return {"source": self.name, "cocd_block": self.block, "cocd_gamma": self.gamma, "cocd_eps": self.eps,
                 "cocd_memory": self.memory, "weight_decay": self.weight_decay}

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..errors import InvalidValueError
 from .rules import GD, Adam, HeavyBall
-from .sources import PURPOSE_PART, ExactSource, TwoPointSource, stream_seed
+from .sources import GRADIENT_FORWARDS, PURPOSE_PART, ExactSource, TwoPointSource, stream_seed
 
 Progress = Callable[[int], float]
 
@@ -131,6 +131,12 @@ class GroupSource:
                 est = full[g.index]
             out.index_copy_(0, g.index, _clipped(est, g.clip))
         return out, info
+
+    def forwards_per_step(self, dim: int) -> float:
+        """One exact gradient when any group is exact, plus each ZO group's queries (all groups active)."""
+        groups = self.plan.groups.values()
+        exact = GRADIENT_FORWARDS if any(not g.zeroth_order for g in groups) else 0.0
+        return exact + sum(self._zo[g.name].forwards_per_step(dim) for g in groups if g.zeroth_order)
 
     def config(self) -> dict:
         return {"source": self.name, "groups": {n: g.settings() for n, g in self.plan.groups.items()}}

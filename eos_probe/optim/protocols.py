@@ -52,6 +52,9 @@ class GradientSource(Protocol):
     def __call__(self, objective: Objective, theta: Tensor, state: dict, step: int) -> tuple[Tensor, dict]:
         """(g, info) at θ for this step; θ comes back unchanged."""
 
+    def forwards_per_step(self, dim: int) -> float:
+        """One step's cost in full-batch forward-pass equivalents (a backward counts as two forwards)."""
+
     def config(self) -> dict:
         """The settings recorded in the run file."""
 

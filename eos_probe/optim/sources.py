@@ -16,6 +16,9 @@ from ..theory.shaping import norm_inflation
 from .protocols import StackedGradients
 from .shaping import rise_blocks, rise_shape
 
+#: a forward and a backward pass in forward-pass equivalents (backward ≈ two forwards)
+GRADIENT_FORWARDS = 3.0
+
 #: purposes of per-step random streams; each draws from its own generator seed
 PURPOSE_DIRECTIONS = 1
 PURPOSE_PROBE = 2
@@ -53,6 +56,9 @@ class ExactSource:
         else:
             loss, acc, g = _batched_value_and_grad(objective, theta)
         return g, {"loss": loss, "accuracy": acc}
+
+    def forwards_per_step(self, dim: int) -> float:
+        return GRADIENT_FORWARDS
 
     def config(self) -> dict:
         return {"source": self.name}
@@ -120,6 +126,10 @@ class TwoPointSource:
         self._buffers: dict[str, Tensor] | None = None
         self._gen: torch.Generator | None = None
         self._batched: dict[tuple, bool] = {}
+
+    def forwards_per_step(self, dim: int) -> float:
+        """2q loss evaluations (central) or q + 1 (forward)."""
+        return float(2 * self.queries if self.difference == "central" else self.queries + 1)
 
     def config(self) -> dict:
         out = {"source": self.name, "queries": self.queries, "mu": self.mu,
@@ -318,6 +328,10 @@ class RiseSource:
         v = torch.stack([rise_shape(r, blocks, self.queries, part_generator_for(self.seed, step, r.device))
                          for r in rows])
         return (v[0] if g.dim() == 1 else v), info
+
+    def forwards_per_step(self, dim: int) -> float:
+        """One exact gradient; the shaping is matrix work, no loss evaluation."""
+        return GRADIENT_FORWARDS
 
     def config(self) -> dict:
         return {"source": self.name, "queries": self.queries, "rise_blocks": self.blocks}

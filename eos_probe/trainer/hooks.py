@@ -299,7 +299,7 @@ def probe_cost_line(row: dict, seconds: float, obj: Any, theta: Any, cfg: TrainC
 
     fwd = forward_seconds(obj, theta)
     fe = seconds / fwd if fwd > 0 else math.nan
-    step = step_forwards(opt, log_every)
+    step = step_forwards(opt, log_every, int(theta.shape[-1]))
     share = fe / (fe + cfg.probe_every * step) if math.isfinite(fe) else math.nan
     nhvp = int(sum(v for k, v in row.items() if k.endswith("_nhvp") and np.ndim(v) == 0 and np.isfinite(v)))
     per = " per copy" if copies > 1 else ""
