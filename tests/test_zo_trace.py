@@ -72,23 +72,67 @@ def test_the_sample_has_mean_tr_h_and_forward_differences_give_none() -> None:
     assert fwd.curvature_sample(info, obj.loss(theta[0])) is None
 
 
-def test_window_mean_and_standard_error_and_restore() -> None:
+def test_local_estimate_is_the_mean_on_few_samples_and_a_linear_fit_with_its_se() -> None:
     rng = np.random.default_rng(0)
-    xs = rng.normal(3.0, 2.0, 30)
-    mon = ZOTraceMonitor(window=10)
-    rows = [mon.update(0, float(x)) for x in xs[:5]]
+    xs = rng.normal(3.0, 2.0, 40)
+    mon = ZOTraceMonitor(window=8)
+    rows = [mon.update(0, float(x), 10 * i) for i, x in enumerate(xs[:5])]
     assert rows[0]["zo_trace"] == xs[0] and math.isnan(rows[0]["zo_trace_err"])
-    mon.update(0, math.nan)  # no sample this step: the window is unchanged
-    for x in xs[5:]:
-        row = mon.update(0, float(x))
-    w = xs[-10:]
-    assert row["zo_trace"] == pytest.approx(w.mean(), rel=1e-14)
-    assert row["zo_trace_err"] == pytest.approx(w.std(ddof=1) / math.sqrt(10), rel=1e-12)
-    assert row["zo_trace_raw"] == xs[-1]
-    # a resumed run refills the window from the raw samples in its file (NaN rows skipped)
-    again = ZOTraceMonitor(window=10)
-    again.restore(0, np.concatenate([xs[:5], [np.nan], xs[5:-1]]))
-    assert again.update(0, float(xs[-1])) == row
+    assert rows[4]["zo_trace"] == pytest.approx(xs[:5].mean(), rel=1e-14) and rows[4]["zo_trace_n"] == 5
+    mon.update(0, math.nan, 50)  # no sample this step: the series is unchanged
+    for i, x in enumerate(xs[5:], start=6):
+        row = mon.update(0, float(x), 10 * i)
+    # window 8 (the only candidate): ordinary least squares on the last 8 points, evaluated at the last step
+    steps = 10 * np.arange(6, 41)[-8:]
+    fit = np.polyfit(steps, xs[-8:], 1)
+    assert row["zo_trace"] == pytest.approx(np.polyval(fit, steps[-1]), rel=1e-10)
+    var = np.mean(np.diff(xs[-64:]) ** 2) / 2  # successive-difference noise variance
+    xm = steps.mean()
+    se = math.sqrt(var * (1 / 8 + (steps[-1] - xm) ** 2 / np.sum((steps - xm) ** 2)))
+    assert row["zo_trace_err"] == pytest.approx(se, rel=1e-10)
+    assert row["zo_trace_raw"] == xs[-1] and row["zo_trace_n"] == 8
+    # a resumed run refills the series from the steps and raw samples in its file (NaN rows skipped)
+    again = ZOTraceMonitor(window=8)
+    file_steps = np.concatenate([10 * np.arange(5), [50], 10 * np.arange(6, 40)])
+    again.restore(0, file_steps, np.concatenate([xs[:5], [np.nan], xs[5:-1]]))
+    assert again.update(0, float(xs[-1]), 400) == row
+
+
+def _drifting_samples(rng, n: int, trend) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Weighted chi-square samples Σ λ_i z_i² (what uᵀHu is for Gaussian u) of a spectrum that sharpens."""
+    steps = 10 * np.arange(n)
+    truth = np.array([trend(t) for t in steps])
+    lam = np.linspace(0.05, 1.0, 40)
+    base = lam / lam.sum()
+    raw = np.array([tr * np.sum(base * rng.standard_normal(40) ** 2) for tr in truth])
+    return steps, truth, raw
+
+
+@pytest.mark.parametrize("trend", ["flat", "ramp", "jump"])
+def test_monitor_tracks_a_moving_trace_within_its_error_bars(trend) -> None:
+    """Calibration against the known truth: a flat trace, a sharpening ramp (the fixed window lagged it
+    by half its length) and a sudden jump; the z-scores of the tracked estimate stay honest."""
+    f = {"flat": lambda t: 50.0, "ramp": lambda t: 5.0 + 0.02 * t,
+         "jump": lambda t: 20.0 if t < 5000 else 60.0}[trend]
+    zs, lags = [], []
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        steps, truth, raw = _drifting_samples(rng, 1000, f)
+        mon = ZOTraceMonitor()
+        for i, (t, x) in enumerate(zip(steps, raw)):
+            row = mon.update(0, float(x), int(t))
+            if i >= 20 and not (trend == "jump" and 5000 <= t < 5400):  # 40 samples to see a jump
+                zs.append((row["zo_trace"] - truth[i]) / row["zo_trace_err"])
+    zs = np.asarray(zs)
+    within = np.mean(np.abs(zs) <= 2)
+    assert within >= 0.9, (trend, within, np.sqrt(np.mean(zs**2)))
+    assert np.sqrt(np.mean(zs**2)) < 1.4
+    # and the old fixed 50-sample window fails this on the ramp: the lag is many s.e.
+    if trend == "ramp":
+        rng = np.random.default_rng(0)
+        steps, truth, raw = _drifting_samples(rng, 1000, f)
+        mean50 = np.convolve(raw, np.ones(50) / 50, mode="valid")
+        assert np.median(truth[49:] - mean50) > 4.0  # ≈ 0.02 × 245 steps of lag
 
 
 def test_window_mean_agrees_with_the_probe_trace_on_a_trained_cnn() -> None:
@@ -107,7 +151,7 @@ def test_window_mean_agrees_with_the_probe_trace_on_a_trained_cnn() -> None:
     f0 = obj.evaluate(theta)[0]  # what the trainer logs, and hands to the monitor
     for t in range(n):
         _, info = src(obj, theta, {}, t)
-        row = mon.update(0, float(src.curvature_sample(info, f0)))
+        row = mon.update(0, float(src.curvature_sample(info, f0)), t)
     ref = trace(HessianOperator(obj, theta), "ggn+residual", n_matvec=60, generator=torch.Generator().manual_seed(0))
     gap = abs(row["zo_trace"] - ref.value)
     assert row["zo_trace_err"] < 0.5 * ref.value  # the window is informative at all

@@ -76,7 +76,7 @@ def draw_bands(ax, runs: Sequence[Run], normalize: bool = False, *, colors: dict
         style.append(Line2D([], [], color="0.3", ls="-.", label=f"{q} + c·{lam}  ({c_text})"))
     if zo_drawn:
         style.append(Line2D([], [], color="0.3", lw=0.7, alpha=0.6,
-                            label=r"Tr(H) from the ZO steps (zo_trace, window mean)"))
+                            label=r"Tr(H) from the ZO steps (zo_trace ± s.e., free monitor)"))
     style.append(Line2D([], [], color="0.3", ls="--", label="threshold T" + (" (= 1)" if normalize else "")))
     if any(r.status == "diverged" for r in runs):
         style.append(Line2D([], [], color="0.3", ls=":", lw=0.9, label="run diverged"))
@@ -103,7 +103,12 @@ def _draw_zo_trace(ax, run: Run, scale: float, color: str) -> bool:
     ok = np.isfinite(zt)
     if not ok.any():
         return False
-    ax.plot(run.train["step"].to_numpy()[ok], zt[ok], color=color, lw=0.7, alpha=0.6)
+    steps = run.train["step"].to_numpy()[ok]
+    ax.plot(steps, zt[ok], color=color, lw=0.7, alpha=0.6)
+    if "zo_trace_err" in run.train:  # its ±1 s.e. band: the monitor is an estimate, not a measurement
+        err = run.train["zo_trace_err"].to_numpy()[ok] * scale
+        fin = np.isfinite(err)
+        ax.fill_between(steps[fin], (zt[ok] - err)[fin], (zt[ok] + err)[fin], color=color, alpha=0.12, lw=0)
     return True
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from .. import __version__
@@ -121,6 +122,7 @@ class RunFile:
     probe_seconds: float = 0.0
     error: DivergedError | None = None
     run_id: str | None = None  # also in the checkpoint: a checkpoint left by another run is never used
+    monitor: dict[str, float] | None = None  # the ZO monitor's last row (and its noise s.d.), for the probe schedule
 
     def open(self, attrs: dict[str, Any], *, overwrite: bool) -> None:
         """Create the run file with its attributes (`initial_loss` among them)."""
@@ -164,10 +166,16 @@ class RunFile:
                 and self.writer.f["train/step"].shape[0]:
             zo_monitor = None
         if zo_monitor is not None:
+            rows = self.writer.f["train/step"].shape[0]
             for name in ZO_COLUMNS:
                 self.writer.declare("train", name, "f8", attrs=zo_attrs(name, self.cfg))
+                ds = self.writer.f["train"][name]
+                if ds.shape[0] < rows:  # a column newer than the resumed file: NaN for the rows before it
+                    have = ds.shape[0]
+                    ds.resize((rows,))
+                    ds[have:] = np.nan
             if resuming:
-                zo_monitor.restore(index, self.writer.f["train/zo_trace_raw"][()])
+                zo_monitor.restore(index, self.writer.f["train/step"][()], self.writer.f["train/zo_trace_raw"][()])
         if self.probe is not None:
             self.probe.declare(self.writer)
             if probe_state is not None:
