@@ -5,6 +5,11 @@ The digests were recorded before the architecture refactor (issue 10); a change 
 fails here. Timing columns (`wall_time`, `seconds`) are excluded. Bitwise float results depend on the torch
 build and the CPU's vector unit, so the file records both and the test skips (saying why) on another platform.
 
+The file holds one record per platform (torch build × CPU vector unit); `--regen` replaces this platform's.
+The ZO monitor's derived columns (`zo_trace`, `zo_trace_err`, `zo_trace_n`: numpy functions of `zo_trace_raw`
+and the steps) are not digested but recomputed from the raw samples with `eos_probe.zo_monitor`, so a change
+of the monitor's estimator re-records nothing and the raw samples, which carry the trajectory, stay guarded.
+
 Regenerate, only for an intended change of numbers, with:  python tests/test_golden.py --regen
 """
 from __future__ import annotations
@@ -24,6 +29,7 @@ from eos_probe.train import train, train_sweep
 
 GOLDEN = Path(__file__).parent / "data" / "golden_runs.json"
 TIMING = ("wall_time", "seconds")
+DERIVED = ("zo_trace", "zo_trace_err", "zo_trace_n")
 TINY_MLP = {"hidden": [12, 12]}
 TINY_CNN = {"widths": [4, 8], "hidden": 16}
 PRESETS = ("gd", "gdm", "adam", "zo-gd", "zo-gdm", "zo-adam", "cocd", "bccd")
@@ -37,7 +43,8 @@ def _digest(path: Path) -> dict[str, str]:
     out: dict[str, str] = {}
 
     def visit(name: str, obj) -> None:
-        if isinstance(obj, h5py.Dataset) and not name.split("/")[-1].endswith(TIMING):
+        leaf = name.split("/")[-1]
+        if isinstance(obj, h5py.Dataset) and not leaf.endswith(TIMING) and leaf not in DERIVED:
             arr = np.ascontiguousarray(obj[()])
             out[name] = f"{arr.dtype.str}{arr.shape}:" + hashlib.sha256(arr.tobytes()).hexdigest()[:20]
 
@@ -77,17 +84,35 @@ def _run_case(name: str, tmp: Path) -> dict[str, dict[str, str]]:
 CASES = (*PRESETS, "sweep-cnn-zo-gdm", "resume-zo-adam")
 
 
-def _golden() -> dict:
-    return json.loads(GOLDEN.read_text())
+def _records() -> list[dict]:
+    return json.loads(GOLDEN.read_text())["records"]
+
+
+def _check_derived(tmp: Path) -> None:
+    """The monitor's columns of every ZO file equal a replay of its raw samples through ZOTraceMonitor."""
+    from eos_probe.zo_monitor import ZOTraceMonitor
+
+    for path in tmp.glob("*.h5"):
+        with h5py.File(path, "r") as f:
+            if "train/zo_trace_raw" not in f:
+                continue
+            cols = {k: f[f"train/{k}"][()] for k in ("step", "zo_trace_raw", *DERIVED)}
+            window = int(f["train/zo_trace"].attrs["window"])
+        mon = ZOTraceMonitor(window)
+        rows = [mon.update(0, float(x), int(t)) for t, x in zip(cols["step"], cols["zo_trace_raw"])]
+        for k in DERIVED:
+            np.testing.assert_array_equal(np.array([r[k] for r in rows]), cols[k], err_msg=f"{path.name}: {k}")
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_run_files_are_bitwise_unchanged(case: str, tmp_path: Path, one_thread) -> None:
-    golden = _golden()
-    if golden["platform"] != _platform():
-        pytest.skip(f"digests recorded on {golden['platform']}, this is {_platform()}: bitwise floats differ")
+    records = [r for r in _records() if r["platform"] == _platform()]
+    if not records:
+        have = ", ".join(str(r["platform"]) for r in _records())
+        pytest.skip(f"digests recorded on {have}, this is {_platform()}: bitwise floats differ")
     got = _run_case(case, tmp_path)
-    want = golden["cases"][case]
+    _check_derived(tmp_path)
+    want = records[0]["cases"][case]
     assert sorted(got) == sorted(want)
     for fname in want:
         changed = sorted(k for k in set(want[fname]) | set(got[fname]) if want[fname].get(k) != got[fname].get(k))
@@ -104,4 +129,6 @@ if __name__ == "__main__" and "--regen" in sys.argv:
             cases[c] = _run_case(c, Path(d))
             print(c, sum(len(v) for v in cases[c].values()), "datasets")
     GOLDEN.parent.mkdir(exist_ok=True)
-    GOLDEN.write_text(json.dumps({"platform": _platform(), "cases": cases}, indent=1, sort_keys=True) + "\n")
+    others = [r for r in _records() if r["platform"] != _platform()] if GOLDEN.exists() else []
+    records = others + [{"platform": _platform(), "cases": cases}]
+    GOLDEN.write_text(json.dumps({"records": records}, indent=1, sort_keys=True) + "\n")
