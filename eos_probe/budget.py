@@ -47,6 +47,25 @@ def forward_seconds(objective, theta: torch.Tensor, repeats: int = 3) -> float:
     return statistics.median(times)
 
 
+def hvp_seconds(objective, theta: torch.Tensor, backend: str = "auto", repeats: int = 2) -> float:
+    """Median wall time of one Hessian-vector product at θ (after one warm-up), with the probe's back end."""
+    from .curvature import HessianOperator
+
+    op = HessianOperator(objective, theta, backend=backend)
+    v = torch.randn(theta.shape[-1], generator=torch.Generator().manual_seed(0), dtype=theta.dtype).to(theta.device)
+    op.matvec(v)
+    times = []
+    for _ in range(repeats):
+        if theta.device.type == "cuda":
+            torch.cuda.synchronize(theta.device)
+        t0 = time.perf_counter()
+        op.matvec(v)
+        if theta.device.type == "cuda":
+            torch.cuda.synchronize(theta.device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def step_forwards(optimizer, log_every: int, dim: int) -> float:
     """Cost of one training step in forward passes: the source's own (`forwards_per_step`: 2q central or
     q+1 forward ZO, 3 for an exact gradient, 2B for CoCD), plus the loss log's forward every `log_every`

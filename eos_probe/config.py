@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .zo_monitor import DEFAULT_WINDOW as ZO_WINDOW
 from .presets import (DEFAULT_DIRECTIONS, DEFAULT_MOMENTUM, DIFFERENCES, DIRECTIONS, GROUP_KEYS, GROUP_RULES,
                       GROUP_SOURCES, MOMENTUM_STYLES, NAMES, PRESETS, check_lr, preset)
 
@@ -22,6 +23,8 @@ DEVICES = ("auto", "cpu", "cuda")
 #: default step size per optimizer (the presets' `lr`; why these values: `eos_probe.presets.PRESETS`)
 DEFAULT_LR = {name: p.lr for name, p in PRESETS.items()}
 DTYPES = ("float32", "float64")
+#: the probe's share of the wall time under probe_every "auto" (eos_probe.probe.schedule)
+DEFAULT_PROBE_BUDGET = 0.2
 
 
 @dataclass
@@ -54,7 +57,9 @@ class TrainConfig:
     log_every: int | None = None  # default: 1 for first-order (free), 10 for ZO (one extra forward)
     checkpoint_every: int | None = None  # None: after every probe and every 5 min of work (train.py)
     keep_checkpoints_every: int | None = None  # also keep RUN.h5.step<N>.ckpt every N steps (eos-probe edge)
-    probe_every: int = 100
+    probe_every: str | int = "auto"  # "auto": on the wall-time budget `probe_budget` (eos_probe.probe.schedule); N: every N steps
+    probe_budget: float | None = None  # auto: the probe's share of the wall time (default DEFAULT_PROBE_BUDGET)
+    threads: int | None = None  # intra-op CPU threads (default: from the model's size, `default_threads`)
     probe: list[str] | None = None  # default per optimizer (see eos_probe.probe)
     divergence_factor: float = 1e3
     out: str | None = None
@@ -64,7 +69,7 @@ class TrainConfig:
     cocd_eps: float = 0.1  # central-difference radius ε
     cocd_memory: int | None = None  # keep only the m most recent estimates (B <= m < d)
     weight_decay: float = 0.0  # g = G + weight_decay·θ (cocd / bccd only)
-    zo_trace_window: int = 50  # ZO runs: logged samples in the /train/zo_trace window (eos_probe.zo_monitor)
+    zo_trace_window: int = ZO_WINDOW  # ZO runs: the largest window of the /train/zo_trace monitor, in logged samples
     probe_memory: str | None = None  # probe peak-memory budget, e.g. "2GB" (default 2 GB; eos_probe.budget)
     # shaped and grouped optimizers (docs/theory.md §5a-5b)
     norm_match: bool = False  # two-point ZO: divide the estimate by √κ (zo-gd-nm always does)
@@ -156,8 +161,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _positive("mu", cfg.mu)
     _positive("eps", cfg.eps)
     _positive("divergence factor", cfg.divergence_factor)
-    for name in ("steps", "queries", "probe_every"):
+    for name in ("steps", "queries"):
         _positive(name, getattr(cfg, name))
+    _validate_schedule(cfg)
     for name in ("n_per_class", "microbatch", "log_every", "checkpoint_every", "keep_checkpoints_every"):
         _positive(name, getattr(cfg, name), allow_none=True)
     if isinstance(cfg.zo_trace_window, bool) or not isinstance(cfg.zo_trace_window, int) or cfg.zo_trace_window < 1:
@@ -179,6 +185,29 @@ def validate(cfg: TrainConfig) -> TrainConfig:
 
     validate_tasks(cfg)
     return cfg
+
+
+def log_interval(cfg: TrainConfig, zeroth_order: bool) -> int:
+    """Logging interval: `log_every`, else 1 for first-order runs (the loss comes free with the gradient) and
+    10 for zeroth-order ones (each log costs one forward)."""
+    return cfg.log_every or (10 if zeroth_order else 1)
+
+
+def _validate_schedule(cfg: TrainConfig) -> None:
+    """probe_every is "auto" or a positive step count; probe_budget a share in (0, 1), with "auto" only;
+    threads a positive count."""
+    if cfg.probe_every != "auto":
+        if isinstance(cfg.probe_every, str) and cfg.probe_every.strip().isdigit():
+            cfg.probe_every = int(cfg.probe_every)
+        if isinstance(cfg.probe_every, bool) or not isinstance(cfg.probe_every, int) or cfg.probe_every < 1:
+            raise UserError(f"probe_every must be 'auto' or a positive number of steps, got {cfg.probe_every!r}")
+        if cfg.probe_budget is not None:
+            raise UserError(f"probe_budget applies to probe_every 'auto', not to a fixed probe_every "
+                            f"{cfg.probe_every}; drop one of them")
+    b = cfg.probe_budget
+    if b is not None and (isinstance(b, bool) or not isinstance(b, (int, float)) or not 0.0 < b < 1.0):
+        raise UserError(f"probe_budget must be a share of the wall time in (0, 1), e.g. 0.2, got {b!r}")
+    _positive("threads", cfg.threads, allow_none=True)
 
 
 def _validate_shaping(cfg: TrainConfig) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .config import TrainConfig, validate
+from .config import TrainConfig, log_interval, validate
 from .errors import CorruptFileError, DivergedError, UserError
 from .interrupt import Guard
 from .objective import Objective
@@ -34,7 +34,7 @@ from .trainer.copies import CopyStack
 from .trainer.copies import optimizer_for as _make_optimizer
 from .trainer.copies import stack_optimizers as _stack_optimizers
 from .trainer.hooks import (CheckpointHook, DivergenceHook, InterruptHook, LogHook, ProbeHook, ProgressHook,
-                            StepContext, probe_cost_line, progress_bar)
+                            ScheduleHook, StepContext, TrackHook, probe_cost_line, probe_price_line, progress_bar)
 from .trainer.hooks import check_divergence as _check_divergence
 from .trainer.loop import run_loop
 from .trainer.runfile import RunFile, checkpoint_path, environment, load_checkpoint, open_files, save_checkpoint
@@ -319,9 +319,26 @@ def _train(cfgs: list[TrainConfig], paths: list[Path], *, overwrite: bool, resum
     SIGINT/SIGTERM (handlers installed for the run, main thread only) stop it at a consistent point:
     every copy is checkpointed at that step, its file marked `interrupted`, and `RunInterrupted` raised.
     """
-    with Guard() as guard:
-        return _train_guarded(cfgs, paths, overwrite=overwrite, resume_ckpt=resume_ckpt, resuming=resuming,
-                              progress=progress, probe=probe, guard=guard)
+    old_threads = torch.get_num_threads()
+    try:
+        with Guard() as guard:
+            return _train_guarded(cfgs, paths, overwrite=overwrite, resume_ckpt=resume_ckpt, resuming=resuming,
+                                  progress=progress, probe=probe, guard=guard)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+#: parameters × training examples below which one CPU thread beats several (tiny kernels: more threads only
+#: synchronise; measured in benchmarks/bench_threads.py)
+SMALL_WORK = 5e7
+
+
+def default_threads(n_params: int, n_examples: int, cores: int | None = None) -> int:
+    """CPU threads for a run: 1 for small models (n_params × n_examples < `SMALL_WORK`), else all cores."""
+    import os
+
+    cores = cores or len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 1 if n_params * n_examples < SMALL_WORK else max(1, cores)
 
 
 def _train_guarded(cfgs: list[TrainConfig], paths: list[Path], *, overwrite: bool, resume_ckpt: dict | None,
@@ -329,6 +346,8 @@ def _train_guarded(cfgs: list[TrainConfig], paths: list[Path], *, overwrite: boo
     """Build the copies, open their files and run the loop with the standard hooks (see `_train`)."""
     setup = build(cfgs[0])
     obj = setup.objective
+    if setup.device.type == "cpu":
+        torch.set_num_threads(cfgs[0].threads or default_threads(obj.dim, len(setup.dataset.y_train)))
     optimizers = [setup.optimizer] if len(cfgs) == 1 else [_make_optimizer(c, setup.model) for c in cfgs]
     files = [RunFile(replace(setup.config, lr=c.lr, momentum=c.momentum, out=c.out), p, o)
              for c, p, o in zip(cfgs, paths, optimizers)]
@@ -336,7 +355,7 @@ def _train_guarded(cfgs: list[TrainConfig], paths: list[Path], *, overwrite: boo
         f.path.parent.mkdir(parents=True, exist_ok=True)
     cfg = files[0].cfg
     stack = CopyStack(setup.theta, optimizers)
-    log_every = cfg.log_every or (1 if not stack.opt.zeroth_order else 10)
+    log_every = log_interval(cfg, stack.opt.zeroth_order)
     start = stack.restore(resume_ckpt) if resume_ckpt is not None else 0
     steps = TaskSchedule.from_config(cfg).total  # T: `steps`, or the sum of the task steps
     tasks = TaskHook(setup.tasks, start=start, resuming=resuming) if setup.tasks is not None else None
@@ -351,6 +370,8 @@ def _train_guarded(cfgs: list[TrainConfig], paths: list[Path], *, overwrite: boo
 
     zo_monitor = open_files(files, stack, setup, start=start, resuming=resuming, overwrite=overwrite,
                             ckpt=resume_ckpt, make_probe=make_probe, zo_monitor=zo_monitor, log_every=log_every)
+    if progress and files[0].probe is not None:  # the price before the first probe is paid
+        print(probe_price_line(files[0].probe, obj, stack.theta, cfg, stack.opt, log_every))
     bar = progress_bar(progress, start, steps)
     # the two checkpoint knobs are read here, from this module, so tests can patch them
     hooks = [InterruptHook(guard), *([tasks] if tasks is not None else []),
@@ -361,7 +382,7 @@ def _train_guarded(cfgs: list[TrainConfig], paths: list[Path], *, overwrite: boo
              ProbeHook(guard, bar.write if progress else None,
                        lambda row, s, th: probe_cost_line(row, s, obj, th, cfg, stack.opt, log_every,
                                                           len(stack.alive))),
-             DivergenceHook(), ProgressHook(bar)]
+             TrackHook(guard), ScheduleHook(), DivergenceHook(), ProgressHook(bar)]
     ctx = StepContext(stack, files, obj, start, steps, time.perf_counter())
     run_loop(ctx, hooks)
     return _results(files, start, steps, time.perf_counter() - ctx.t0)

@@ -227,7 +227,7 @@ class _Rows:
 
 
 def test_non_finite_parameters_give_nan_rows_not_a_crash() -> None:
-    cfg, obj = _stub(probe=["lambda_max", "top_k:k=2", "trace", "density:n_probes=2:n_steps=5"])
+    cfg, obj = _stub(probe=["lambda_max", "top_k:k=2", "trace", "density:n_probes=2:n_steps=5"], probe_every=100)
     probe = build_probe(cfg, objective=obj, optimizer=None, theta=None)
     assert isinstance(probe, Probe) and probe.due(0, False) and not probe.due(5, False) and probe.due(5, True)
     w = _Rows()

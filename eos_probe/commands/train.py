@@ -7,9 +7,10 @@ import sys
 
 import click
 
-from ..config import TrainConfig, load_toml
+from ..config import DEFAULT_PROBE_BUDGET, TrainConfig, load_toml
 from ._options import finite
 from ..errors import DivergedError, UserError
+from ..zo_monitor import DEFAULT_WINDOW as ZO_WINDOW
 from ..presets import DEFAULT_MOMENTUM, DIFFERENCES, DIRECTIONS, MOMENTUM_STYLES
 
 
@@ -80,9 +81,14 @@ def _float_list(ctx, param, value):
 @click.option("--log-every", type=int, help="Log exact loss/accuracy every k steps (default 1 FO, 10 ZO).")
 @click.option("--checkpoint-every", type=int, help="Also checkpoint every M steps (always: after every probe and every 5 minutes of work).")
 @click.option("--keep-checkpoints-every", type=int, help="Also keep the checkpoint of every N-th step as RUN.h5.step<N>.ckpt (for `eos-probe edge --step`).")
-@click.option("--probe-every", type=int, help="Measure curvature every N steps (default 100).")
+@click.option("--probe-every", help="'auto' (default): certified probes on the wall-time budget --probe-budget, triggered by "
+              "curvature and loss events, tracked in between; or N: every N steps (deterministic).")
+@click.option("--probe-budget", type=float, callback=finite, help=f"With --probe-every auto: the probe's share of the wall "
+              f"time (default {DEFAULT_PROBE_BUDGET:g}).")
+@click.option("--threads", type=int, help="CPU threads of the run (default: 1 for small models, where more only "
+              "synchronise, else all cores; see eos_probe.train.default_threads).")
 @click.option("--probe", "probe_metrics", help="Comma list of probe metrics with options as name:key=value, or 'none'. Metrics: lambda_max, top_k, trace, density, ms_margin, dir_curvature; Adam runs also precond_lambda_max, precond_trace, precond_density, commutator_ratio; cocd runs cocd_edge, cocd_staleness; entk_fidelity (ZO eNTK on a probe batch); task sequences curvature_excess, forgetting, flatness; zo_descent; hybrid runs hybrid_bands. Default: lambda_max,trace, + ms_margin for ZO, + precond_lambda_max, precond_trace, commutator_ratio for Adam; README 'Probing' lists the options.")
-@click.option("--zo-trace-window", type=int, help="ZO runs: logged samples averaged in /train/zo_trace, the free Tr(H) monitor (default 50).")
+@click.option("--zo-trace-window", type=int, help=f"ZO runs: the largest window (logged samples) of /train/zo_trace, the free Tr(H) monitor; it adapts below that (default {ZO_WINDOW}).")
 @click.option("--probe-memory", help="Peak-memory budget of one probe, e.g. 2GB or 512MB (default 2GB); HVPs and Jacobians are chunked to fit.")
 @click.option("--divergence-factor", type=float, callback=finite, help="Stop when loss > factor × initial loss (default 1000).")
 @click.option("--tasks", help="Task sequence of class splits, e.g. \"0,1;2,3\" (tasks split by ';', dataset class ids by ','): trains them in turn and writes the accuracy table /tasks/* (docs/theory.md §5b).")

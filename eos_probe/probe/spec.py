@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 from typing import Any
 
+from ..config import log_interval
 from ..errors import UserError
 from ..presets import PRESETS
 from .metrics import BUILTIN as _BUILTIN  # noqa: F401  (importing it registers the built-in metrics)
@@ -19,6 +20,13 @@ from .runner import Probe
 def _preconditioned(optimizer: str) -> bool:
     p = PRESETS.get(optimizer)  # an unknown name is validated elsewhere; it has no preconditioner here
     return p is not None and p.preconditioned
+
+
+def _zeroth_order(name: str, optimizer: Any) -> bool:
+    if optimizer is not None:
+        return bool(optimizer.zeroth_order)
+    p = PRESETS.get(name)
+    return bool(p is not None and p.zeroth_order)
 
 
 def default_metrics(optimizer: str) -> list[str]:
@@ -84,7 +92,8 @@ def build_probe(cfg, setup=None, *, objective=None, optimizer=None, theta=None) 
     adam = _preconditioned(cfg.optimizer)
     settings = {"config": cfg.to_dict(), "dim": objective.dim, "preconditioned": adam,
                 "band": band_for_config(cfg.to_dict(), objective.dim), "objective": objective, "optimizer": optimizer,
-                "theta": theta}
+                "theta": theta, "probe_budget": getattr(cfg, "probe_budget", None),
+                "log_every": log_interval(cfg, _zeroth_order(cfg.optimizer, optimizer))}
     seen: dict[str, Metric] = {}
     for spec in specs:
         name, opts = parse_spec(spec)

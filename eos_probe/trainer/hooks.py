@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..config import TrainConfig
+from ..config import DEFAULT_PROBE_BUDGET, TrainConfig
 from ..errors import DivergedError
 from ..interrupt import Guard, RunInterrupted
 from ..store import crash_point
@@ -183,7 +183,9 @@ class LogHook(Hook):
             row = {"step": ctx.step, "loss": losses[i], "accuracy": accs[i], "wall_time": f.wall_offset + ctx.wall}
             if self.zo_monitor is not None:
                 sample = math.nan if zo_sample is None else float(zo_sample[i] if stack.stacked else zo_sample)
-                row.update(self.zo_monitor.update(stack.alive[i], sample))
+                zo = self.zo_monitor.update(stack.alive[i], sample, ctx.step)
+                row.update(zo)
+                f.monitor = {**zo, "noise_sd": self.zo_monitor.noise_sd(stack.alive[i])}
             f.log(row)
 
 
@@ -217,6 +219,37 @@ class ProbeHook(Hook):
             if self.say is not None:
                 say, self.say = self.say, None
                 say(self.cost(row, time.perf_counter() - tp, theta))
+
+
+class ScheduleHook(Hook):
+    """Hands each logged step's loss and ZO-monitor row to the copy's probe schedule (its event triggers).
+    Runs after `LogHook` (which measures them) and before the next step's `ProbeHook` (which acts on them)."""
+
+    def after_step(self, ctx: StepContext) -> None:
+        if not ctx.log_due:
+            return
+        for _, f in ctx.live():
+            if f.probe is not None:
+                f.probe.observe(ctx.step, f.last[0], f.monitor)
+
+
+class TrackHook(Hook):
+    """Between certified probes (budget schedules only): the cheap tracking step — warm λ_max and the bracket on
+    S(η) — when the copy's schedule calls for one. Runs after `ProbeHook` and never at a probed step."""
+
+    def __init__(self, guard: Guard) -> None:
+        self.guard = guard
+
+    def before_step(self, ctx: StepContext) -> None:
+        for i, f in ctx.live():
+            if f.probe is None or ctx.stack.alive[i] in ctx.pre_probe or not f.probe.track_due(ctx.step):
+                continue
+            tp = time.perf_counter()
+            theta, state, opt = ctx.stack.probe_view(i)
+            with self.guard.interruptible():
+                f.probe.track(step=ctx.step, theta=theta, state=state, optimizer=opt, objective=ctx.objective,
+                              writer=self.guard.shielded(f.writer), config=f.cfg, monitor=f.monitor)
+            f.probe_seconds += time.perf_counter() - tp
 
 
 def check_divergence(loss: float, loss0: float, factor: float, step: int) -> None:
@@ -290,18 +323,54 @@ def progress_bar(enabled: bool, start: int, total: int) -> Any:
     return tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, smoothing=0.05)
 
 
+def _cadence(fe: float, step: float, cfg: TrainConfig, share_every: int | None) -> str:
+    """'every N steps -> expected probe share S%' (fixed) or the budget's implied cadence (auto)."""
+    if not math.isfinite(fe):
+        return ""
+    if share_every is not None:
+        share = fe / (fe + share_every * step)
+        return f"every {share_every} steps -> expected probe share {100 * share:.0f}%"
+    budget = cfg.probe_budget if cfg.probe_budget is not None else DEFAULT_PROBE_BUDGET
+    every = fe * (1 - budget) / (budget * step)
+    return (f"budget {100 * budget:.0f}% of wall time -> about one probe every {every:,.0f} steps when quiet, "
+            "more where the curvature moves")
+
+
+def _every(cfg: TrainConfig) -> int | None:
+    return None if cfg.probe_every == "auto" else int(cfg.probe_every)
+
+
+def probe_price_line(probe: Any, obj: Any, theta: Any, cfg: TrainConfig, opt: Any, log_every: int) -> str:
+    """The price of one probe before the first is paid: one timed Hessian-vector product × the products the
+    probe plans (`Probe.planned_hvps`), in forward passes and seconds, the share or cadence it implies, and a
+    warning naming the flag that caps it when a fixed schedule would spend most of the run probing."""
+    from ..budget import forward_seconds, hvp_seconds, step_forwards
+
+    th = theta if theta.dim() == 1 else theta[0]
+    fwd = forward_seconds(obj, th)
+    hvp = hvp_seconds(obj, th, probe.hvp_backend_name())
+    n = probe.planned_hvps()
+    fe = n * hvp / fwd if fwd > 0 else math.nan
+    step = step_forwards(opt, log_every, int(th.shape[-1]))
+    line = (f"probe price: about {n} HVPs = {fe:,.0f} forward passes (~{n * hvp:.1f} s; one HVP timed at "
+            f"{1e3 * hvp:.0f} ms) per probe; one step = {step:.2g} forwards; " + _cadence(fe, step, cfg, _every(cfg)))
+    every = _every(cfg)
+    if every is not None and math.isfinite(fe) and fe / (fe + every * step) > 0.5:
+        line += ("\nwarning: the probe would take most of this run's time; cap it with --probe-every auto "
+                 f"(--probe-budget, default {DEFAULT_PROBE_BUDGET:g}) or a larger --probe-every")
+    return line
+
+
 def probe_cost_line(row: dict, seconds: float, obj: Any, theta: Any, cfg: TrainConfig, opt: Any,
                     log_every: int, copies: int) -> str:
-    """One line after the first probe: its cost in full-batch forward passes and the share of the run
-    it implies (step cost in forwards: 2q central / q+1 forward ZO, plus the loss log every `log_every`;
-    first order counted as 3, a forward+backward)."""
+    """One line after the first probe: its measured cost in full-batch forward passes and the share of the run
+    (fixed schedule) or the cadence (budget) it implies (step cost: `eos_probe.budget.step_forwards`)."""
     from ..budget import forward_seconds, step_forwards
 
     fwd = forward_seconds(obj, theta)
     fe = seconds / fwd if fwd > 0 else math.nan
     step = step_forwards(opt, log_every, int(theta.shape[-1]))
-    share = fe / (fe + cfg.probe_every * step) if math.isfinite(fe) else math.nan
     nhvp = int(sum(v for k, v in row.items() if k.endswith("_nhvp") and np.ndim(v) == 0 and np.isfinite(v)))
     per = " per copy" if copies > 1 else ""
     return (f"probe cost: one probe = {fe:,.0f} forward passes{per} ({seconds:.1f} s, {nhvp} HVPs); one step = "
-            f"{step:.2g} forwards; every {cfg.probe_every} steps -> expected probe share {100 * share:.0f}%")
+            f"{step:.2g} forwards; " + _cadence(fe, step, cfg, _every(cfg)))
