@@ -204,7 +204,10 @@ def _list_groups(cfg: TrainConfig) -> None:
 
 
 def _summary(res) -> str:
-    return (f"{res.path}: {res.status}, {res.steps_done} steps in {res.seconds:.1f} s "
+    """The final line of a run: its total steps (this session's too after a resume), speed, probe share,
+    final loss and, for classification, accuracy."""
+    session = f" ({res.session_steps} in this session)" if res.resumed else ""
+    acc = "" if res.regression else f", accuracy {res.final_accuracy:.3f}"
+    return (f"{res.path}: {res.status}, {res.steps_done} steps{session} in {res.seconds:.1f} s "
             f"({res.steps_per_second:.2f} steps/s, probe {res.probe_seconds:.1f} s = "
-            f"{100 * res.probe_share:.0f}% of wall time), "
-            f"final loss {res.final_loss:.4g}, accuracy {res.final_accuracy:.3f}")
+            f"{100 * res.probe_share:.0f}% of wall time), final loss {res.final_loss:.4g}{acc}")
