@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from .config import TrainConfig, validate
-from .errors import CorruptFileError, DivergedError, UserError
+from .errors import CorruptFileError, DivergedError, UserError, did_you_mean
 from .interrupt import Guard
 from .objective import Objective
 from .optim import Optimizer
@@ -129,7 +129,7 @@ def build(cfg: TrainConfig) -> Setup:
     plugin = cfg.model not in MODELS and is_model_plugin(cfg.model)
     if cfg.model not in MODELS and not plugin:
         raise UserError(f"unknown model {cfg.model!r}; choose one of {', '.join(sorted(MODELS))}, "
-                        "path/to/file.py:factory or package.module:factory")
+                        "path/to/file.py:factory or package.module:factory" + did_you_mean(cfg.model, MODELS))
     kind = None if plugin else MODELS[cfg.model].kind  # a plug-in takes whatever data it is given
     data_name = cfg.data or ("sort" if kind == "sequence" else "fashion4")
     device = resolve_device(cfg.device)
@@ -350,8 +350,6 @@ def _train_guarded(cfgs: list[TrainConfig], paths: list[Path], *, overwrite: boo
     optimizers = [setup.optimizer] if len(cfgs) == 1 else [_make_optimizer(c, setup.model) for c in cfgs]
     files = [RunFile(replace(setup.config, lr=c.lr, momentum=c.momentum, out=c.out), p, o)
              for c, p, o in zip(cfgs, paths, optimizers)]
-    for f in files:
-        f.path.parent.mkdir(parents=True, exist_ok=True)
     cfg = files[0].cfg
     stack = CopyStack(setup.theta, optimizers)
     log_every = cfg.log_every or (1 if not stack.opt.zeroth_order else 10)

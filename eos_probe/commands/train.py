@@ -9,7 +9,7 @@ import click
 
 from ..config import TrainConfig, load_toml
 from ._options import finite
-from ..errors import DivergedError, UserError
+from ..errors import DivergedError, UserError, did_you_mean
 from ..presets import DEFAULT_MOMENTUM, DIFFERENCES, DIRECTIONS, MOMENTUM_STYLES
 
 
@@ -176,7 +176,7 @@ def _list_groups(cfg: TrainConfig) -> None:
     plugin = cfg.model not in MODELS and is_model_plugin(cfg.model)
     if cfg.model not in MODELS and not plugin:
         raise UserError(f"unknown model {cfg.model!r}; choose one of {', '.join(sorted(MODELS))}, "
-                        "path/to/file.py:factory or package.module:factory")
+                        "path/to/file.py:factory or package.module:factory" + did_you_mean(cfg.model, MODELS))
     sequence = not plugin and MODELS[cfg.model].kind == "sequence"
     name = cfg.data or ("sort" if sequence else "fashion4")
     classes = cfg.classes
