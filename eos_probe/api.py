@@ -32,11 +32,14 @@ def hessian(model: nn.Module, loss_fn: str | Callable[[Tensor, Tensor], Tensor],
             microbatch: int | None = None, backend: str = "double-backward") -> HessianOperator:
     """The Hessian of the mean loss of ``model`` on ``data = (x, y)`` at the model's current parameters.
 
-    ``loss_fn``: a callable ``(output, target) -> scalar`` that averages over examples (any torch criterion
-    with ``reduction="mean"``, e.g. ``nn.CrossEntropyLoss()``, ``nn.MSELoss()``), or a built-in name:
-    ``"ce"`` (cross-entropy of integer labels) or ``"mse"`` (0.5·Σ_outputs (f − onehot(y))², or (f − y)² for
-    float targets of the output's shape; mean over examples — the edge-of-stability convention, whose λ_max
-    is C/2 times that of ``nn.MSELoss()`` on one-hot targets). ``num_classes`` is read from the output.
+    ``loss_fn``: ``nn.MSELoss`` or ``nn.CrossEntropyLoss`` (reduction "mean" or "sum"; class weights,
+    label smoothing, ``ignore_index``, class-index or probability targets), evaluated with exactly the
+    criterion's value and, like the built-in names, with a closed-form Gauss–Newton part (so ``trace`` is
+    exact on it); any other callable ``(output, target) -> scalar`` that averages over examples (a torch
+    criterion with ``reduction="mean"``); or a built-in name: ``"ce"`` (cross-entropy of integer labels) or
+    ``"mse"`` (0.5·Σ_outputs (f − onehot(y))², or (f − y)² for float targets of the output's shape; mean over
+    examples — the edge-of-stability convention, whose λ_max is C/2 times that of ``nn.MSELoss()`` on one-hot
+    targets). ``num_classes`` is read from the output.
 
     ``microbatch``: evaluate the batch in chunks of this many examples (memory); the loss must then be a
     mean over examples. The result is a matrix-free operator (``H @ v``, ``H.matmat(V)``, ``H.to_scipy()``)
@@ -92,7 +95,8 @@ def top_k(op: CurvatureOperator, k: int = 5, *, tol: float = 1e-3, max_iter: int
 
 
 def _default_trace_method(op: CurvatureOperator) -> str:
-    # the exact Gauss–Newton part needs a built-in loss (its output Hessian is known in closed form)
+    # the exact Gauss–Newton part needs a loss whose output Hessian is known in closed form: the built-in
+    # names and the torch criteria routed to them (loss_name "mse" / "ce"), not an arbitrary callable
     if isinstance(op, HessianOperator) and op.objective.loss_name in ("mse", "ce"):
         return "ggn+residual"
     return "hutchinson"
@@ -101,7 +105,8 @@ def _default_trace_method(op: CurvatureOperator) -> str:
 def trace(op: CurvatureOperator, *, method: str = "auto", n_matvec: int = 100, rtol: float | None = None,
           seed: int | None = 0) -> Estimate:
     """Tr(H) with one standard error. ``method="auto"``: exact Gauss–Newton trace + Hutchinson on the
-    remainder for the built-in losses ("ggn+residual", layer-stratified), plain Hutchinson otherwise; also
+    remainder for the built-in losses, ``nn.MSELoss`` and ``nn.CrossEntropyLoss`` ("ggn+residual",
+    layer-stratified), plain Hutchinson for other callables; also
     "hutchinson", "hutch++". At most ``n_matvec`` products; stops early once error ≤ rtol·|value|."""
     from .curvature import trace as _trace
 

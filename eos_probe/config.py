@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from .errors import UserError, did_you_mean
 from .zo_monitor import DEFAULT_WINDOW as ZO_WINDOW
 from .presets import (DEFAULT_DIRECTIONS, DEFAULT_MOMENTUM, DIFFERENCES, DIRECTIONS, GROUP_KEYS, GROUP_RULES,
                       GROUP_SOURCES, MOMENTUM_STYLES, NAMES, PRESETS, check_lr, preset)
@@ -124,7 +124,9 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raw = {**raw["train"], **({"groups": raw["groups"]} if "groups" in raw else {})}
     for key, value in raw.items():
         if key not in _FIELDS:
-            raise UserError(f"config file {p}: unknown key {key!r}; valid keys: {', '.join(sorted(_FIELDS))}")
+            hint = did_you_mean(key, _FIELDS)  # a typo gets its near match, not a list of every key
+            raise UserError(f"config file {p}: unknown key {key!r}"
+                            + (hint or f"; valid keys: {', '.join(sorted(_FIELDS))}"))
         types = _expected(key)
         if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             raise UserError(f"config file {p}: key {key!r} must be of type {types[0].__name__}, "
@@ -145,7 +147,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
 
     def choice(name: str, value: str, options) -> None:
         if value not in options:
-            raise UserError(f"unknown {name} {value!r}; choose one of {', '.join(options)}")
+            raise UserError(f"unknown {name} {value!r}; choose one of {', '.join(options)}"
+                            + did_you_mean(value, options))
 
     choice("optimizer", cfg.optimizer, NAMES)
     choice("loss", cfg.loss, LOSSES)
@@ -257,14 +260,17 @@ def _group_table(cfg: TrainConfig, name: str, t: dict[str, Any]) -> dict[str, An
     where = f"group {name!r}"
     unknown = sorted(set(t) - set(GROUP_KEYS))
     if unknown:
-        raise UserError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(GROUP_KEYS)}")
+        raise UserError(f"{where}: unknown key {unknown[0]!r}"
+                        + (did_you_mean(unknown[0], GROUP_KEYS) or f"; valid keys: {', '.join(GROUP_KEYS)}"))
     if "source" not in t:
         raise UserError(f"{where} has no source; set source = \"exact\" or \"two_point\"")
     src, rule = t["source"], t.get("rule", "gd")
     if src not in GROUP_SOURCES:
-        raise UserError(f"{where}: unknown source {src!r}; choose one of {', '.join(GROUP_SOURCES)}")
+        raise UserError(f"{where}: unknown source {src!r}; choose one of {', '.join(GROUP_SOURCES)}"
+                        + did_you_mean(src, GROUP_SOURCES))
     if rule not in GROUP_RULES:
-        raise UserError(f"{where}: unknown rule {rule!r}; choose one of {', '.join(GROUP_RULES)}")
+        raise UserError(f"{where}: unknown rule {rule!r}; choose one of {', '.join(GROUP_RULES)}"
+                        + did_you_mean(rule, GROUP_RULES))
     zo_keys = sorted(k for k in ("directions", "queries", "mu") if k in t)
     if src == "exact" and zo_keys:
         raise UserError(f"{where}: {', '.join(zo_keys)} apply to two_point groups only (source is exact)")

@@ -12,6 +12,9 @@ Numerical code (curvature, theory, optim) raises `InvalidValueError`; it never n
 """
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 #: exit codes used by every verb of the command line
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
@@ -52,3 +55,13 @@ class DivergedError(EosProbeError):
         super().__init__(message)
         self.step = step
         self.reason = reason
+
+
+def did_you_mean(word: object, options: Iterable[object]) -> str:
+    """"; did you mean 'x'?" for the closest of `options` to a mistyped `word` (difflib), else ""."""
+    names = [str(o) for o in options]
+    close = difflib.get_close_matches(str(word), names, n=1, cutoff=0.6)
+    if not close:  # a case slip ("Adam") or a prefix the ratio rates low ("lambda" for "lambda_max")
+        low = str(word).lower()
+        close = [n for n in names if n.lower() == low] or [n for n in names if len(low) >= 3 and n.startswith(low)][:1]
+    return f"; did you mean {close[0]!r}?" if close else ""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .errors import InvalidValueError
+from .errors import InvalidValueError, did_you_mean
 
 #: distributions of the two-point directions u (E[u uᵀ] = I); the first is the default
 DIRECTIONS = ("gaussian", "sphere", "rademacher")
@@ -148,7 +148,8 @@ def preset(name: str) -> Preset:
     try:
         return PRESETS[name]
     except (KeyError, TypeError):
-        raise InvalidValueError(f"unknown optimizer {name!r}; choose one of {', '.join(NAMES)}") from None
+        raise InvalidValueError(f"unknown optimizer {name!r}; choose one of {', '.join(NAMES)}"
+                                + did_you_mean(name, NAMES)) from None
 
 
 def check_lr(lr) -> None:

@@ -87,6 +87,14 @@ class Run:
         return p is not None and p.preconditioned
 
     @property
+    def regression(self) -> bool:
+        """Trained on float targets, so its accuracy column is NaN (as recorded by the data or the loss)."""
+        ds = self.attrs.get("dataset")
+        if isinstance(ds, dict) and ds.get("task") == "regression":
+            return True
+        return "regression" in str(self.attrs.get("loss_convention", ""))
+
+    @property
     def steps_done(self) -> int:
         """Last logged step (-1 if nothing was logged yet)."""
         steps = self.train["step"] if "step" in self.train else []

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from .config import TrainConfig, log_interval, validate
-from .errors import CorruptFileError, DivergedError, UserError
+from .errors import CorruptFileError, DivergedError, UserError, did_you_mean
 from .interrupt import Guard
 from .objective import Objective
 from .optim import Optimizer
@@ -65,6 +65,13 @@ class Setup:
 
 @dataclass
 class RunResult:
+    """What one copy's `train` call ended with.
+
+    `steps_done` is the run's total (its last step, counted from step 0 even after a resume);
+    `session_steps` the steps this call trained, over which `seconds` and `steps_per_second` are measured.
+    `regression`: float targets, so `final_accuracy` is NaN and meaningless.
+    """
+
     path: Path
     status: str  # finished | diverged
     steps_done: int
@@ -74,10 +81,21 @@ class RunResult:
     probe_seconds: float
     reason: str = ""
     error: DivergedError | None = None
+    session_steps: int | None = None  # None: the whole run (no resume)
+    regression: bool = False
+
+    def __post_init__(self) -> None:
+        if self.session_steps is None:
+            self.session_steps = self.steps_done
+
+    @property
+    def resumed(self) -> bool:
+        """Whether this call continued a run that had already trained some steps."""
+        return self.session_steps != self.steps_done
 
     @property
     def steps_per_second(self) -> float:
-        return self.steps_done / self.seconds if self.seconds > 0 else float("nan")
+        return self.session_steps / self.seconds if self.seconds > 0 else float("nan")
 
     @property
     def probe_share(self) -> float:
@@ -111,7 +129,7 @@ def build(cfg: TrainConfig) -> Setup:
     plugin = cfg.model not in MODELS and is_model_plugin(cfg.model)
     if cfg.model not in MODELS and not plugin:
         raise UserError(f"unknown model {cfg.model!r}; choose one of {', '.join(sorted(MODELS))}, "
-                        "path/to/file.py:factory or package.module:factory")
+                        "path/to/file.py:factory or package.module:factory" + did_you_mean(cfg.model, MODELS))
     kind = None if plugin else MODELS[cfg.model].kind  # a plug-in takes whatever data it is given
     data_name = cfg.data or ("sort" if kind == "sequence" else "fashion4")
     device = resolve_device(cfg.device)
@@ -351,8 +369,6 @@ def _train_guarded(cfgs: list[TrainConfig], paths: list[Path], *, overwrite: boo
     optimizers = [setup.optimizer] if len(cfgs) == 1 else [_make_optimizer(c, setup.model) for c in cfgs]
     files = [RunFile(replace(setup.config, lr=c.lr, momentum=c.momentum, out=c.out), p, o)
              for c, p, o in zip(cfgs, paths, optimizers)]
-    for f in files:
-        f.path.parent.mkdir(parents=True, exist_ok=True)
     cfg = files[0].cfg
     stack = CopyStack(setup.theta, optimizers)
     log_every = log_interval(cfg, stack.opt.zeroth_order)
@@ -385,20 +401,23 @@ def _train_guarded(cfgs: list[TrainConfig], paths: list[Path], *, overwrite: boo
              TrackHook(guard), ScheduleHook(), DivergenceHook(), ProgressHook(bar)]
     ctx = StepContext(stack, files, obj, start, steps, time.perf_counter())
     run_loop(ctx, hooks)
-    return _results(files, start, steps, time.perf_counter() - ctx.t0)
+    return _results(files, start, steps, time.perf_counter() - ctx.t0, regression=obj.loss_spec.regression)
 
 
-def _results(files: list[RunFile], start: int, steps: int, seconds: float) -> list[RunResult]:
-    """Mark the surviving copies finished; one `RunResult` per copy, in order."""
+def _results(files: list[RunFile], start: int, steps: int, seconds: float,
+             regression: bool = False) -> list[RunResult]:
+    """Mark the surviving copies finished; one `RunResult` per copy, in order (steps counted from 0,
+    those of this session from `start`)."""
     results = []
     for f in files:
         if f.error is None:
             f.finish("finished", "", steps, seconds)
-            results.append(RunResult(f.path, "finished", steps - start, f.last[0], f.last[1], seconds,
-                                     f.probe_seconds))
+            results.append(RunResult(f.path, "finished", steps, f.last[0], f.last[1], seconds, f.probe_seconds,
+                                     session_steps=steps - start, regression=regression))
         else:
-            results.append(RunResult(f.path, "diverged", f.error.step - start, f.last[0], f.last[1], seconds,
-                                     f.probe_seconds, f.error.reason, f.error))
+            results.append(RunResult(f.path, "diverged", f.error.step, f.last[0], f.last[1], seconds,
+                                     f.probe_seconds, f.error.reason, f.error, session_steps=f.error.step - start,
+                                     regression=regression))
     crash_point("finished")
     return results
 

@@ -18,6 +18,8 @@ def _fixtures(root: Path) -> None:
     """Files the cases refer to: an existing output, bad configs, a non-directory, a read-only dir."""
     (root / "exists.h5").write_bytes(b"precious")
     (root / "unknown_key.toml").write_text('model = "cnn"\nlearning_rate = 0.1\n')
+    (root / "typo_key.toml").write_text('model = "cnn"\nprobe_evry = 10\n')
+    (root / "typo_sweep.toml").write_text('[train]\nstpes = 10\n[sweep]\nlr = [0.1]\n')
     (root / "wrong_type.toml").write_text('steps = "many"\n')
     (root / "broken.toml").write_text("steps = [\n")
     (root / "a_file").write_text("not a directory")
@@ -63,6 +65,16 @@ CASES = [
     (TRAIN + ["--model", "lstm", "--data", "fashion4"], "sequence"),
     (TRAIN + ["--config", "{root}/unknown_key.toml"], "learning_rate"),
     (TRAIN + ["--config", "{root}/wrong_type.toml"], "steps"),
+    # typos get their near match (difflib), not a list of every valid name
+    (TRAIN + ["--config", "{root}/typo_key.toml"], "unknown key 'probe_evry'; did you mean 'probe_every'?"),
+    (TRAIN + ["--model", "cnnn"], "did you mean 'cnn'?"),
+    (TRAIN + ["--optimizer", "zo-gdd"], "did you mean 'zo-gd'?"),
+    (TRAIN + ["--optimizer", "Adam"], "did you mean 'adam'?"),
+    (TRAIN[:-1] + ["lambda_mx"], "unknown probe metric 'lambda_mx'; choose from"),
+    (TRAIN[:-1] + ["lamda_max"], "did you mean 'lambda_max'?"),
+    (TRAIN[:-1] + ["trace:n_matvecs=10"], "did you mean 'n_matvec'?"),
+    (TRAIN + ["--model-arg", "hiden=8"], "did you mean 'hidden'?"),
+    (TRAIN + ["--data", "fashion5"], "did you mean 'fashion4'?"),
     (TRAIN + ["--config", "{root}/broken.toml"], "TOML"),
     (TRAIN + ["--config", "{root}/missing.toml"], "missing.toml"),
     (TRAIN + ["--out", "{root}/missing_dir/run.h5"], "missing_dir"),
@@ -105,6 +117,7 @@ CASES = [
     (["sweep", "--config", "{root}/missing.toml"], "missing.toml"),
     (["sweep", "--config", "{root}/broken.toml"], "TOML"),
     (["sweep", "--config", "{root}/unknown_key.toml"], "[sweep]"),
+    (["sweep", "--config", "{root}/typo_sweep.toml"], "unknown key 'stpes'; did you mean 'steps'?"),
     (["sweep-summary", "{root}/missing_dir"], "missing_dir"),
     (["sweep-summary", "{root}"], "sweep.json"),
     (["edge", "{root}/missing.h5", "--step", "3"], "missing.h5"),
@@ -134,3 +147,12 @@ def test_bad_input(args, needle, tmp_path, capsys, monkeypatch) -> None:
 
 def test_the_matrix_covers_every_verb() -> None:
     assert {c[0][0] for c in CASES} == set(COMMANDS)
+
+
+def test_a_config_typo_is_one_short_line(tmp_path, capsys) -> None:
+    """The near match replaces the list of ~60 valid keys, which buried it."""
+    _fixtures(tmp_path)
+    with pytest.raises(SystemExit):
+        main(TRAIN + ["--config", str(tmp_path / "typo_key.toml")])
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("unknown key 'probe_evry'; did you mean 'probe_every'?") and "valid keys" not in err

@@ -26,3 +26,11 @@ def test_zo_run_keeps_its_settings_and_processor_name() -> None:
     text = render(_summary(config=cfg, steps_done=7, device="cpu: x86_64"))
     assert "last logged step 7" in text and "queries=1" in text and "mu=0.001" in text
     assert "machine     cpu (x86_64);" in text
+
+
+def test_regression_run_shows_no_accuracy() -> None:
+    train = {"step": 9, "loss": 0.25, "wall_time": 1.0}
+    text = render(_summary(steps_done=9, train_rows=10, last_train=train, regression=True))
+    assert "loss 0.25, 1.0 s" in text and "accuracy" not in text
+    text = render(_summary(steps_done=9, train_rows=10, last_train={**train, "accuracy": 0.5}))
+    assert "loss 0.25, accuracy 0.5, 1.0 s" in text

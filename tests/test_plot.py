@@ -206,9 +206,10 @@ def test_vector_formats_and_default_output(runs, tmp_path, monkeypatch) -> None:
     assert pdf.read_bytes()[:5] == b"%PDF-"
     svg = make_figure([runs["zo1"]], "loss", tmp_path / "l.svg")
     assert b"<svg" in svg.read_bytes()[:2000]
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)  # the default is beside the run files, not in the current directory
     path = band_figure([runs["zo1"].path, runs["zo2"].path])
-    assert str(path) == "figures/zo1+1-bands.png" and (tmp_path / path).stat().st_size > 20_000
+    assert path == runs["zo1"].path.parent / "figures" / "zo1+1-bands.png" and path.stat().st_size > 20_000
+    assert not (tmp_path / "figures").exists()
 
 
 @pytest.mark.parametrize("kind", ["bands", "lambda", "margin", "spectrum", "commutator", "all"])
@@ -218,12 +219,18 @@ def test_plotting_a_file_without_probe_data_is_a_clear_error(runs, kind, tmp_pat
     assert not (tmp_path / "x.png").exists()
 
 
-def test_plot_and_inspect_command_lines(runs, tmp_path, capsys) -> None:
+def test_plot_and_inspect_command_lines(runs, tmp_path, capsys, monkeypatch) -> None:
     def cli(args):
         with pytest.raises(SystemExit) as e:
             main(args)
         out = capsys.readouterr()
         return e.value.code, out.out, out.err
+
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli(["plot", str(runs["zo1"].path), "--kind", "loss"])
+    default = runs["zo1"].path.parent / "figures" / "zo1-loss.png"
+    assert code == 0 and out.strip() == str(default) and default.stat().st_size > 0, err
+    assert not (tmp_path / "figures").exists()
 
     code, out, err = cli(["plot", str(runs["zo1"].path), str(runs["zo2"].path), "--out", str(tmp_path / "b.png")])
     assert code == 0 and out.strip().endswith("b.png") and (tmp_path / "b.png").stat().st_size > 0

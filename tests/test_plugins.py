@@ -50,7 +50,12 @@ def test_plugin_model_and_npz_train_probe_resume_plot(plugin_files, data, loss, 
               "--loss", loss, "--optimizer", "gd", "--lr", "0.1", "--probe-every", "5", "--checkpoint-every", "5",
               "--probe", "lambda_max,trace", "--quiet", "--out", str(out)]
     assert _cli(["train", *common, "--steps", "10"]) == 0
+    first = capsys.readouterr().out
     assert _cli(["train", "--resume", str(out), "--steps", "15", "--quiet"]) == 0
+    # the summary counts the run's steps, then this session's; regression has no accuracy to print
+    summary = capsys.readouterr().out
+    assert "finished, 10 steps in " in first and "finished, 15 steps (5 in this session) in " in summary, summary
+    assert ("accuracy" in summary) == (loss == "ce") and "nan" not in summary
     # the same run in one go: resuming continues the identical trajectory
     assert _cli(["train", *common, "--steps", "15", "--out", str(d / "once.h5")]) == 0
     with h5py.File(out) as f, h5py.File(d / "once.h5") as g:
@@ -70,7 +75,10 @@ def test_plugin_model_and_npz_train_probe_resume_plot(plugin_files, data, loss, 
     fig = d / "fig.png"
     assert _cli(["plot", str(out), "--kind", "all", "--out", str(fig)]) == 0
     assert fig.stat().st_size > 1000
+    capsys.readouterr()
     assert _cli(["inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert ("accuracy" in text) == (loss == "ce") and "up to step 15" in text, text
     # a changed model file makes --resume refuse (the run would no longer be one run)
     (d / "mymodel.py").write_text(MODEL_FILE + "\n# edited\n")
     capsys.readouterr()

@@ -229,5 +229,11 @@ def test_summary_and_plot_mark_diverged_points(tmp_path):
     assert r.returncode == 0 and "diverged" in r.stdout and (tmp_path / "s.csv").exists(), r.stderr
     r = _cli("plot", str(tmp_path / "o"), "--kind", "sweep", "--out", str(tmp_path / "s.png"))
     assert r.returncode == 0 and (tmp_path / "s.png").stat().st_size > 10_000, r.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    r = _cli("plot", str(tmp_path / "o"), "--kind", "sweep", cwd=elsewhere)  # default: beside the run files
+    default = tmp_path / "o" / "figures" / "o-sweep.png"
+    assert r.returncode == 0 and r.stdout.strip() == str(default) and default.is_file(), r.stderr
+    assert not any(elsewhere.iterdir())
     r = _cli("plot", str(tmp_path / "o"), str(tmp_path / "o"), "--kind", "sweep")
     assert r.returncode == 2 and "one sweep directory" in r.stderr

@@ -152,3 +152,20 @@ def test_the_loop_stays_short() -> None:
     tree = ast.parse(Path(loop.__file__).read_text())
     (fn,) = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "run_loop"]
     assert fn.end_lineno - fn.lineno + 1 <= 60
+
+
+@pytest.mark.parametrize("regression", [False, True])
+def test_progress_bar_shows_accuracy_for_classification_only(regression: bool) -> None:
+    """Regression runs (float targets) log NaN accuracy; the bar must not print `acc nan`."""
+    from types import SimpleNamespace
+
+    from eos_probe.trainer.hooks import ProgressHook
+
+    shown: list[str] = []
+    bar = SimpleNamespace(set_postfix_str=lambda s, refresh=True: shown.append(s), update=lambda n=1: None)
+    stack = SimpleNamespace(alive=[0], stacked=False)
+    file = SimpleNamespace(last=(0.25, float("nan") if regression else 0.5))
+    obj = SimpleNamespace(loss_spec=SimpleNamespace(regression=regression))
+    ctx = StepContext(stack, [file], obj, 0, 2, 0.0, log_due=True)
+    ProgressHook(bar).after_step(ctx)
+    assert shown == (["loss 0.25"] if regression else ["loss 0.25 acc 0.500"])

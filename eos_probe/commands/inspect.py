@@ -29,11 +29,14 @@ def summary(run) -> dict[str, Any]:
         "config": cfg, "n_params": run.attrs.get("n_params"), "n_train": run.attrs.get("n_train"),
         "device": run.attrs.get("device"), "versions": run.attrs.get("versions"),
         "resumed": run.attrs.get("resumed", 0), "steps_done": run.steps_done, "train_rows": len(run.train),
+        "regression": run.regression,
     }
     if len(run.train):
         last = run.train.iloc[-1]
         out["last_train"] = {"step": int(last["step"]), "loss": float(last["loss"]),
-                             "accuracy": float(last["accuracy"]), "wall_time": float(last["wall_time"])}
+                             "wall_time": float(last["wall_time"])}
+        if not run.regression:  # float targets have no accuracy (the column is NaN)
+            out["last_train"]["accuracy"] = float(last["accuracy"])
     out["probe_rows"] = len(run.probe)
     out["metrics"] = run.metrics
     out["spectra"] = run.spectra_names
@@ -94,8 +97,9 @@ def render(s: dict[str, Any]) -> str:
     lines.append(f"machine     {_device(s.get('device'))}; eos-probe {ver.get('eos_probe', '?')}, torch {ver.get('torch', '?')}")
     if "last_train" in s:
         t = s["last_train"]
+        acc = f"accuracy {_fmt(t['accuracy'])}, " if "accuracy" in t else ""
         lines.append(f"train       {s['train_rows']} rows up to step {t['step']}: loss {_fmt(t['loss'])}, "
-                     f"accuracy {_fmt(t['accuracy'])}, {t['wall_time']:.1f} s")
+                     f"{acc}{t['wall_time']:.1f} s")
     else:
         lines.append("train       no rows yet")
     if s["probe_rows"]:

@@ -18,7 +18,8 @@ KINDS = ("bands", "lambda", "loss", "margin", "spectrum", "commutator", "entk", 
                    "paper: the gallery figure, one column (3.3 in, 8 pt) of bands, S(η), commutator ratio and loss on one step axis; "
                    "sweep: a sweep directory's last Tr/T, S(η), η·λ_max, loss, accuracy against η.")
 @click.option("--out", type=click.Path(dir_okay=False),
-              help="Output file (.png 300 dpi, .pdf or .svg vector). Default figures/<run>-<kind>.png.")
+              help="Output file (.png 300 dpi, .pdf or .svg vector). Default: figures/<run>-<kind>.png in the folder "
+                   "of the (first) run file; --kind sweep: DIR/figures/<dir>-sweep.png.")
 @click.option("--normalize", is_flag=True, help="bands: divide each run's curvature by its threshold T (all T at 1).")
 @click.option("--title", help="Figure title.")
 def command(runs: tuple[str, ...], kind: str, out: str | None, normalize: bool, title: str | None) -> None:

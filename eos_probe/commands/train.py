@@ -9,7 +9,7 @@ import click
 
 from ..config import DEFAULT_PROBE_BUDGET, TrainConfig, load_toml
 from ._options import finite
-from ..errors import DivergedError, UserError
+from ..errors import DivergedError, UserError, did_you_mean
 from ..zo_monitor import DEFAULT_WINDOW as ZO_WINDOW
 from ..presets import DEFAULT_MOMENTUM, DIFFERENCES, DIRECTIONS, MOMENTUM_STYLES
 
@@ -182,7 +182,7 @@ def _list_groups(cfg: TrainConfig) -> None:
     plugin = cfg.model not in MODELS and is_model_plugin(cfg.model)
     if cfg.model not in MODELS and not plugin:
         raise UserError(f"unknown model {cfg.model!r}; choose one of {', '.join(sorted(MODELS))}, "
-                        "path/to/file.py:factory or package.module:factory")
+                        "path/to/file.py:factory or package.module:factory" + did_you_mean(cfg.model, MODELS))
     sequence = not plugin and MODELS[cfg.model].kind == "sequence"
     name = cfg.data or ("sort" if sequence else "fashion4")
     classes = cfg.classes
@@ -210,7 +210,10 @@ def _list_groups(cfg: TrainConfig) -> None:
 
 
 def _summary(res) -> str:
-    return (f"{res.path}: {res.status}, {res.steps_done} steps in {res.seconds:.1f} s "
+    """The final line of a run: its total steps (this session's too after a resume), speed, probe share,
+    final loss and, for classification, accuracy."""
+    session = f" ({res.session_steps} in this session)" if res.resumed else ""
+    acc = "" if res.regression else f", accuracy {res.final_accuracy:.3f}"
+    return (f"{res.path}: {res.status}, {res.steps_done} steps{session} in {res.seconds:.1f} s "
             f"({res.steps_per_second:.2f} steps/s, probe {res.probe_seconds:.1f} s = "
-            f"{100 * res.probe_share:.0f}% of wall time), "
-            f"final loss {res.final_loss:.4g}, accuracy {res.final_accuracy:.3f}")
+            f"{100 * res.probe_share:.0f}% of wall time), final loss {res.final_loss:.4g}{acc}")

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, did_you_mean
 
 __all__ = ["DATASETS", "Dataset", "load_dataset", "dataset_sources", "cache_dir"]
 
@@ -101,7 +101,8 @@ def load_dataset(
             if data_dir is not None or classes is not None or n_per_class is not None:
                 raise UserError(f"dataset {name!r} is used as given: drop --data-dir, --classes and --n-per-class")
             return load_data_plugin(name, **kw)
-        raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}, or path/to/file.npz")
+        raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}, or path/to/file.npz"
+                        + did_you_mean(name, DATASETS))
     if name == "fashion4":
         if data_dir is not None:
             raise UserError(
@@ -166,7 +167,8 @@ def check_extra_kw(name: str, kw: dict, allowed: Sequence[str]) -> None:
     unknown = sorted(set(kw) - set(allowed))
     if unknown:
         ok = ", ".join(allowed) if allowed else "none"
-        raise UserError(f"dataset {name!r} got unknown option(s) {', '.join(unknown)}; accepted: {ok}")
+        raise UserError(f"dataset {name!r} got unknown option(s) {', '.join(unknown)}; accepted: {ok}"
+                        + did_you_mean(unknown[0], allowed))
 
 
 def positive_int(value: Any, what: str, *, allow_none: bool = False) -> int | None:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..errors import UserError, did_you_mean
 from . import cnn, lstm, mamba, mlp, resnet, vit
 
 KINDS = ("image", "sequence")
@@ -64,11 +64,11 @@ def build_model(name: str, *, input_shape: tuple, num_classes: int, seed: int = 
     """
     spec = MODELS.get(name)
     if spec is None:
-        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}" + did_you_mean(name, MODELS))
     unknown = sorted(set(overrides) - set(spec.defaults))
     if unknown:
         raise UserError(f"model {name!r} has no option {', '.join(map(repr, unknown))}; "
-                        f"valid options: {', '.join(spec.defaults)}")
+                        f"valid options: {', '.join(spec.defaults)}" + did_you_mean(unknown[0], spec.defaults))
     if isinstance(input_shape, (int, str)) or not hasattr(input_shape, "__len__"):
         raise UserError(f"model {name!r}: input_shape must be a tuple, got {input_shape!r}")
     input_shape = tuple(input_shape)

@@ -56,8 +56,9 @@ def _footnote(fig, notes: list[str], width: int = 150) -> None:
 
 
 def _default_out(runs: Sequence[Run], kind: str, fmt: str = ".png") -> Path:
+    """figures/<run>-<kind>.png beside the (first) run file, wherever the command is run from."""
     stem = runs[0].path.stem + (f"+{len(runs) - 1}" if len(runs) > 1 else "")
-    return Path("figures") / f"{stem}-{kind}{fmt}"
+    return runs[0].path.parent / "figures" / f"{stem}-{kind}{fmt}"
 
 
 def _save(fig, out: str | Path | None, runs: Sequence[Run], kind: str) -> Path:
@@ -98,7 +99,8 @@ def band_figure(runs: Sequence[Run | str | Path], out: str | Path | None = None,
 
 def make_figure(runs: Sequence[Run | str | Path], kind: str, out: str | Path | None = None, *,
                 normalize: bool = False, title: str | None = None) -> Path:
-    """Draw `kind` (one of KINDS) for `runs` and write it to `out` (default figures/<run>-<kind>.png)."""
+    """Draw `kind` (one of KINDS) for `runs` and write it to `out` (default figures/<run>-<kind>.png in the
+    first run file's directory)."""
     if out is not None and Path(out).suffix.lower() not in FORMATS:
         raise UserError(f"--out {out}: unknown figure format {Path(out).suffix or '(none)'!r}; use {', '.join(FORMATS)}")
     runs = load_runs(runs)

@@ -32,12 +32,12 @@ def _groups(df: pd.DataFrame, keys: list[str]) -> list[tuple[str, pd.DataFrame]]
 
 def sweep_figure(directory: str | Path, out: str | Path | None = None, *, title: str | None = None) -> Path:
     """Draw the sweep summary of `directory` (written by `eos-probe sweep`) to `out`
-    (default figures/<dir name>-sweep.png); returns the path."""
+    (default <directory>/figures/<dir name>-sweep.png, beside the sweep's run files); returns the path."""
     from ..sweep.driver import read_manifest
     from ..sweep.summary import load_sweep
 
     directory = Path(directory)
-    path = Path(out) if out is not None else Path("figures") / f"{directory.name}-sweep.png"
+    path = Path(out) if out is not None else directory / "figures" / f"{directory.resolve().name}-sweep.png"
     if path.suffix.lower() not in FORMATS:
         raise UserError(f"--out {path}: unknown figure format {path.suffix or '(none)'!r}; use {', '.join(FORMATS)}")
     if out is not None and not path.parent.is_dir():

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import UserError, did_you_mean
 
 if TYPE_CHECKING:
     from .context import ProbeContext
@@ -75,7 +75,8 @@ class Metric:
         unknown = sorted(set(options) - set(self.defaults))
         if unknown:
             valid = ", ".join(self.defaults) or "none"
-            raise UserError(f"probe metric {self.name!r} has no option {', '.join(unknown)}; valid options: {valid}")
+            raise UserError(f"probe metric {self.name!r} has no option {', '.join(unknown)}; valid options: {valid}"
+                            + did_you_mean(unknown[0], self.defaults))
         self.options = {**self.defaults, **options}
         self.run = run_settings
         self.check()

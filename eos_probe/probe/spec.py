@@ -9,7 +9,7 @@ import ast
 from typing import Any
 
 from ..config import log_interval
-from ..errors import UserError
+from ..errors import UserError, did_you_mean
 from ..presets import PRESETS
 from .metrics import BUILTIN as _BUILTIN  # noqa: F401  (importing it registers the built-in metrics)
 from .bands import band_for_config
@@ -98,7 +98,8 @@ def build_probe(cfg, setup=None, *, objective=None, optimizer=None, theta=None) 
     for spec in specs:
         name, opts = parse_spec(spec)
         if name not in METRICS:
-            raise UserError(f"unknown probe metric {name!r}; choose from {', '.join(METRICS)} (or 'none')")
+            raise UserError(f"unknown probe metric {name!r}; choose from {', '.join(METRICS)} (or 'none')"
+                            + did_you_mean(name, METRICS))
         cls = METRICS[name]
         if cls.adam_only and not adam:
             raise UserError(f"probe metric {name!r} needs an Adam optimizer (adam, zo-adam), not {cfg.optimizer}; "

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import _FIELDS, TrainConfig, _expected, validate
-from ..errors import UserError
+from ..errors import UserError, did_you_mean
 
 #: options that stacked copies may differ in (eos_probe.train.SWEEP_FIELDS)
 PACKABLE = ("lr", "momentum")
@@ -132,7 +132,7 @@ def parse_sweep(raw: dict[str, Any], source: str = "sweep config") -> SweepSpec:
     valid = ", ".join(sorted(k for k in _FIELDS if k != "out"))
     for key, value in raw.items():
         if key not in _FIELDS:
-            raise UserError(f"{source}: unknown key {key!r}; valid keys: {valid}")
+            raise UserError(f"{source}: unknown key {key!r}" + (did_you_mean(key, [k for k in _FIELDS if k != "out"]) or f"; valid keys: {valid}"))
         if key == "out":
             raise UserError(f"{source}: 'out' is set per point by the sweep; use --out-dir for the directory")
         _check_value(source, key, value)
@@ -146,7 +146,8 @@ def parse_sweep(raw: dict[str, Any], source: str = "sweep config") -> SweepSpec:
     axes: dict[str, list[Any]] = {}
     for key, values in table.items():
         if key not in _FIELDS or key == "out":
-            raise UserError(f"{source}: unknown option {key!r} in [sweep]; valid options: {valid}")
+            raise UserError(f"{source}: unknown option {key!r} in [sweep]"
+                            + (did_you_mean(key, [k for k in _FIELDS if k != "out"]) or f"; valid options: {valid}"))
         if not isinstance(values, list):
             raise UserError(f"{source}: [sweep] {key} must be a list of values, got {values!r}")
         if not values:

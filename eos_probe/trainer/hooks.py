@@ -281,7 +281,8 @@ class DivergenceHook(Hook):
 
 
 class ProgressHook(Hook):
-    """Advances the progress bar and shows the first live copy's loss and accuracy on logged steps."""
+    """Advances the progress bar and shows the first live copy's loss and accuracy (not for regression) on
+    logged steps."""
 
     def __init__(self, bar: Any) -> None:
         self.bar = bar
@@ -291,7 +292,9 @@ class ProgressHook(Hook):
             return
         if ctx.log_due:
             first = ctx.files[ctx.stack.alive[0]].last
-            self.bar.set_postfix_str(f"loss {first[0]:.4g} acc {first[1]:.3f}" +
+            regression = getattr(getattr(ctx.objective, "loss_spec", None), "regression", False)
+            acc = "" if regression else f" acc {first[1]:.3f}"  # float targets: no accuracy to show
+            self.bar.set_postfix_str(f"loss {first[0]:.4g}{acc}" +
                                      (f" ({len(ctx.stack.alive)} copies)" if ctx.stack.stacked else ""),
                                      refresh=False)
         if not ctx.final:

@@ -254,8 +254,9 @@ def open_files(files: list[RunFile], stack: CopyStack, setup: Any, *, start: int
     opened: list[Any] = []
     try:
         for i, f in enumerate(files):
-            f.probe = make_probe(f, stack.view(i)[0])
+            f.probe = make_probe(f, stack.view(i)[0])  # a bad --probe spec fails here, before any file or dir
             if not resuming:
+                f.path.parent.mkdir(parents=True, exist_ok=True)  # runs/ (other directories exist: _check_out)
                 f.open(_new_attrs(f, i, files, setup, stack, loss0, log_every), overwrite=overwrite)
             else:
                 f.resume(start, setup.device)
