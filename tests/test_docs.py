@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import click
@@ -291,12 +292,82 @@ def test_own_model_howto_runs(one_thread, capsys):
 # ----------------------------------------------------------------------------------- the build
 
 
-@pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("mkdocstrings") is None,
-                    reason="docs extra not installed (pip install -e '.[docs]')")
+_DOCS_EXTRA = pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in ("mkdocs", "mkdocstrings", "latex2mathml")),
+    reason="docs extra not installed (pip install -e '.[docs]')")
+
+
+@_DOCS_EXTRA
+def test_formulas_become_mathml_and_a_bad_one_fails_the_build():
+    hooks = _hooks()
+    page = ('<p>a <span class="arithmatex">\\(\\mathbb E[uu^\\top]=I\\)</span> b</p>'
+            '<div class="arithmatex">\\[ S=\\sum_i\\frac{x_i}{D_i}&lt;1 \\]</div>')
+    out = hooks.render_math(page, "test.md")
+    assert "arithmatex\">\\(" not in out and "\\[" not in out.replace('alttext="', "").split("alttext")[0]
+    assert out.count("<math ") == 2 and 'display="block"' in out
+    assert "\U0001D53C" in out  # double-struck E as a character: MathML Core ignores mathvariant
+    assert "<mo>&lt;</mo>" in out or "&#x0003C;" in out  # the escaped < of the HTML is the formula's <
+    with pytest.raises(ValueError, match="test.md"):
+        hooks.render_math('<span class="arithmatex">\\(\\frac{1}{\\)</span>', "test.md")
+
+
+class _ExternalRefs(HTMLParser):
+    """Every URL a browser loads by itself: src/href/srcset/data/poster of any tag but the plain hyperlink
+    <a href> (a reader follows it; the page does not load it), and url(...) in inline styles."""
+
+    ATTRS = ("src", "href", "srcset", "data", "poster")
+
+    def __init__(self):
+        super().__init__()
+        self.found: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        for name, value in attrs:
+            if not value or (tag == "a" and name == "href"):
+                continue
+            if (name in self.ATTRS and re.search(r"(^|[\s,])(https?:)?//", value)) or (
+                    name == "style" and re.search(r"url\(\s*['\"]?(https?:)?//", value)):
+                self.found.append(f"<{tag} {name}={value!r}>")
+
+
+def external_references(site: Path) -> list[str]:
+    """External URLs the built site would load by itself (HTML tags and CSS url()/@import)."""
+    problems = []
+    for page in sorted(site.rglob("*.html")):
+        parser = _ExternalRefs()
+        parser.feed(page.read_text())
+        problems += [f"{page.relative_to(site)}: {ref}" for ref in parser.found]
+    for css in sorted(site.rglob("*.css")):
+        for ref in re.findall(r"(?:url\(\s*['\"]?|@import\s+['\"])((?:https?:)?//[^'\")\s]+)", css.read_text()):
+            problems.append(f"{css.relative_to(site)}: {ref}")
+    return problems
+
+
+def test_external_reference_check_catches_what_a_cdn_page_loads(tmp_path):
+    """The checker itself: a page with a CDN script, style sheet and font is flagged, hyperlinks are not."""
+    (tmp_path / "a.html").write_text(
+        '<html><head><script src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js"></script>'
+        '<link rel="stylesheet" href="//fonts.googleapis.com/css?family=Roboto"><script src="js/local.js"></script>'
+        '</head><body><a href="https://www.mkdocs.org/">MkDocs</a><img src="figure.png"></body></html>')
+    (tmp_path / "b.css").write_text("@font-face{src:url(https://example.org/f.woff2)} .x{background:url(img.png)}")
+    found = external_references(tmp_path)
+    assert len(found) == 3 and not any("mkdocs.org" in f or "local.js" in f for f in found), found
+
+
+@_DOCS_EXTRA
 def test_docs_build_strict(tmp_path):
     mkdocs = shutil.which("mkdocs") or f"{sys.executable} -m mkdocs"
     proc = subprocess.run([*mkdocs.split(), "build", "--strict", "--site-dir", str(tmp_path / "site")], cwd=ROOT,
                           capture_output=True, text=True, env={**__import__("os").environ, "NO_MKDOCS_2_WARNING": "1"})
     warnings = [ln for ln in proc.stderr.splitlines() if ln.startswith(("WARNING", "ERROR"))]
     assert proc.returncode == 0 and not warnings, "\n".join(warnings) or proc.stderr[-3000:]
-    assert (tmp_path / "site" / "reference" / "cli.html").exists()
+    site = tmp_path / "site"
+    assert (site / "reference" / "cli.html").exists()
+    # offline: nothing is loaded from another host (the formulas were a CDN MathJax before)
+    external = external_references(site)
+    assert not external, "the built site loads from another host:\n" + "\n".join(external)
+    # every formula arrives as MathML, none as raw TeX
+    theory = (site / "theory.html").read_text()
+    assert theory.count("<math ") >= 200, theory.count("<math ")
+    left = re.findall(r'class="arithmatex">\s*\\[(\[]', theory)
+    assert not left, f"{len(left)} formulas left as TeX in theory.html"
