@@ -145,6 +145,103 @@ def test_every_registered_metric_is_documented():
     assert not problems, "\n".join(problems)
 
 
+def test_every_optimizer_and_model_is_in_the_generated_tables():
+    """The optimizer and model tables of the CLI reference are generated from the registries (they drifted
+    when the README kept hand-written copies: its default-lr list missed presets)."""
+    from eos_probe.models import MODELS
+    from eos_probe.presets import PRESETS
+
+    hooks = _hooks()
+    cli_page = (DOCS / "reference" / "cli.md").read_text()
+    assert "<!-- generated: presets -->" in cli_page and "<!-- generated: models -->" in cli_page
+    presets = {ln.split("|")[1].strip(): ln for ln in hooks.presets_markdown().splitlines()[2:]}
+    assert list(presets) == [f"`{name}`" for name in PRESETS]
+    for name, p in PRESETS.items():
+        cells = [c.strip() for c in presets[f"`{name}`"].split("|")[1:-1]]
+        assert float(cells[3]) == p.lr, (name, cells[3], p.lr)
+    models = {ln.split("|")[1].strip(): ln for ln in hooks.models_markdown().splitlines()[2:]}
+    assert list(models) == [f"`{name}`" for name in MODELS]
+    for name, spec in MODELS.items():
+        for key, value in spec.defaults.items():
+            assert f"`{key}={value!r}`" in models[f"`{name}`"], (name, key)
+    # and no hand-written copy of either list elsewhere in the docs or the README
+    for page in [*DOCS.rglob("*.md"), ROOT / "README.md"]:
+        text = page.read_text()
+        assert not re.search(r"Default step sizes|gd 0\.05, gdm 0\.005", text), f"{page}: a hand-written lr list"
+
+
+def test_every_probe_metric_is_in_the_train_help():
+    from click.testing import CliRunner
+
+    from eos_probe.commands.train import command
+    from eos_probe.probe import METRICS
+
+    help_text = CliRunner().invoke(command, ["--help"], terminal_width=200).output
+    assert [name for name in METRICS if name not in help_text] == []
+
+
+def test_every_plot_kind_has_a_row_in_the_figure_kinds_table():
+    from eos_probe.commands.plot import command
+
+    kinds = next(p for p in command.params if p.name == "kind").type.choices
+    page = (DOCS / "howto" / "reproduce-figure.md").read_text()
+    table = page[page.index("## Figure kinds"):]
+    missing = [k for k in kinds if not re.search(rf"^\| `{re.escape(k)}` \|", table, flags=re.M)]
+    assert not missing, f"docs/howto/reproduce-figure.md 'Figure kinds' lacks {missing}"
+
+
+def test_example_config_lists_every_key():
+    from eos_probe.config import TrainConfig, _FIELDS, load_toml
+
+    text = (ROOT / "recipes" / "example.toml").read_text()
+    for key in _FIELDS:
+        assert re.search(rf"^#? ?{key} = .*#", text, flags=re.M), f"recipes/example.toml lacks a commented {key}"
+    TrainConfig(**load_toml(ROOT / "recipes" / "example.toml"))
+
+
+# ----------------------------------------------------------------------------------- transcripts
+
+
+def _transcripts(markdown: str) -> list[tuple[str, str]]:
+    """(command, expected output) of every ```console block that starts with `$ eos-probe ...`."""
+    out = []
+    for block in re.findall(r"^```console\n(.*?)^```", markdown, flags=re.S | re.M):
+        first, _, rest = block.partition("\n")
+        if first.startswith("$ eos-probe "):
+            out.append((first[2:], rest.rstrip("\n")))
+    return out
+
+
+def test_bands_transcripts_are_what_the_command_prints(tmp_path):
+    """The worked examples of `eos-probe bands` on the theory page are the command's real output."""
+    import shlex
+
+    text = THEORY.read_text()
+    found = _transcripts(text)
+    assert len(found) >= 3
+    env = {**__import__("os").environ, "PYTHONPATH": str(ROOT)}
+    for block in re.findall(r"^```bash\n(.*?)^```", text, flags=re.S | re.M):
+        for line in block.splitlines():
+            if line.startswith("python ") and "eigs.npy" in line:
+                argv = [sys.executable] + shlex.split(line)[1:]
+                assert subprocess.run(argv, cwd=tmp_path, env=env).returncode == 0
+    for cmd, expected in found:
+        argv = [sys.executable, "-m", "eos_probe.cli"] + shlex.split(cmd)[1:]
+        r = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+        assert r.returncode == 0, r.stderr
+        got = (r.stdout + r.stderr).rstrip("\n")
+        assert got == expected, f"docs/theory.md transcript of `{cmd}` differs:\n{got}"
+
+
+def test_adam_warning_has_one_source():
+    """The ZO-Adam caveat is quoted from the code (COMMUTING_WARNING), not retyped with other numbers."""
+    from eos_probe.theory.stability import COMMUTING_WARNING
+
+    assert f"warning: {COMMUTING_WARNING}" in THEORY.read_text()
+    for page in [*DOCS.rglob("*.md"), ROOT / "README.md"]:
+        assert "over-estimates lr*" not in page.read_text().replace(COMMUTING_WARNING, ""), page
+
+
 # ----------------------------------------------------------------------------------- theory citations
 
 _OBJ = re.compile(r"\[(eos_probe(?:\.\w+)+)\]\[\]|\[[^\]]*\]\[(eos_probe(?:\.\w+)+)\]")
