@@ -215,6 +215,7 @@ def _user_files(root: Path) -> None:
     import numpy as np
 
     shutil.copytree(ROOT / "recipes", root / "recipes")
+    (root / "figures").mkdir()  # a checkout has it: the README's plot command writes figures/quickstart.png
     (root / "path" / "to").mkdir(parents=True)
     (root / "path/__init__.py").write_text("")
     (root / "path/to/__init__.py").write_text("")
