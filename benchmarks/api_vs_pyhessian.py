@@ -1,4 +1,4 @@
-"""The README's "Use it on your own model" comparison: eos_probe's Python API against PyHessian as its users
+"""The PyHessian comparison of docs/validation.md §10: eos_probe's Python API against PyHessian as its users
 call it, both measured against a dense float64 Hessian (torch.func.hessian) of the same model, loss and data.
 
     python benchmarks/api_vs_pyhessian.py            # prints a markdown table
@@ -63,7 +63,7 @@ def main() -> None:
             best = min(best, time.perf_counter() - t0)
         return out, best
 
-    # --- eos-probe, as in the README
+    # --- eos-probe, as in the README and docs/howto/own-model.md
     def ours_lmax(r):
         H = eos_probe.hessian(model, criterion, (x, y))
         return eos_probe.lambda_max(H, seed=r)

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_step.py                       # cnn and vit on the default device
     python benchmarks/bench_step.py --models cnn --device cuda --trainer-steps 200 --json-out gpu.json
-    python benchmarks/bench_step.py --markdown            # rows for the README table
+    python benchmarks/bench_step.py --markdown            # rows for the speed table (docs/validation.md §11)
 
 Every ratio is measured side by side in one process (see `eos_probe.bench`). `--trainer-steps N` also times
 the real trainer (HDF5 files, logging, no probe): one `--lr a,b,c` sweep against the same three runs one
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, help="torch intra-op threads")
     ap.add_argument("--trainer-steps", type=int, default=0, help="also time the trainer's sweep (N steps)")
-    ap.add_argument("--markdown", action="store_true", help="print a README table instead of text tables")
+    ap.add_argument("--markdown", action="store_true", help="print a Markdown table (docs/validation.md §11)")
     ap.add_argument("--json-out", help="write all results to this JSON file")
     args = ap.parse_args(argv)
     if args.threads:

@@ -1,27 +1,40 @@
-"""Generated reference pages of the documentation site (an mkdocs hook, see mkdocs.yml).
+"""Generated reference pages and offline formulas of the documentation site (an mkdocs hook, see mkdocs.yml).
 
-Two pages are generated at build time so that they cannot drift from the code:
+Tables that list what the code registers are generated at build time so that they cannot drift from it:
 
 - ``docs/reference/cli.md``: every command of the click tree (``eos_probe.cli.cli``, walked with click's
   own ``list_commands``/``get_command``, so lazily imported verbs and nested groups such as ``data list``
   are included) with its ``--help`` text exactly as a terminal shows it;
 - ``docs/reference/metrics.md``: every probe metric in the registry (``eos_probe.probe.METRICS``, filled by
   ``@register_metric``) with its description, options and defaults, the datasets it writes, and a link to
-  its section in the theory page.
+  its section in the theory page;
+- the optimizer table of ``docs/reference/cli.md`` (``eos_probe.presets.PRESETS``: source, rule, default step
+  size and momentum of every ``--optimizer``) and its model table (``eos_probe.models.MODELS``: every
+  ``--model`` with its ``--model-arg`` keys and defaults).
 
-Each page holds a marker line (``<!-- generated: cli -->`` / ``<!-- generated: metrics -->``) that the
-hook replaces. The functions are plain Python (click and the package only, no mkdocs), so
-``tests/test_docs.py`` checks their output without the ``docs`` extra installed, and
-``python scripts/docs_hooks.py cli|metrics`` prints a page for a quick look.
+Each page holds a marker line (``<!-- generated: cli -->``, ``<!-- generated: metrics -->``,
+``<!-- generated: presets -->``, ``<!-- generated: models -->``) that the hook replaces. The functions are
+plain Python (click and the package only, no mkdocs), so ``tests/test_docs.py`` checks their output without
+the ``docs`` extra installed, and ``python scripts/docs_hooks.py cli|metrics|presets|models`` prints a page
+for a quick look.
+
+Formulas are rendered at build time: pymdownx.arithmatex (generic mode) marks them, and
+:func:`render_math` replaces each with MathML (latex2mathml, in the ``docs`` extra), which browsers draw
+natively. The built site loads no script, style sheet or font from another host, so it reads the same
+offline (``tests/test_docs.py`` checks the built HTML for external references).
 """
 from __future__ import annotations
 
+import html
+import re
 import sys
 from typing import Any, Iterator
 
 MARKERS = {
     "<!-- generated: cli -->": "cli",
     "<!-- generated: metrics -->": "metrics",
+    "<!-- generated: presets -->": "presets",
+    "<!-- generated: models -->": "models",
 }
 
 #: help text width of the CLI page (click wraps to the terminal otherwise, which would make builds differ)
@@ -129,7 +142,44 @@ def metrics_markdown() -> str:
     return "\n".join(lines)
 
 
-GENERATORS = {"cli": cli_markdown, "metrics": metrics_markdown}
+def presets_markdown() -> str:
+    """The optimizer table, generated from ``eos_probe.presets.PRESETS`` (registration order)."""
+    from eos_probe.presets import PRESETS
+
+    lines = [
+        "| `--optimizer` | gradient | update rule | default `--lr` | default `--momentum` |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, p in PRESETS.items():
+        if p.grouped:
+            source, rule = "per group (`[groups.<name>]`)", "per group"
+        else:
+            source = {"exact": "exact (backprop)", "two_point": "two-point ZO estimate",
+                      "cocd": "coordinate-difference buffer (CoCD)", "rise": "exact, shaped blockwise (RISE)"}.get(p.source, p.source)
+            if p.norm_match:
+                source += ", norm-matched"
+            rule = p.rule + (f" ({p.momentum_style})" if p.momentum_style else "")
+        momentum = f"{p.momentum:g}" if p.momentum else "—"
+        lines.append(f"| `{name}` | {source} | {rule} | {p.lr:g} | {momentum} |")
+    return "\n".join(lines) + "\n"
+
+
+def models_markdown() -> str:
+    """The model table, generated from ``eos_probe.models.MODELS``: keys and defaults of ``--model-arg``."""
+    from eos_probe.models import MODELS
+
+    lines = [
+        "| `--model` | data | what | `--model-arg` keys (defaults) |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, spec in MODELS.items():
+        keys = ", ".join(f"`{k}={v!r}`" for k, v in spec.defaults.items()) or "—"
+        lines.append(f"| `{name}` | {spec.kind} | {spec.description} | {keys} |")
+    return "\n".join(lines) + "\n"
+
+
+GENERATORS = {"cli": cli_markdown, "metrics": metrics_markdown, "presets": presets_markdown,
+              "models": models_markdown}
 
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
@@ -138,6 +188,54 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
         if marker in markdown:
             markdown = markdown.replace(marker, GENERATORS[key]())
     return markdown
+
+
+# ------------------------------------------------------------------------------------------- formulas
+
+#: what pymdownx.arithmatex (``generic: true``) writes: ``\(...\)`` in a span, ``\[...\]`` in a div
+MATH = re.compile(r'<(span|div) class="arithmatex">(.*?)</\1>', re.S)
+_TEXT_ESCAPE = re.compile(r"(\\text\{[^{}]*\})")
+
+#: Unicode double-struck capitals: MathML Core (Chromium) ignores mathvariant="double-struck"
+_DOUBLE_STRUCK = {c: chr(0x1D538 + i) for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZ")}
+_DOUBLE_STRUCK.update({"C": "\u2102", "H": "\u210D", "N": "\u2115", "P": "\u2119", "Q": "\u211A", "R": "\u211D",
+                       "Z": "\u2124"})
+
+
+def tex_to_mathml(tex: str, display: bool = False) -> str:
+    """One formula as a MathML ``<math>`` element (the TeX source kept in ``alttext``)."""
+    from latex2mathml.converter import convert
+
+    source = _TEXT_ESCAPE.sub(lambda m: m.group(1).replace("\\_", "_"), tex)  # \text{a\_b}: a literal _
+    out = convert(source, display="block" if display else "inline")
+    out = re.sub(r'<mi mathvariant="double-struck">([A-Z])</mi>', lambda m: f"<mi>{_DOUBLE_STRUCK[m.group(1)]}</mi>",
+                 out)
+    return out.replace("<math ", f'<math alttext="{html.escape(tex.strip(), quote=True)}" ', 1)
+
+
+def render_math(page_html: str, where: str = "") -> str:
+    """Replace every arithmatex formula of a built page by MathML; a formula that does not convert is an
+    error naming the page, so the strict build fails instead of shipping raw TeX."""
+
+    def one(m: re.Match) -> str:
+        tag, body = m.group(1), html.unescape(m.group(2)).strip()
+        display = tag == "div"
+        opening, closing = (r"\[", r"\]") if display else (r"\(", r"\)")
+        if not (body.startswith(opening) and body.endswith(closing)):
+            raise ValueError(f"{where}: unexpected arithmatex output {body[:80]!r}")
+        tex = body[2:-2]
+        try:
+            mathml = tex_to_mathml(tex, display)
+        except Exception as exc:  # latex2mathml raises plain exceptions on TeX it cannot parse
+            raise ValueError(f"{where}: formula does not convert to MathML ({exc!r}): {tex.strip()[:200]}") from exc
+        return f'<{tag} class="arithmatex">{mathml}</{tag}>'
+
+    return MATH.sub(one, page_html)
+
+
+def on_page_content(html_text: str, page: Any, config: Any, files: Any) -> str:
+    """mkdocs hook: formulas as MathML, rendered here rather than by a script in the reader's browser."""
+    return render_math(html_text, where=getattr(getattr(page, "file", None), "src_path", ""))
 
 
 if __name__ == "__main__":

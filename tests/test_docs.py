@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import click
@@ -142,6 +143,103 @@ def test_every_registered_metric_is_documented():
                 f"section '### {name} {{#{hooks.metric_anchor(name)}}}' saying what it estimates, its estimator "
                 f"and what its error bar means")
     assert not problems, "\n".join(problems)
+
+
+def test_every_optimizer_and_model_is_in_the_generated_tables():
+    """The optimizer and model tables of the CLI reference are generated from the registries (they drifted
+    when the README kept hand-written copies: its default-lr list missed presets)."""
+    from eos_probe.models import MODELS
+    from eos_probe.presets import PRESETS
+
+    hooks = _hooks()
+    cli_page = (DOCS / "reference" / "cli.md").read_text()
+    assert "<!-- generated: presets -->" in cli_page and "<!-- generated: models -->" in cli_page
+    presets = {ln.split("|")[1].strip(): ln for ln in hooks.presets_markdown().splitlines()[2:]}
+    assert list(presets) == [f"`{name}`" for name in PRESETS]
+    for name, p in PRESETS.items():
+        cells = [c.strip() for c in presets[f"`{name}`"].split("|")[1:-1]]
+        assert float(cells[3]) == p.lr, (name, cells[3], p.lr)
+    models = {ln.split("|")[1].strip(): ln for ln in hooks.models_markdown().splitlines()[2:]}
+    assert list(models) == [f"`{name}`" for name in MODELS]
+    for name, spec in MODELS.items():
+        for key, value in spec.defaults.items():
+            assert f"`{key}={value!r}`" in models[f"`{name}`"], (name, key)
+    # and no hand-written copy of either list elsewhere in the docs or the README
+    for page in [*DOCS.rglob("*.md"), ROOT / "README.md"]:
+        text = page.read_text()
+        assert not re.search(r"Default step sizes|gd 0\.05, gdm 0\.005", text), f"{page}: a hand-written lr list"
+
+
+def test_every_probe_metric_is_in_the_train_help():
+    from click.testing import CliRunner
+
+    from eos_probe.commands.train import command
+    from eos_probe.probe import METRICS
+
+    help_text = CliRunner().invoke(command, ["--help"], terminal_width=200).output
+    assert [name for name in METRICS if name not in help_text] == []
+
+
+def test_every_plot_kind_has_a_row_in_the_figure_kinds_table():
+    from eos_probe.commands.plot import command
+
+    kinds = next(p for p in command.params if p.name == "kind").type.choices
+    page = (DOCS / "howto" / "reproduce-figure.md").read_text()
+    table = page[page.index("## Figure kinds"):]
+    missing = [k for k in kinds if not re.search(rf"^\| `{re.escape(k)}` \|", table, flags=re.M)]
+    assert not missing, f"docs/howto/reproduce-figure.md 'Figure kinds' lacks {missing}"
+
+
+def test_example_config_lists_every_key():
+    from eos_probe.config import TrainConfig, _FIELDS, load_toml
+
+    text = (ROOT / "recipes" / "example.toml").read_text()
+    for key in _FIELDS:
+        assert re.search(rf"^#? ?{key} = .*#", text, flags=re.M), f"recipes/example.toml lacks a commented {key}"
+    TrainConfig(**load_toml(ROOT / "recipes" / "example.toml"))
+
+
+# ----------------------------------------------------------------------------------- transcripts
+
+
+def _transcripts(markdown: str) -> list[tuple[str, str]]:
+    """(command, expected output) of every ```console block that starts with `$ eos-probe ...`."""
+    out = []
+    for block in re.findall(r"^```console\n(.*?)^```", markdown, flags=re.S | re.M):
+        first, _, rest = block.partition("\n")
+        if first.startswith("$ eos-probe "):
+            out.append((first[2:], rest.rstrip("\n")))
+    return out
+
+
+def test_bands_transcripts_are_what_the_command_prints(tmp_path):
+    """The worked examples of `eos-probe bands` on the theory page are the command's real output."""
+    import shlex
+
+    text = THEORY.read_text()
+    found = _transcripts(text)
+    assert len(found) >= 3
+    env = {**__import__("os").environ, "PYTHONPATH": str(ROOT)}
+    for block in re.findall(r"^```bash\n(.*?)^```", text, flags=re.S | re.M):
+        for line in block.splitlines():
+            if line.startswith("python ") and "eigs.npy" in line:
+                argv = [sys.executable] + shlex.split(line)[1:]
+                assert subprocess.run(argv, cwd=tmp_path, env=env).returncode == 0
+    for cmd, expected in found:
+        argv = [sys.executable, "-m", "eos_probe.cli"] + shlex.split(cmd)[1:]
+        r = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+        assert r.returncode == 0, r.stderr
+        got = (r.stdout + r.stderr).rstrip("\n")
+        assert got == expected, f"docs/theory.md transcript of `{cmd}` differs:\n{got}"
+
+
+def test_adam_warning_has_one_source():
+    """The ZO-Adam caveat is quoted from the code (COMMUTING_WARNING), not retyped with other numbers."""
+    from eos_probe.theory.stability import COMMUTING_WARNING
+
+    assert f"warning: {COMMUTING_WARNING}" in THEORY.read_text()
+    for page in [*DOCS.rglob("*.md"), ROOT / "README.md"]:
+        assert "over-estimates lr*" not in page.read_text().replace(COMMUTING_WARNING, ""), page
 
 
 # ----------------------------------------------------------------------------------- theory citations
@@ -291,12 +389,83 @@ def test_own_model_howto_runs(one_thread, capsys):
 # ----------------------------------------------------------------------------------- the build
 
 
-@pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("mkdocstrings") is None,
-                    reason="docs extra not installed (pip install -e '.[docs]')")
+_DOCS_EXTRA = pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in ("mkdocs", "mkdocstrings", "latex2mathml")),
+    reason="docs extra not installed (pip install -e '.[docs]')")
+
+
+@_DOCS_EXTRA
+def test_formulas_become_mathml_and_a_bad_one_fails_the_build():
+    hooks = _hooks()
+    page = ('<p>a <span class="arithmatex">\\(\\mathbb E[uu^\\top]=I\\)</span> b</p>'
+            '<div class="arithmatex">\\[ S=\\sum_i\\frac{x_i}{D_i}&lt;1 \\]</div>')
+    out = hooks.render_math(page, "test.md")
+    shown = re.sub(r'alttext="[^"]*"', "", out)  # the TeX source stays only as the formula's alt text
+    assert "\\(" not in shown and "\\[" not in shown and "\\mathbb" not in shown
+    assert out.count("<math ") == 2 and 'display="block"' in out
+    assert "\U0001D53C" in out  # double-struck E as a character: MathML Core ignores mathvariant
+    assert "<mo>&lt;</mo>" in out or "&#x0003C;" in out  # the escaped < of the HTML is the formula's <
+    with pytest.raises(ValueError, match="test.md"):
+        hooks.render_math('<span class="arithmatex">\\(\\frac{1}{\\)</span>', "test.md")
+
+
+class _ExternalRefs(HTMLParser):
+    """Every URL a browser loads by itself: src/href/srcset/data/poster of any tag but the plain hyperlink
+    <a href> (a reader follows it; the page does not load it), and url(...) in inline styles."""
+
+    ATTRS = ("src", "href", "srcset", "data", "poster")
+
+    def __init__(self):
+        super().__init__()
+        self.found: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        for name, value in attrs:
+            if not value or (tag == "a" and name == "href"):
+                continue
+            if (name in self.ATTRS and re.search(r"(^|[\s,])(https?:)?//", value)) or (
+                    name == "style" and re.search(r"url\(\s*['\"]?(https?:)?//", value)):
+                self.found.append(f"<{tag} {name}={value!r}>")
+
+
+def external_references(site: Path) -> list[str]:
+    """External URLs the built site would load by itself (HTML tags and CSS url()/@import)."""
+    problems = []
+    for page in sorted(site.rglob("*.html")):
+        parser = _ExternalRefs()
+        parser.feed(page.read_text())
+        problems += [f"{page.relative_to(site)}: {ref}" for ref in parser.found]
+    for css in sorted(site.rglob("*.css")):
+        for ref in re.findall(r"(?:url\(\s*['\"]?|@import\s+['\"])((?:https?:)?//[^'\")\s]+)", css.read_text()):
+            problems.append(f"{css.relative_to(site)}: {ref}")
+    return problems
+
+
+def test_external_reference_check_catches_what_a_cdn_page_loads(tmp_path):
+    """The checker itself: a page with a CDN script, style sheet and font is flagged, hyperlinks are not."""
+    (tmp_path / "a.html").write_text(
+        '<html><head><script src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js"></script>'
+        '<link rel="stylesheet" href="//fonts.googleapis.com/css?family=Roboto"><script src="js/local.js"></script>'
+        '</head><body><a href="https://www.mkdocs.org/">MkDocs</a><img src="figure.png"></body></html>')
+    (tmp_path / "b.css").write_text("@font-face{src:url(https://example.org/f.woff2)} .x{background:url(img.png)}")
+    found = external_references(tmp_path)
+    assert len(found) == 3 and not any("mkdocs.org" in f or "local.js" in f for f in found), found
+
+
+@_DOCS_EXTRA
 def test_docs_build_strict(tmp_path):
     mkdocs = shutil.which("mkdocs") or f"{sys.executable} -m mkdocs"
     proc = subprocess.run([*mkdocs.split(), "build", "--strict", "--site-dir", str(tmp_path / "site")], cwd=ROOT,
                           capture_output=True, text=True, env={**__import__("os").environ, "NO_MKDOCS_2_WARNING": "1"})
     warnings = [ln for ln in proc.stderr.splitlines() if ln.startswith(("WARNING", "ERROR"))]
     assert proc.returncode == 0 and not warnings, "\n".join(warnings) or proc.stderr[-3000:]
-    assert (tmp_path / "site" / "reference" / "cli.html").exists()
+    site = tmp_path / "site"
+    assert (site / "reference" / "cli.html").exists()
+    # offline: nothing is loaded from another host (the formulas were a CDN MathJax before)
+    external = external_references(site)
+    assert not external, "the built site loads from another host:\n" + "\n".join(external)
+    # every formula arrives as MathML, none as raw TeX
+    theory = (site / "theory.html").read_text()
+    assert theory.count("<math ") >= 200, theory.count("<math ")
+    left = re.findall(r'class="arithmatex">\s*\\[(\[]', theory)
+    assert not left, f"{len(left)} formulas left as TeX in theory.html"
