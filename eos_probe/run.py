@@ -214,6 +214,8 @@ class Run:
         bound)", "band: necessary bound only", "unstable (necessary bound violated)", "indefinite", ...);
         ``evidence`` and ``note``; ``S``, ``S_err``, ``S_neg``, ``S_neg_err``; and the bounds' margins
         ``necessary_margin``, ``sufficient_margin`` (T − Tr and T − (Tr + cλ_max); positive: the bound holds).
+
+        Theory: [docs/theory.md#verdicts][verdicts].
         """
         from .theory.states import classify_row
 

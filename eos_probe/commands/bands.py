@@ -177,8 +177,9 @@ def command(optimizer, lr, momentum, momentum_style, queries, directions, dim, t
             spectrum_file, ignore_negative, as_json) -> None:
     """Print the stability threshold T, both bounds, S(η) and η* for one optimizer and step size.
 
-    Without curvature input only the band is printed; with --trace/--lambda-max the bounds decide
-    (stable / band / unstable); with --spectrum the exact S(η) decides.
+    Without curvature input only the band is printed; with --trace/--lambda-max the bounds decide, in their own
+    words (stable (sufficient bound) / band: necessary bound only / unstable (necessary bound violated), or
+    indefinite when Tr < λ_max); with --spectrum the exact S(η) decides.
     """
     spectrum = load_spectrum(spectrum_file) if spectrum_file is not None else None
     out = compute(optimizer, lr, momentum, momentum_style, queries, directions, dim, trace, lambda_max,

@@ -1,4 +1,4 @@
-"""`eos-probe inspect`: a summary of a run file (config, progress, last metrics, band verdict)."""
+"""`eos-probe inspect`: a summary of a run file (config, progress, last metrics, stability verdict)."""
 from __future__ import annotations
 
 import json
@@ -138,7 +138,10 @@ def render(s: dict[str, Any]) -> str:
 @click.argument("run", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def command(run: str, as_json: bool) -> None:
-    """Summarise RUN.h5: config, steps done, last metrics, band verdict, divergence reason."""
+    """Summarise RUN.h5: config, steps done, last metrics, stability verdict, divergence reason.
+
+    The verdict rests on S(η) ± s.e. where the probe measured it (ms_margin), else on the Tr/λ_max bounds,
+    and says which (docs/theory.md §2, "One verdict per probe")."""
     from ..run import Run
 
     s = summary(Run.from_file(run))

@@ -47,16 +47,16 @@ def _notes(runs: Sequence[Run]) -> list[str]:
 
 
 def _verdict_notes(runs: Sequence[Run]) -> list[str]:
-    """What each verdict shown does not say (the notes of `Run.verdicts`), once per wording."""
-    seen: dict[str, str] = {}
+    """What the verdicts shown do not say (the notes of `Run.verdicts`), once each."""
+    seen: dict[tuple[str, str], None] = {}
     for r in _by_lr(runs):
         if not len(r.probe):
             continue
         v = r.verdicts()
         for label, note in zip(v["verdict"], v["note"]):
             if label and note:
-                seen.setdefault(f"{label}: {note}", "")
-    return [f"Verdict {pretty(k)}." for k in seen]
+                seen.setdefault((label, note), None)
+    return [f"Verdict {pretty(label)}: {pretty(note)}." for label, note in seen]
 
 
 def _footnote(fig, notes: list[str], width: int = 150) -> None:

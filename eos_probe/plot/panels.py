@@ -146,7 +146,7 @@ def draw_lambda(ax, runs: Sequence[Run], *, colors: dict[str, str] | None = None
     _require(runs, "lambda", lambda r: r.curvature()["lambda_max"].notna().any(),
              "precond_lambda_max" if any(r.preconditioned for r in runs) else "lambda_max")
     colors = colors or run_colors(runs)
-    handles, plotted, thresholds, quantities = [], [], [], set()
+    handles, plotted, thresholds, quantities, marks = [], [], [], set(), []
     any_zo = False
     for r in runs:
         col = colors[_key(r)]
@@ -154,9 +154,11 @@ def draw_lambda(ax, runs: Sequence[Run], *, colors: dict[str, str] | None = None
         fo = band_for({**r.config, "optimizer": preset(r.optimizer).fo_twin}, r.attrs.get("n_params"))
         s = cur["step"].to_numpy()
         y, e = cur["lambda_max"].to_numpy(), cur["lambda_max_err"].to_numpy()
-        ax.plot(s, y, color=col, marker="o", ms=2.5)
+        ax.plot(s, y, color=col, marker="o" if r.band().kind != "classical" else None, ms=2.5)
         _shade(ax, s, y, e, col)
         ax.axhline(fo.threshold, color=col, ls="--", lw=1.0)
+        if r.band().kind == "classical":  # λ_max/T is a first-order run's verdict: mark it here
+            marks.append((r, y, col))
         plotted += [y, _lower(y, e)]
         thresholds.append(fo.threshold)
         quantities.add(fo.quantity)
@@ -168,11 +170,14 @@ def draw_lambda(ax, runs: Sequence[Run], *, colors: dict[str, str] | None = None
             thresholds.append(zo.lambda_max_limit)
             label += f"; ZO per-mode limit {zo.lambda_max_limit:.4g}"
             any_zo = True
-        handles.append(Line2D([], [], color=col, marker="o", ms=3, label=label + ")" + _diverged_note(r)))
+        verdict = _last_verdict(r) if zo.kind == "classical" else ""
+        handles.append(Line2D([], [], color=col, label=label + ")" + verdict + _diverged_note(r)))
         _mark_divergence(ax, r, col)
     q = " / ".join(sorted(_tex_quantity(x) for x in quantities))
     log = _log_if_wide(ax, plotted + [np.array(thresholds)], ratio=8.0)
     _clip_y(ax, plotted, thresholds, log)
+    for r, y, col in marks:
+        _verdict_marks(ax, r, y, col)
     ax.set_xlabel("step (updates)")
     ax.set_ylabel(q)
     _integer_steps(ax)
@@ -180,6 +185,7 @@ def draw_lambda(ax, runs: Sequence[Run], *, colors: dict[str, str] | None = None
               Line2D([], [], color="0.3", ls="--", label="first-order threshold")]
     if any_zo:
         styles.append(Line2D([], [], color="0.3", ls=":", lw=1.2, label="ZO per-mode limit (mean square)"))
+    styles += _verdict_handles([r for r, _, _ in marks])
     _legend(ax, legend, handles, styles)
     ax.set_title("sharpness vs the classical edge of stability" if not any_zo
                  else "sharpness vs the first-order edge and the ZO per-mode limit")

@@ -1,4 +1,4 @@
-"""One stability verdict per measurement: :func:`classify` (docs/theory.md, "One verdict per probe").
+"""One stability verdict per measurement: :func:`classify` (docs/theory.md §2, "One verdict per probe").
 
 `classify` is the single place that turns what was measured at one probe (S(η) ± s.e. from the probe metric
 ``ms_margin``, its negative-curvature mass, Tr and λ_max) into a state and the evidence it rests on.
@@ -25,6 +25,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from ..presets import PRESETS
 from .stability import Band
 
 #: |S − 1| within this many standard errors: at the edge
@@ -53,6 +54,8 @@ SUFFICIENT_NOTE = ("the bounds assume H has no negative eigenvalue; the exact te
 BAND_NOTE = ("Tr < T is necessary only: Tr and lambda_max alone cannot decide here; S(lr) (probe ms_margin) "
              "does")
 WIDE_NOTE = "wide error bar: more ms_margin probes (n_probes, n_steps) narrow it"
+STAND_IN_NOTE = ("the classical GD line lambda_max < 2/lr stands in: this optimizer has no single spectral band "
+                 "(see the band's warning)")
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,8 @@ def is_indefinite(*, s: float = math.nan, s_neg: float = math.nan, s_neg_err: fl
     2 s.e. above 0 and S_neg ≥ ½·S. Since S ≥ Σ_{λ>0}λ/T, S_neg/S is a lower bound on Tr₋/Tr₊: the test
     errs towards not calling a Hessian indefinite. Without it: Tr + 2 s.e. < λ_max, which only negative
     eigenvalues outweighing every positive one but the top can cause.
+
+    Theory: [docs/theory.md#verdicts][verdicts].
     """
     s, s_neg, s_neg_err = _num(s), _num(s_neg), _num(s_neg_err)
     if math.isfinite(s_neg):
@@ -154,6 +159,8 @@ def classify(band: Band, *, s: float | None = None, s_err: float | None = None, 
 
     Returns:
         A :class:`StabilityVerdict`; state ``""`` when nothing usable was measured.
+
+    Theory: [docs/theory.md#verdicts][verdicts].
     """
     s, s_err, s_neg, s_neg_err = _num(s), _num(s_err), _num(s_neg), _num(s_neg_err)
     trace, trace_err, lambda_max, lambda_max_err = _num(trace), _num(trace_err), _num(lambda_max), _num(lambda_max_err)
@@ -167,8 +174,7 @@ def classify(band: Band, *, s: float | None = None, s_err: float | None = None, 
         s = lambda_max / T
         s_err = (lambda_max_err if math.isfinite(lambda_max_err) else 0.0) / T
     if not math.isnan(s):
-        return _from_s(band, s, 0.0 if not math.isfinite(s_err) else s_err, classical, trace, trace_err,
-                       lambda_max, common)
+        return _from_s(band, s, 0.0 if not math.isfinite(s_err) else s_err, lambda_max, common)
     if classical or not (math.isfinite(trace) and math.isfinite(lambda_max)):
         return StabilityVerdict("", "", "", "", **common)
     q, lq = band.quantity, band.lambda_max_quantity
@@ -182,18 +188,25 @@ def classify(band: Band, *, s: float | None = None, s_err: float | None = None, 
         return StabilityVerdict("indefinite", "bounds", LABELS["indefinite", "bounds"], ev, INDEFINITE_NOTE,
                                 **common)
     upper = f"{q} + c*{lq} = {_g(trace + band.c * lambda_max, 4)}"
+    # a trace below λ_max that is not significantly so: not called indefinite, but said
+    hint = (f"; {q} = {_pm(trace, trace_err, 4)} < {lq} = {_g(lambda_max, 4)}, a sign of negative "
+            "eigenvalues (within 2 s.e.)" if trace < lambda_max else "")
     if suf > 0:
-        ev = f"{upper} < T = {_g(T, 4)} (c = {band.c:.3g})"
+        ev = f"{upper} < T = {_g(T, 4)} (c = {band.c:.3g}){hint}"
         return StabilityVerdict("stable", "bounds", LABELS["stable", "bounds"], ev, SUFFICIENT_NOTE, **common)
-    ev = f"{q} = {_pm(trace, trace_err, 4)} < T = {_g(T, 4)}, but {upper} >= T"
+    ev = f"{q} = {_pm(trace, trace_err, 4)} < T = {_g(T, 4)}, but {upper} >= T{hint}"
     return StabilityVerdict("band", "bounds", LABELS["band", "bounds"], ev, BAND_NOTE, **common)
 
 
-def _from_s(band: Band, s: float, err: float, classical: bool, trace: float, trace_err: float,
-            lambda_max: float, common: dict) -> StabilityVerdict:
+def _from_s(band: Band, s: float, err: float, lambda_max: float, common: dict) -> StabilityVerdict:
+    classical = band.kind == "classical"
     basis = "lambda_max" if classical else "S"
     name = f"{band.quantity}/T" if classical else "S"
-    wide = WIDE_NOTE if err > WIDE_SE and not classical else ""
+    p = PRESETS.get(band.optimizer)
+    if classical and p is not None and not p.has_band:
+        note = STAND_IN_NOTE
+    else:
+        note = WIDE_NOTE if err > WIDE_SE and not classical else ""
     kw = dict(s=s, s_err=err, **common)
     if math.isinf(s):
         limit = _g(band.lambda_max_limit, 4)
@@ -201,19 +214,19 @@ def _from_s(band: Band, s: float, err: float, classical: bool, trace: float, tra
               if lambda_max >= band.lambda_max_limit else
               f"{name} = inf: some mode is unstable on its own (beyond the per-mode limit {limit}, or of negative "
               "curvature counted as unstable)")
-        return StabilityVerdict("unstable", basis, LABELS["unstable", basis], ev, **kw)
+        return StabilityVerdict("unstable", basis, LABELS["unstable", basis], ev, note, **kw)
     measured = f"{name} = {_pm(s, err)}"
     if s - EDGE_SE * err > 1.0:
         side = "above 1" if not err else "more than 2 s.e. above 1"
-        return StabilityVerdict("unstable", basis, LABELS["unstable", basis], f"{measured}, {side}", wide, **kw)
+        return StabilityVerdict("unstable", basis, LABELS["unstable", basis], f"{measured}, {side}", note, **kw)
     if not classical and is_indefinite(s=s, s_neg=common["s_neg"], s_neg_err=common["s_neg_err"]):
-        ev = f"S_neg = {_pm(common['s_neg'], common['s_neg_err'])} of negative curvature beside {measured}"
+        ev = f"S_neg = {_pm(common['s_neg'], common['s_neg_err'])} >= S/2, {measured}"
         return StabilityVerdict("indefinite", basis, LABELS["indefinite", basis], ev, INDEFINITE_NOTE, **kw)
     if abs(s - 1.0) <= EDGE_SE * err:
         side = "= 1" if not err else "within 2 s.e. of 1"
-        return StabilityVerdict("edge", basis, LABELS["edge", basis], f"{measured}, {side}", wide, **kw)
+        return StabilityVerdict("edge", basis, LABELS["edge", basis], f"{measured}, {side}", note, **kw)
     side = "below 1" if not err else "more than 2 s.e. below 1"
-    return StabilityVerdict("stable", basis, LABELS["stable", basis], f"{measured}, {side}", wide, **kw)
+    return StabilityVerdict("stable", basis, LABELS["stable", basis], f"{measured}, {side}", note, **kw)
 
 
 def classify_row(band: Band, row: Any, prefix: str = "") -> StabilityVerdict:
