@@ -49,8 +49,7 @@ LABELS = {
 INDEFINITE_NOTE = ("indefinite Hessian: Tr(H) nets out the negative eigenvalues, so here the band can still "
                    "prove instability (Tr >= T) but never stability, and S covers only the positive-curvature "
                    "modes (on the quadratic model the negative ones escape at every step size)")
-SUFFICIENT_NOTE = ("the bounds assume H has no negative eigenvalue; the exact test is S(lr) "
-                   "(probe ms_margin)")
+SUFFICIENT_NOTE = "the bounds assume no negative eigenvalue; the exact test is S(lr) (probe ms_margin)"
 BAND_NOTE = ("Tr < T is necessary only: Tr and lambda_max alone cannot decide here; S(lr) (probe ms_margin) "
              "does")
 WIDE_NOTE = "wide error bar: more ms_margin probes (n_probes, n_steps) narrow it"
@@ -103,7 +102,11 @@ def _num(x: Any) -> float:
 
 
 def _g(x: float, digits: int = 3) -> str:
-    return "inf" if math.isinf(x) else f"{x:.{digits}g}"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    if 1e3 <= abs(x) < 1e7:  # thresholds and traces in the thousands: whole numbers, not 2e+04
+        return f"{x:.0f}"
+    return f"{x:.{digits}g}"
 
 
 def _pm(x: float, e: float, digits: int = 3) -> str:
