@@ -204,6 +204,9 @@ def test_inspect_api_and_figures_agree_at_every_probe(real_runs, name, capsys) -
                        lambda_max_err=row.get(prefix + "lambda_max_err"))
         assert (got.state, got.verdict, got.evidence) == (vrow["state"], vrow["verdict"], vrow["evidence"])
     last = v.iloc[-1]
+    one = run.verdict()
+    assert (one.state, one.verdict, one.evidence, one.note) == (last["state"], last["verdict"], last["evidence"],
+                                                                last["note"])
     # inspect: the summary, its text and the JSON of the command line
     s = summary(run)
     assert (s["verdict"]["step"], s["verdict"]["verdict"], s["verdict"]["state"], s["verdict"]["evidence"]) == (
