@@ -97,16 +97,21 @@ class Loss:
         """ℓ(f_t) for every loss term of one chunk, masked terms included (their value is meaningless)."""
         raise NotImplementedError  # pragma: no cover - abstract
 
+    def loss_sum(self, out: Tensor, y: Tensor) -> Tensor:
+        """Σ loss terms of one chunk (the first half of `chunk_sum`, without the accuracy's argmax)."""
+        per = self.per_term(out, y)
+        mask = self.mask(y)
+        return (per * mask.to(out.dtype)).sum() if mask is not None else per.sum()
+
     def chunk_sum(self, out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """(Σ loss terms, Σ correct predictions) of one chunk of outputs (NaN correct for regression)."""
         per = self.per_term(out, y)
-        correct = (out.argmax(-1) == self._target(y)).to(out.dtype)
         mask = self.mask(y)
-        if mask is not None:
-            mask = mask.to(out.dtype)
-            per = per * mask
-            correct = correct * mask
-        return per.sum(), correct.sum()
+        if mask is None:  # a count of exact 0/1 values: converting the scalar, not the vector, is the same number
+            return per.sum(), (out.argmax(-1) == self._target(y)).sum().to(out.dtype)
+        correct = (out.argmax(-1) == self._target(y)).to(out.dtype)
+        mask = mask.to(out.dtype)
+        return (per * mask).sum(), (correct * mask).sum()
 
     def gauss_newton(self, out: Tensor, v: Tensor, y: Tensor) -> Tensor:
         """Bᵀ v per loss term, with A = ∇²_f ℓ = B Bᵀ taken at the outputs ``out`` (held fixed), masked terms zeroed.
@@ -139,8 +144,21 @@ class MSELoss(Loss):
     name = "mse"
 
     def per_term(self, out: Tensor, y: Tensor) -> Tensor:
-        onehot = torch.nn.functional.one_hot(self._target(y), self.num_classes).to(out.dtype)
-        return 0.5 * ((out - onehot) ** 2).sum(-1)
+        return 0.5 * ((out - self._onehot(y, out.dtype)) ** 2).sum(-1)
+
+    def _onehot(self, y: Tensor, dtype: torch.dtype) -> Tensor:
+        """The one-hot targets of `y`, made once per target tensor (the training set's chunks are evaluated
+        thousands of times; a tiny model spent a tenth of its step re-encoding them)."""
+        key = (y.data_ptr(), y._version, tuple(y.shape), y.device, dtype)
+        cache = self.__dict__.setdefault("_onehot_cache", {})
+        hit = cache.get(key)
+        if hit is None:
+            with torch.inference_mode(False):  # a normal tensor, usable under autograd later
+                hit = torch.nn.functional.one_hot(self._target(y), self.num_classes).to(dtype)
+            if len(cache) > 64:
+                cache.clear()
+            cache[key] = hit
+        return hit
 
     def _whiten(self, out: Tensor, v: Tensor) -> Tensor:
         return v
@@ -330,9 +348,11 @@ class CustomLoss(Loss):
     def convention(self) -> str:
         return f"user loss {describe(self.fn)}, mean over examples"
 
+    def loss_sum(self, out: Tensor, y: Tensor) -> Tensor:
+        return self.fn(out, y) * self.n_terms(y)
+
     def chunk_sum(self, out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        s = self.fn(out, y) * self.n_terms(y)
-        return s, self._correct(out, y)
+        return self.loss_sum(out, y), self._correct(out, y)
 
     def criterion(self) -> Callable[[Tensor, Tensor], Tensor]:
         return self.fn

@@ -10,6 +10,7 @@ callable), averaged over loss terms; its convention text is recorded in every ru
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -75,10 +76,13 @@ class ParamSpace:
     def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
         """Views of the last dimension of θ, one per parameter (no copy)."""
         lead = theta.shape[:-1]
-        return {
-            name: theta[..., o : o + math.prod(s)].view(*lead, *s)
-            for name, s, o in zip(self.names, self.shapes, self.offsets)
-        }
+        parts = theta.split_with_sizes(self.sizes, dim=-1)
+        return {name: t.view(*lead, *s) for name, s, t in zip(self.names, self.shapes, parts)}
+
+    @functools.cached_property
+    def sizes(self) -> list[int]:
+        """Number of entries of each parameter, in order."""
+        return [math.prod(s) for s in self.shapes]
 
     def flatten(self, params: dict[str, Tensor]) -> Tensor:
         return torch.cat([params[n].reshape(-1) for n in self.names])
@@ -132,6 +136,41 @@ class Objective:
     def dim(self) -> int:
         return self.space.dim
 
+    def _call(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        """model(x) with its parameters replaced by `params` for the call.
+
+        What `torch.func.functional_call` does for plain parameters — put each tensor in its module's
+        `_parameters` slot, call, put the originals back — with the slots resolved once: the generic path
+        re-walks the module tree on every call, which cost a tiny model as much as its forward. Models with
+        tied weights or parametrizations take the generic path."""
+        slots = self._slots
+        if slots is None:
+            return functional_call(self.model, params, (x,), tie_weights=self.space.tied)
+        olds = [m._parameters[a] for m, a in slots]
+        try:
+            for (m, a), t in zip(slots, params.values()):
+                m._parameters[a] = t
+            return self.model(x)
+        finally:
+            for (m, a), t in zip(slots, olds):
+                m._parameters[a] = t
+
+    @property
+    def _slots(self) -> list[tuple[torch.nn.Module, str]] | None:
+        """(module, attribute) of each parameter in `space.names` order, or None where the fast path of `_call`
+        does not apply (tied weights, parametrizations)."""
+        if self._slot_cache is None:
+            ok = not self.space.tied and not any(hasattr(m, "parametrizations") for m in self.model.modules())
+            slots = []
+            for name in self.space.names:
+                path, _, attr = name.rpartition(".")
+                mod = self.model.get_submodule(path) if path else self.model
+                slots.append((mod, attr))
+            self._slot_cache = slots if ok else []
+        return self._slot_cache or None
+
+    _slot_cache: list | None = None
+
     def initial_theta(self) -> Tensor:
         """The model's current parameters as a fresh flat vector (the model itself is never mutated)."""
         with torch.no_grad():
@@ -152,7 +191,7 @@ class Objective:
 
     def _output(self, params: dict[str, Tensor], x: Tensor, masked: bool = True, mask: Tensor | None = None) -> Tensor:
         """The model's outputs with `params` (masked outputs filled as in `set_data`)."""
-        out = functional_call(self.model, params, (x,), tie_weights=self.space.tied)
+        out = self._call(params, x)
         mask = self.output_mask if masked and mask is None else mask
         if mask is not None:
             out = out.masked_fill(~mask, float("-inf") if self.loss_name == "ce" else 0.0)
@@ -165,7 +204,7 @@ class Objective:
     def _loss_single(self, theta: Tensor) -> Tensor:
         total = None
         for x, y in self.chunks:
-            s, _ = self._chunk_sum(theta, x, y)
+            s = self.loss_spec.loss_sum(self._forward(theta, x), y)
             total = s if total is None else total + s
         return total / self.n_terms
 

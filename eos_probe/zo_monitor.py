@@ -33,7 +33,6 @@ which takes no ZO step, and forward differences, which have no symmetric pair) h
 from __future__ import annotations
 
 import math
-from collections import deque
 
 from typing import TYPE_CHECKING
 
@@ -52,7 +51,7 @@ ICI_WIDTH = 2.0
 NOISE_SPAN = 64
 #: significance (in standard errors of a variance estimate) above which residual variance beyond the noise
 #: counts as wander of the true trace and widens the error bar
-EXCESS = 1.0
+EXCESS = 3.0
 #: χ² of a window's four residual quarter-means above which the line does not fit it (99.9 % of χ²₂)
 LACK_OF_FIT = 13.8
 
@@ -152,6 +151,27 @@ def local_estimate(x: np.ndarray, y: np.ndarray, largest: int = DEFAULT_WINDOW) 
     return est, se, n
 
 
+class _Series:
+    """The last `cap` (step, sample) pairs of one copy, in two numpy arrays (appended in place, slid when full)."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap, self.n = cap, 0
+        self.x = np.empty(2 * cap)
+        self.y = np.empty(2 * cap)
+
+    def append(self, step: int, value: float) -> None:
+        if self.n == len(self.x):  # slide the newest `cap` to the front: amortised O(1) per append
+            self.x[: self.cap] = self.x[self.n - self.cap: self.n]
+            self.y[: self.cap] = self.y[self.n - self.cap: self.n]
+            self.n = self.cap
+        self.x[self.n], self.y[self.n] = step, value
+        self.n += 1
+
+    def view(self) -> tuple[np.ndarray, np.ndarray]:
+        lo = max(0, self.n - self.cap)
+        return self.x[lo: self.n], self.y[lo: self.n]
+
+
 class ZOTraceMonitor:
     """Tracks Tr H from the per-step `zo_trace` samples, one series per copy (module docstring).
 
@@ -163,40 +183,37 @@ class ZOTraceMonitor:
 
     def __init__(self, window: int = DEFAULT_WINDOW) -> None:
         self.window = int(window)
-        self._samples: dict[int, deque] = {}
+        self._samples: dict[int, _Series] = {}
 
-    def _series(self, copy: int) -> deque:
-        return self._samples.setdefault(copy, deque(maxlen=max(self.window, NOISE_SPAN)))
+    def _series(self, copy: int) -> _Series:
+        if copy not in self._samples:
+            self._samples[copy] = _Series(max(self.window, NOISE_SPAN + 1))
+        return self._samples[copy]
 
     def restore(self, copy: int, steps: np.ndarray, raw: np.ndarray) -> None:
         """Refill a copy's series from the steps and raw samples already in its file (a resumed run)."""
+        self._samples.pop(copy, None)
         d = self._series(copy)
-        d.clear()
-        for s, x in zip(np.asarray(steps), np.asarray(raw, dtype=np.float64)):
+        for st, x in zip(np.asarray(steps), np.asarray(raw, dtype=np.float64)):
             if math.isfinite(x):
-                d.append((int(s), float(x)))
-
-    def last_samples(self, copy: int, n: int) -> np.ndarray:
-        """The copy's last `n` finite samples (oldest first)."""
-        d = self._samples.get(copy, ())
-        return np.array([v for _, v in list(d)[-n:]], dtype=np.float64)
+                d.append(int(st), float(x))
 
     def noise_sd(self, copy: int) -> float:
         """One sample's noise standard deviation for a copy, from successive differences of the samples before
         the latest (so an outlier does not widen its own yardstick); NaN before 4 samples."""
-        d = self._samples.get(copy, ())
-        return math.sqrt(noise_variance(np.array([v for _, v in d][:-1], dtype=np.float64)))
+        if copy not in self._samples:
+            return math.nan
+        return math.sqrt(noise_variance(self._samples[copy].view()[1][:-1]))
 
     def update(self, copy: int, sample: float, step: int) -> dict[str, float]:
         """Add a copy's sample taken at `step` (NaN = none this step) and return its row:
         zo_trace, zo_trace_err, zo_trace_raw, zo_trace_n."""
         d = self._series(copy)
         if math.isfinite(sample):
-            d.append((int(step), float(sample)))
-        if not d:
+            d.append(int(step), float(sample))
+        if not d.n:
             return {"zo_trace": math.nan, "zo_trace_err": math.nan, "zo_trace_raw": float(sample),
                     "zo_trace_n": 0.0}
-        x = np.fromiter((s for s, _ in d), dtype=np.float64, count=len(d))
-        y = np.fromiter((v for _, v in d), dtype=np.float64, count=len(d))
+        x, y = d.view()
         est, se, n = local_estimate(x, y, self.window)
         return {"zo_trace": est, "zo_trace_err": se, "zo_trace_raw": float(sample), "zo_trace_n": float(n)}
