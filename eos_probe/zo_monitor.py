@@ -41,8 +41,8 @@ import numpy as np
 if TYPE_CHECKING:
     from torch import Tensor
 
-#: default largest window, in logged samples (128 samples = 1,280 steps at the ZO default log_every 10)
-DEFAULT_WINDOW = 128
+#: default largest window, in logged samples (96 samples = 960 steps at the ZO default log_every 10)
+DEFAULT_WINDOW = 96
 #: candidate window lengths (samples), each 1.5× the last, up to the largest window
 MIN_WINDOW = 8
 #: half-width of each window's interval in the ICI rule, in standard errors
@@ -51,7 +51,7 @@ ICI_WIDTH = 2.0
 NOISE_SPAN = 64
 #: significance (in standard errors of a variance estimate) above which residual variance beyond the noise
 #: counts as wander of the true trace and widens the error bar
-EXCESS = 3.0
+EXCESS = 2.0
 #: χ² of a window's four residual quarter-means above which the line does not fit it (99.9 % of χ²₂)
 LACK_OF_FIT = 13.8
 
@@ -118,7 +118,6 @@ def local_estimate(x: np.ndarray, y: np.ndarray, largest: int = DEFAULT_WINDOW) 
     xr, yr = (x[-m:] - x[-1])[::-1], y[-m:][::-1]
     c1 = np.arange(1, m + 1, dtype=np.float64)
     cx, cy, cxx, cxy = np.cumsum(xr), np.cumsum(yr), np.cumsum(xr * xr), np.cumsum(xr * yr)
-    cyy = np.cumsum(yr * yr)
 
     def sums(lo: int, hi: int) -> tuple[float, float]:  # Σx, Σy over reversed positions [lo, hi)
         return (cx[hi - 1] - (cx[lo - 1] if lo else 0.0), cy[hi - 1] - (cy[lo - 1] if lo else 0.0))
@@ -141,12 +140,14 @@ def local_estimate(x: np.ndarray, y: np.ndarray, largest: int = DEFAULT_WINDOW) 
             chi2 += (sy - (b - a) * est - slope * sx) ** 2 / ((b - a) * var)
         if best is not None and (lo > hi or chi2 > LACK_OF_FIT):
             break
-        best = (float(est), se, n, cyy[k] - n * ym * ym - slope * slope * sxx)
-    est, se, n, rss = best
+        best = (float(est), se, n, slope)
+    est, se, n, slope = best
     if n > 2 and EXCESS:
-        # the true trace's own wander about the fitted line (residual variance beyond the sample noise, when
-        # significant): what an instantaneous measurement may differ by, which the line's s.e. does not hold
-        excess = rss / (n - 2) - var * (1.0 + EXCESS * math.sqrt(2.0 / n))
+        # the true trace's own wander about the fitted line: residual variance beyond the sample noise, when
+        # significant against the residuals' own spread (their squares' standard error, which heavy tails of
+        # uᵀHu widen); it is what an instantaneous measurement may differ by, and the line's s.e. omits it
+        r2 = (y[-n:] - est - slope * (x[-n:] - x[-1])) ** 2
+        excess = r2.sum() / (n - 2) - var - EXCESS * r2.std() / math.sqrt(n)
         se = math.sqrt(se * se + max(0.0, excess))
     return est, se, n
 

@@ -65,7 +65,7 @@ def _footnote(fig, notes: list[str], width: int = 150) -> None:
     if not notes:
         return
     text = "\n".join(textwrap.fill(n, width, subsequent_indent="    ") for n in notes)
-    fig.text(0.0, 0.0, text, ha="left", va="top", fontsize=6.5, color="0.25", transform=fig.transFigure)
+    fig.text(0.0, 0.0, text, ha="left", va="top", fontsize=8, color="0.25", transform=fig.transFigure)
 
 
 def _default_out(runs: Sequence[Run], kind: str, fmt: str = ".png") -> Path:

@@ -81,20 +81,7 @@ def draw_bands(ax, runs: Sequence[Run], normalize: bool = False, *, colors: dict
         handles.append(Line2D([], [], color=col, label=_band_label(r, b)))
         _mark_divergence(ax, r, col)
     q = " / ".join(sorted(_tex_quantity(x) for x in quantities))
-    lam = " / ".join(sorted({_tex_quantity(b.lambda_max_quantity) for b in (r.band() for r in runs)
-                             if b.kind != "classical"})) or r"$\lambda_{\max}$"
-    cs = {round(r.band().c, 6) for r in runs if r.band().kind != "classical"}
-    style = [Line2D([], [], color="0.3", label=q + (" (±1 s.e.)" if not classical_only else ""))]
-    if not classical_only:
-        c_text = f"c={next(iter(cs)):.3g}" if len(cs) == 1 else "c per run"
-        style.append(Line2D([], [], color="0.3", ls="-.", label=f"{q} + c·{lam}  ({c_text})"))
-    if zo_drawn:
-        style.append(Line2D([], [], color="0.3", lw=0.7, alpha=0.6,
-                            label=r"Tr(H) from the ZO steps (zo_trace ± s.e., free monitor)"))
-    style.append(Line2D([], [], color="0.3", ls="--", label="threshold T" + (" (= 1)" if normalize else "")))
-    if any(r.status == "diverged" for r in runs):
-        style.append(Line2D([], [], color="0.3", ls=":", lw=0.9, label="run diverged"))
-    style += _verdict_handles(runs)
+    style = _bands_style(runs, q, classical_only, zo_drawn, normalize)
     ax.set_xlabel("step (updates)")
     ax.set_ylabel(f"{q} / T" if normalize else (q if len(quantities) == 1 else "curvature"))
     # linear axes show the approach to T best; an η sweep spans several T's, and curvature far below T
@@ -112,6 +99,26 @@ def draw_bands(ax, runs: Sequence[Run], normalize: bool = False, *, colors: dict
     _legend(ax, legend, handles, style)
     ax.set_title("measured curvature vs mean-square stability band" if not classical_only
                  else "measured curvature vs classical stability threshold")
+
+
+def _bands_style(runs: Sequence[Run], q: str, classical_only: bool, zo_drawn: bool, normalize: bool) -> list:
+    """The legend's style entries of `draw_bands` (line kinds, then the verdict markers)."""
+    from matplotlib.lines import Line2D
+
+    lam = " / ".join(sorted({_tex_quantity(b.lambda_max_quantity) for b in (r.band() for r in runs)
+                             if b.kind != "classical"})) or r"$\lambda_{\max}$"
+    cs = {round(r.band().c, 6) for r in runs if r.band().kind != "classical"}
+    style = [Line2D([], [], color="0.3", label=q + (" (±1 s.e.)" if not classical_only else ""))]
+    if not classical_only:
+        c_text = f"c={next(iter(cs)):.3g}" if len(cs) == 1 else "c per run"
+        style.append(Line2D([], [], color="0.3", ls="-.", label=f"{q} + c·{lam}  ({c_text})"))
+    if zo_drawn:
+        style.append(Line2D([], [], color="0.3", lw=0.7, alpha=0.6,
+                            label=r"Tr(H) from the ZO steps (zo_trace ± s.e., free monitor)"))
+    style.append(Line2D([], [], color="0.3", ls="--", label="threshold T" + (" (= 1)" if normalize else "")))
+    if any(r.status == "diverged" for r in runs):
+        style.append(Line2D([], [], color="0.3", ls=":", lw=0.9, label="run diverged"))
+    return style + _verdict_handles(runs)
 
 
 def _cat(arrays: list[np.ndarray]) -> np.ndarray:
@@ -271,7 +278,7 @@ def draw_margin(ax, runs: Sequence[Run], *, colors: dict[str, str] | None = None
     k = int(np.sum(np.isposinf(_cat(infinite))))
     if k:
         ax.text(0.01, 0.98, f"S = inf at {k} probe{'s' if k > 1 else ''}: marked at the top", transform=ax.transAxes,
-                fontsize=6.5, color="0.25", ha="left", va="top", gid="inf-note", in_layout=False)
+                fontsize=8, color="0.25", ha="left", va="top", gid="inf-note", in_layout=False)
     for r, y, col in marks:
         _verdict_marks(ax, r, y, col)
     _integer_steps(ax)

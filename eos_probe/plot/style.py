@@ -223,7 +223,7 @@ def _negative_note(ax, items: list[tuple[str, np.ndarray, str]], scale: bool | s
     if not parts:
         return False
     # outside the layout: a narrow (paper) panel must not shrink to make room for it
-    ax.text(0.01, 0.02, f"{'; '.join(parts)}\n(indefinite H): {how}", transform=ax.transAxes, fontsize=6.5,
+    ax.text(0.01, 0.02, f"{'; '.join(parts)}\n(indefinite H): {how}", transform=ax.transAxes, fontsize=8,
             color="0.25", ha="left", va="bottom", gid="negative-note", in_layout=False)
     return True
 
