@@ -60,6 +60,9 @@ class Run:
     _probe_attrs: dict[str, Any] = field(default_factory=dict, repr=False)
     _series_attrs: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
     _tasks: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: the tracking rows between certified probes (`--probe-every auto`: warm λ_max, the monitor's trace and the
+    #: bracket [s_lo, s_hi] on S(η); `eos_probe.probe.track`), None for fixed schedules
+    track: pd.DataFrame | None = None
 
     # ------------------------------------------------------------------ description
     @property
@@ -268,11 +271,12 @@ class Run:
             bands = {k: _decode(v) for k, v in f["bands"].attrs.items()} if "bands" in f else {}
             tasks = ({**{k: ds[()] for k, ds in f["tasks"].items()},
                       "attrs": {k: _decode(v) for k, v in f["tasks"].attrs.items()}} if "tasks" in f else {})
+            track = _frame(f, "track", path) if "track" in f and "step" in f["track"] else None
         except (OSError, KeyError, ValueError, RuntimeError) as e:
             raise CorruptFileError(f"{path}: run file is damaged and cannot be read completely ({e})") from None
         finally:
             f.close()
-        return cls(path, attrs, train, probe, spectra, arrays, bands, probe_attrs, series_attrs, tasks)
+        return cls(path, attrs, train, probe, spectra, arrays, bands, probe_attrs, series_attrs, tasks, track)
 
 
 def _consistent_rows(cols: dict[str, np.ndarray], path: Path, group: str) -> dict[str, np.ndarray]:

@@ -275,6 +275,7 @@ def draw_margin(ax, runs: Sequence[Run], *, colors: dict[str, str] | None = None
     _clip_y(ax, plotted, [1.0], log)
     for sh in shades:
         _shade(ax, *sh, log=log)
+    tracked = any(_draw_bracket(ax, r, colors[_key(r)]) for r in runs)
     k = int(np.sum(np.isposinf(_cat(infinite))))
     if k:
         ax.text(0.01, 0.98, f"S = inf at {k} probe{'s' if k > 1 else ''}: marked at the top", transform=ax.transAxes,
@@ -288,8 +289,36 @@ def draw_margin(ax, runs: Sequence[Run], *, colors: dict[str, str] | None = None
     if neg_drawn:
         style.append(Line2D([], [], color="0.3", ls=":", lw=1.0, label="S_neg = Σ|λ<0|/T (not in S)"))
     style.append(Line2D([], [], color="0.2", ls="--", label="S = 1: mean-square edge"))
+    if tracked:
+        style.append(bracket_handle())
     _legend(ax, legend, handles, style + _verdict_handles(runs))
     ax.set_title("exact mean-square stability sum (stable iff S < 1)")
+
+
+def bracket_handle():
+    """The legend entry of the tracking bracket."""
+    from matplotlib.patches import Patch
+
+    return Patch(facecolor="0.5", alpha=0.25, hatch="///", edgecolor="0.5", lw=0,
+                 label="tracked bracket [S_lo, S_hi] (λ_max, trace bounds)")
+
+
+def _draw_bracket(ax, run: Run, color: str) -> bool:
+    """The tracking bracket [S_lo, S_hi] between certified probes (budget schedules, /track) as a hatched band;
+    an unbounded S_hi reaches the top of the axis. True if anything was drawn."""
+    tr = run.track
+    if tr is None or not len(tr) or "s_lo" not in tr:
+        return False
+    lo, hi = tr["s_lo"].to_numpy(), tr["s_hi"].to_numpy()
+    ok = np.isfinite(lo)
+    if not ok.any():
+        return False
+    top = ax.get_ylim()[1]
+    st = tr["step"].to_numpy()[ok]
+    ax.fill_between(st, lo[ok], np.minimum(np.where(np.isfinite(hi[ok]), hi[ok], top), top), step="mid",
+                    facecolor=color, alpha=0.18, hatch="///", edgecolor=color, lw=0, gid=f"bracket|{_key(run)}")
+    ax.set_ylim(top=top)
+    return True
 
 
 def density_grid(nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray, sigma: float) -> np.ndarray:

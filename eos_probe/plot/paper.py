@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..run import Run
-from .panels import draw_bands, draw_commutator, draw_loss, draw_margin
+from .panels import bracket_handle, draw_bands, draw_commutator, draw_loss, draw_margin
 from .style import PALETTE, STYLE, _by_lr, _key, _plt, _tex_quantity, _verdict_handles
 
 #: every font at 8 pt: legible at single-column width (3.3 in) without scaling
@@ -143,6 +143,8 @@ def _style_handles(runs: Sequence[Run], margin: bool) -> list:
         out.append(Line2D([], [], color="0.5", lw=5, alpha=0.3, label=f"S ∈ [{EDGE_BAND[0]:g}, {EDGE_BAND[1]:g}]"))
         if any("ms_margin_neg" in r.probe and (r.probe["ms_margin_neg"] > 0).any() for r in runs):
             out.append(Line2D([], [], color=grey, ls=":", lw=1.0, label="S_neg (negative mass)"))
+        if any(r.track is not None and len(r.track) for r in runs):
+            out.append(bracket_handle())
     out += _verdict_handles(runs)
     if any(r.status == "diverged" for r in runs):
         out.append(Line2D([], [], color=grey, ls=":", lw=0.9, label="diverged"))
