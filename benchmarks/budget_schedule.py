@@ -12,7 +12,8 @@ steps. Reported per case:
   whether the run caught it within `--window` steps after the reference saw it: a certified probe on the new
   side, or a tracking bracket that admits the new side (S_hi > 1 after an upward crossing, S_lo < 1 after a
   downward one);
-* for a diverged run, the last step before divergence with a flag (a certified S > 1 or a bracket S_hi > 1).
+* for a diverged run, the first flag (a certified S > 1 or a bracket S_hi > 1) in the 100 steps before the
+  step whose loss blew up, and its lead.
 """
 from __future__ import annotations
 
@@ -98,9 +99,8 @@ def case_report(case: str, budget: float, ref_every: int, window: int, steps: in
         flags = list(run.probe.loc[run.probe["ms_margin"] > 1, "step"])
         if run.track is not None and len(run.track):
             flags += list(run.track.loc[run.track["s_hi"] > 1, "step"])
-        before = [f for f in flags if f <= d]
-        out.update(diverged_at=d, last_flag=max(before) if before else None,
-                   flag_lead=d - max(before) if before else None)
+        near = sorted(f for f in flags if d - 100 <= f < d)  # flags from the 100 steps before the blow-up step
+        out.update(diverged_at=d, first_flag=near[0] if near else None, flag_lead=d - near[0] if near else None)
     return out
 
 
