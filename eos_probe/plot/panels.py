@@ -11,6 +11,7 @@ import numpy as np
 
 from ..curvature.quadrature import gaussian_density
 from ..errors import UserError
+from ..events import catapults
 from ..presets import preset
 from ..run import Run
 from ..theory import band_for
@@ -214,6 +215,10 @@ def draw_loss(ax, runs: Sequence[Run], *, colors: dict[str, str] | None = None, 
         ax.plot(s[ok], loss[ok], color=col, label=r.label() + _diverged_note(r), lw=1.2)
         if r.status == "diverged" and ok.any():
             ax.plot(s[ok][-1], loss[ok][-1], marker="x", color=col, ms=6, mew=1.5)
+        for c in catapults(r):  # a catapult's peak gets an open circle (eos_probe.events)
+            if c["catapult"]:
+                i = int(np.searchsorted(s, c["peak"]))
+                ax.plot(s[i], loss[i], marker="o", mfc="none", mec=col, ms=7, mew=1.2, gid=f"catapult|{c['peak']}")
         conventions.add(r.config.get("loss", "mse"))
     if not any_rows:
         raise UserError(f"{runs[0].path}: no training rows logged yet; nothing to plot")

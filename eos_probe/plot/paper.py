@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..run import Run
+from ..events import catapults
 from .panels import bracket_handle, draw_bands, draw_commutator, draw_loss, draw_margin
 from .style import PALETTE, STYLE, _by_lr, _key, _plt, _tex_quantity, _verdict_handles
 
@@ -148,6 +149,8 @@ def _style_handles(runs: Sequence[Run], margin: bool) -> list:
     out += _verdict_handles(runs)
     if any(r.status == "diverged" for r in runs):
         out.append(Line2D([], [], color=grey, ls=":", lw=0.9, label="diverged"))
+    if any(c["catapult"] for r in runs for c in catapults(r)):
+        out.append(Line2D([], [], ls="", marker="o", mfc="none", mec=grey, ms=7, label="catapult (loss spike, then flatter)"))
     return out
 
 
