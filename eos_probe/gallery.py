@@ -191,12 +191,17 @@ def draw_recipe(recipe: Recipe, runs_dir: Path, out_dir: Path) -> FigureResult:
 
 def make_gallery(recipe_dir: str | Path = "recipes/paper", runs_dir: str | Path = "runs/paper",
                  out_dir: str | Path = "figures", *, only: list[str] | None = None, workers: int | None = None,
-                 train: bool = True, echo: Callable[[str], None] = print) -> list[FigureResult]:
-    """Run (unless `train` is false) and draw every recipe; rewrite figures/README.md and gallery.json."""
+                 train: bool = True, echo: Callable[[str], None] = print,
+                 device: str | None = None) -> list[FigureResult]:
+    """Run (unless `train` is false) and draw every recipe; rewrite figures/README.md and gallery.json.
+    `device` overrides every recipe's device (e.g. "cuda")."""
     from .sweep import run_sweep
 
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
     recipes = load_recipes(recipe_dir, only)
+    if device is not None:
+        for rec in recipes:
+            rec.spec.base["device"] = device
     results = []
     for rec in recipes:
         if train:
