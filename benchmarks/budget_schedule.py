@@ -62,7 +62,8 @@ def _reuse(path: Path, cfg):
     if not path.exists():
         return None
     run = load(path)
-    same = {k: v for k, v in run.config.items() if k != "out"} == {k: v for k, v in cfg.to_dict().items() if k != "out"}
+    want = cfg.to_dict()
+    same = all(run.config.get(k) == v for k, v in want.items() if k != "out" and v is not None)
     return run if same and run.status in ("finished", "diverged") else None
 
 
