@@ -9,12 +9,12 @@ Python API (imported on first use, so `import eos_probe` stays light)::
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 
-def load(path):  # noqa: ANN001 - re-exported lazily so `import eos_probe` stays light
-    """Open a run file written by `eos-probe train` (see `eos_probe.store.load`)."""
-    from .store import load as _load
+def load(path):  # noqa: ANN001 - imports the reader on first use, so `import eos_probe` stays light
+    """Open a run file written by `eos-probe train` (see `eos_probe.run.load`)."""
+    from .run import load as _load
 
     return _load(path)
 
@@ -42,4 +42,4 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_API])
 
 
-__all__ = ["load", "load_sweep", *_API]
+__all__ = ["__version__", "load", "load_sweep", *_API]

@@ -1,4 +1,4 @@
-"""Speed ratios measured side by side in one process (issue 6; `eos-probe bench`).
+"""Speed ratios measured side by side in one process (`eos-probe bench`).
 
 Every figure is a ratio of two timings taken interleaved (A, B, A, B, …) on the same data, so load from
 other processes hits both alike; each ratio is the median of the per-round ratios. The denominators are the
@@ -27,13 +27,22 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from ._util import sync as _sync
+from .bench_items import ITEMS
+from .bench_loop import loop_overhead
+from .bench_probe import measure_probe
 from .config import TrainConfig
 from .errors import InvalidValueError
+from .objective import Objective
+from .optim import make_optimizer
+from .optim.cocd import default_block
+from .build import build
+from .trainer.copies import stack_optimizers
 
 #: keys of `run_bench`'s result that are ratios (the test checks they are finite and positive)
 RATIO_KEYS = ("zo_step_over_two_forwards", "fo_step_over_forward_backward", "batched_q_speedup",
@@ -67,16 +76,12 @@ def device_name(device: torch.device) -> str:
     return f"cpu: {platform.machine()} {platform.processor() or ''} ({torch.get_num_threads()} threads)".replace("  ", " ")
 
 
-from .bench_items import ITEMS  # noqa: E402  (the bench's items, in the order they run)
-
-
-def run_bench(model: str = "cnn", *, model_args: dict | None = None, n_per_class: int | None = None,
-              device: str = "auto", dtype: str = "float32", repeats: int = 5, queries: int = 8, copies: int = 3,
-              microbatch: int | None = None, log: Callable[[str], None] | None = None,
-              cocd_block: int | None = None, probe: bool = True,
-              probe_memory: str | None = None, optimizer: str = "zo-gd",
-              only: Sequence[str] | None = None) -> dict[str, Any]:
-    """Measure the issue-6 ratios for one model on the default data; returns a JSON-ready dict.
+def run_bench(model: str = TrainConfig.model, *, model_args: dict | None = None, n_per_class: int | None = None,
+              device: str = TrainConfig.device, dtype: str = TrainConfig.dtype, repeats: int = 5, queries: int = 8,
+              copies: int = 3, microbatch: int | None = None, log: Callable[[str], None] | None = None,
+              cocd_block: int | None = None, probe: bool = True, probe_memory: str | None = None,
+              optimizer: str = TrainConfig.optimizer, only: Sequence[str] | None = None) -> dict[str, Any]:
+    """Measure the speed ratios (module docstring) for one model on the default data; returns a JSON-ready dict.
 
     `repeats` rounds per ratio (the q-query and HVP items, several times dearer, use about half).
     `only`: a subset of :data:`ITEMS` to run (default all; "probe" also needs `probe`).
@@ -88,8 +93,6 @@ def run_bench(model: str = "cnn", *, model_args: dict | None = None, n_per_class
     unknown = sorted(items - set(ITEMS))
     if unknown:
         raise InvalidValueError(f"unknown bench item(s) {', '.join(unknown)}; choose from {', '.join(ITEMS)}")
-    from .train import build
-
     say = log or (lambda s: None)
     cfg = TrainConfig(model=model, model_args=dict(model_args or {}), n_per_class=n_per_class, device=device,
                       dtype=dtype, microbatch=microbatch, probe=[], optimizer="zo-gd")
@@ -110,10 +113,6 @@ def run_bench(model: str = "cnn", *, model_args: dict | None = None, n_per_class
         if name in items:
             steps[name]()
     if probe and "probe" in items:  # one default probe: cost in forward passes and peak memory (eos_probe.budget)
-        from dataclasses import replace
-
-        from .budget import measure_probe
-
         say(f"one default {optimizer} probe")
         pcfg = replace(cfg, optimizer=optimizer, lr=None, probe=None, probe_memory=probe_memory)
         out.update(measure_probe(build(pcfg)))
@@ -153,8 +152,6 @@ class _Bench:
 
 def _zo_vs_forwards(b: _Bench, out: dict[str, Any]) -> None:
     """One ZO step (q = 1) against two forwards, plain and through the Objective."""
-    from .optim import make_optimizer
-
     b.say("ZO step vs two forwards")
     obj = b.obj
     zo = make_optimizer("zo-gd", lr=1e-6, seed=0)
@@ -172,8 +169,6 @@ def _zo_vs_forwards(b: _Bench, out: dict[str, Any]) -> None:
 
 def _microbatching(b: _Bench, out: dict[str, Any]) -> None:
     """The full-batch forward against the micro-batched one (1.0 when the objective does not chunk)."""
-    from .objective import Objective
-
     obj = b.obj
     if obj.microbatch:
         b.say("micro-batching")
@@ -187,8 +182,6 @@ def _microbatching(b: _Bench, out: dict[str, Any]) -> None:
 
 def _fo_vs_forward_backward(b: _Bench, out: dict[str, Any]) -> None:
     """One first-order step against a plain torch forward + backward."""
-    from .optim import make_optimizer
-
     b.say("FO step vs forward+backward")
     fo = make_optimizer("gd", lr=1e-6)
     th_fo = b.theta0.clone()
@@ -201,8 +194,6 @@ def _fo_vs_forward_backward(b: _Bench, out: dict[str, Any]) -> None:
 
 def _query_modes(b: _Bench, out: dict[str, Any], queries: int) -> None:
     """q queries evaluated in a loop against batched, and what the automatic choice picks."""
-    from .optim import make_optimizer
-
     b.say(f"q = {queries}: query loop vs batched")
     srcs = {mode: make_optimizer("zo-gd", lr=1e-6, queries=queries, seed=0) for mode in ("loop", "batched")}
     for mode, o in srcs.items():
@@ -219,14 +210,11 @@ def _query_modes(b: _Bench, out: dict[str, Any], queries: int) -> None:
 
 def _sweeps(b: _Bench, out: dict[str, Any], copies: int) -> None:
     """A K-copy stacked step against K sequential single steps, zeroth and first order."""
-    from .optim import make_optimizer
-    from .train import _stack_optimizers
-
     for preset, key in (("zo-gd", "sweep_speedup"), ("gd", "sweep_speedup_fo")):
         b.say(f"sweep of {copies} copies ({preset}) vs {copies} sequential steps")
         lrs = [1e-6 * (k + 1) for k in range(copies)]
         singles = [make_optimizer(preset, lr=lr, seed=0) for lr in lrs]
-        stacked = _stack_optimizers([make_optimizer(preset, lr=lr, seed=0) for lr in lrs])
+        stacked = stack_optimizers([make_optimizer(preset, lr=lr, seed=0) for lr in lrs])
         th_s = [b.theta0.clone() for _ in lrs]
         st_s = [o.init(x) for o, x in zip(singles, th_s)]
         th_k = b.theta0.expand(copies, -1).clone()
@@ -255,9 +243,6 @@ def _hvp_vs_grad(b: _Bench, out: dict[str, Any]) -> None:
 
 def _cocd(b: _Bench, out: dict[str, Any], cocd_block: int | None) -> None:
     """One CoCD step (B coordinates, looped and batched) against 2B plain forwards, and the automatic choice."""
-    from .optim import make_optimizer
-    from .optim.cocd import default_block
-
     obj = b.obj
     B = cocd_block or default_block(obj.dim)
     b.say(f"CoCD step (B = {B}) vs {2 * B} forwards")
@@ -285,8 +270,6 @@ def _cocd(b: _Bench, out: dict[str, Any], cocd_block: int | None) -> None:
 
 def _loop(cfg: TrainConfig, out: dict[str, Any], say: Callable[[str], None]) -> None:
     """The trainer's step against a plain PyTorch loop (`eos_probe.bench_loop`), GD and ZO-GD."""
-    from .bench_loop import loop_overhead
-
     say("trainer loop vs a plain PyTorch loop (GD, ZO-GD)")
     out.update(loop_overhead(cfg))
 

@@ -14,12 +14,16 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .config import TrainConfig
+from .config import TrainConfig, log_interval
+from .presets import preset
+from .build import build
+from .train import train
 
 
 def _plain_gd(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, criterion, lr: float, steps: int) -> float:
@@ -66,11 +70,6 @@ def loop_overhead(cfg: TrainConfig, *, steps: int = 1000, rounds: int = 3) -> di
 
     Returns, per optimizer, the trainer's and the plain loop's ms/step (medians over `rounds`) and their ratio
     (median of the per-round ratios)."""
-    from dataclasses import replace
-
-    from .config import log_interval
-    from .train import build, train
-
     out: dict[str, Any] = {"loop_steps": steps}
     for opt in ("gd", "zo-gd"):
         c = replace(cfg, optimizer=opt, lr=1e-3 if opt == "zo-gd" else 1e-2, steps=steps, probe=[],
@@ -79,7 +78,7 @@ def loop_overhead(cfg: TrainConfig, *, steps: int = 1000, rounds: int = 3) -> di
         module, obj = setup.model, setup.objective
         criterion = _criterion(obj)
         x, y = obj.x, obj.y
-        log_every = log_interval(c, opt.startswith("zo"))
+        log_every = log_interval(c, preset(opt).zeroth_order)
         mine, plain = [], []
         with tempfile.TemporaryDirectory() as d:
             for r in range(rounds + 1):  # one warm-up round

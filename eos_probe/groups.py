@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import UserError
+from .models import param_groups
 
 
 def group_names(model: nn.Module, name: str) -> list[str]:
@@ -21,8 +22,6 @@ def group_names(model: nn.Module, name: str) -> list[str]:
     Raises:
         UserError: the name matches no parameter ("group 'x' matches no parameter; named groups: ...").
     """
-    from .models import param_groups
-
     named = param_groups(model)
     if name in named and named[name]:
         return list(named[name])
@@ -64,7 +63,5 @@ def resolve_groups(model: nn.Module, names: list[str], device: torch.device | st
 
 def describe_groups(model: nn.Module) -> list[tuple[str, int, list[str]]]:
     """(group, parameter count, parameter names) for each named group of the model (`--list-groups`)."""
-    from .models import param_groups
-
     shapes = {n: p.shape for n, p in model.named_parameters()}
     return [(g, sum(math.prod(shapes[n]) for n in ns), list(ns)) for g, ns in param_groups(model).items()]

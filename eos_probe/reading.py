@@ -1,6 +1,6 @@
 """Opening a run file for reading, shared by the writer (`eos_probe.store`) and the reader (`eos_probe.run`).
 
-It sits below both so that the reader never imports the writer (`store.load` imports `run.Run`).
+It sits below both, so the reader (`eos_probe.run`) never imports the writer (`eos_probe.store`).
 """
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ from pathlib import Path
 import h5py
 
 from .errors import CorruptFileError, UserError
+
+#: the version of the run-file layout (docs/reference/run-file.md) that the writer, the probe and the reader share
+SCHEMA_VERSION = 1
 
 
 def open_run(path: str | Path) -> h5py.File:

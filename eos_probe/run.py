@@ -17,7 +17,6 @@ import pandas as pd
 from .errors import CorruptFileError, UserError
 from .presets import PRESETS
 from .reading import open_run
-from .theory.stability import COCD_BAND_WARNING, COCD_BANDLESS  # noqa: F401 - re-exported from their old home
 from .theory.stability import Band, band_for
 
 if TYPE_CHECKING:
@@ -288,7 +287,7 @@ def _consistent_rows(cols: dict[str, np.ndarray], path: Path, group: str) -> dic
 
 
 def load(path: str | Path) -> Run:
-    """Load a run file into a :class:`Run` (the same as `eos_probe.load` and `eos_probe.store.load`).
+    """Load a run file into a :class:`Run` (the same as `eos_probe.load`).
 
     Raises:
         UserError: a missing file; CorruptFileError: a file that is not a readable eos-probe run.

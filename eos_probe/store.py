@@ -35,9 +35,8 @@ import h5py
 import numpy as np
 
 from .errors import UserError
-from .reading import open_run  # noqa: F401 - re-exported: the writer's callers open runs from here
+from .reading import SCHEMA_VERSION, open_run
 
-SCHEMA_VERSION = 1
 SERIES_GROUPS = ("train", "probe")  # plus every group under /spectra
 _CHUNK_ROWS = 256
 
@@ -64,10 +63,6 @@ class RunWriter:
         self._pending: dict[str, dict[str, list]] = {}
         self._last_flush = time.monotonic()
         self.started = False
-
-    @property
-    def swmr(self) -> bool:  # kept for callers of the former SWMR writer: "the layout is fixed"
-        return self.started
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -180,8 +175,6 @@ class RunWriter:
         _publish(data, self.path)
         self.started = True
         self._last_flush = time.monotonic()
-
-    start_swmr = start  # the former name (the file used to be written in HDF5 SWMR mode)
 
     # ------------------------------------------------------------------ writing
     def append(self, group: str, row: dict[str, Any]) -> None:
@@ -380,14 +373,3 @@ def _attr(v: Any) -> Any:
     if v is None:
         return "null"
     return v
-
-
-def load(path: str | Path):
-    """Load a run file into a `Run` (see `eos_probe.run.Run`).
-
-    Raises:
-        UserError: a missing file; CorruptFileError: a file that is not a readable eos-probe run.
-    """
-    from .run import Run  # the reader depends on `reading`, never on this module: no import cycle
-
-    return Run.from_file(path)

@@ -7,21 +7,20 @@ with 0 steps owns no step and counts as already trained (a run started with `ini
 that another run began). At every boundary b_{t+1} the parameters θ_{b_{t+1}} are evaluated on every task's
 test split: row t of the accuracy/loss table (docs/theory.md §5b: a_{t,j} after task t on task j).
 
-This module is the schedule and the data bookkeeping (no training); the trainer's hook
-(`eos_probe.trainer.tasks.TaskHook`) switches the objective's data in place and writes /tasks/* to the run file.
+This module is the schedule and its config checks (numpy only: the config validation imports it); the task
+data and the trainer's hook (`eos_probe.trainer.tasks`) switch the objective's data in place and write
+/tasks/* to the run file.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from .errors import UserError
 
-__all__ = ["TaskSchedule", "TaskData", "parse_tasks", "dataset_classes", "load_init", "summary"]
+__all__ = ["TaskSchedule", "dataset_classes", "parse_tasks", "summary", "validate_tasks"]
 
 
 def parse_tasks(spec: str | Sequence[Sequence[int]]) -> tuple[tuple[int, ...], ...]:
@@ -181,96 +180,6 @@ def dataset_classes(cfg: Any, builtin: bool) -> list[int] | None:
     return cfg.classes
 
 
-class TaskData:
-    """Each task's training and test examples, on the training device.
-
-    Args:
-        ds: the loaded dataset (`eos_probe.data.Dataset`) holding every task's classes.
-        schedule: the task schedule (active).
-        device, dtype: where the data go (floating inputs take the parameters' dtype).
-        mask_old_logits: while training task t, only its own classes' outputs are in the loss (see `output_mask`).
-    """
-
-    def __init__(self, ds: Any, schedule: TaskSchedule, device: torch.device, dtype: torch.dtype,
-                 mask_old_logits: bool) -> None:
-        if ds.y_train.dim() != 1 or ds.y_train.is_floating_point():
-            raise UserError(f"tasks split a classification dataset by class; {ds.name!r} has no class labels")
-        self.schedule, self.mask_old_logits, self.num_classes = schedule, mask_old_logits, int(ds.num_classes)
-        ids = list(ds.meta.get("classes") or range(self.num_classes))  # dataset class id of each label
-        self.labels: list[list[int]] = []
-        for task in schedule.classes:
-            bad = [c for c in task if c not in ids]
-            if bad:
-                raise UserError(f"tasks name classes {bad} that dataset {ds.name!r} does not have "
-                                f"(its classes: {min(ids)}..{max(ids)})")
-            self.labels.append([ids.index(c) for c in task])
-
-        def move(x: torch.Tensor) -> torch.Tensor:
-            return x.to(device=device, dtype=dtype if x.is_floating_point() else None)
-
-        self.x_train, self.y_train = move(ds.x_train), ds.y_train.to(device)
-        self.test = []
-        for t, labels in enumerate(self.labels):
-            keep = torch.isin(ds.y_test, torch.tensor(labels))
-            if not bool(keep.any()):
-                raise UserError(f"dataset {ds.name!r} has no test examples of task {t}'s classes; "
-                                "the accuracy table needs them")
-            self.test.append((move(ds.x_test[keep]), ds.y_test[keep].to(device)))
-        for t in range(len(self.labels)):
-            if not bool(self._where(range(t, t + 1)).any()):
-                raise UserError(f"dataset {ds.name!r} has no training examples of task {t}'s classes")
-
-    def _where(self, tasks: Sequence[int]) -> torch.Tensor:
-        labels = [c for t in tasks for c in self.labels[t]]
-        return torch.isin(self.y_train, torch.tensor(labels, device=self.y_train.device))
-
-    def train(self, tasks: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The training examples of the union of `tasks`, in dataset order."""
-        keep = self._where(tasks)
-        return self.x_train[keep], self.y_train[keep]
-
-    def seen_mask(self, t: int) -> torch.Tensor | None:
-        """Outputs a class-incremental head has after task t: the classes of tasks 0..t (None: masking off, or
-        every class). The accuracy table's row t is evaluated on these, as a head grown task by task would be."""
-        if not self.mask_old_logits:
-            return None
-        mask = torch.zeros(self.num_classes, dtype=torch.bool, device=self.y_train.device)
-        mask[[c for s in range(t + 1) for c in self.labels[s]]] = True
-        return None if bool(mask.all()) else mask
-
-    def output_mask(self, t: int) -> torch.Tensor | None:
-        """Outputs in the loss while training task t: its own classes only (None: masking off).
-
-        Earlier tasks' classes are masked as docs/theory.md §5b says; later tasks' classes too, because a
-        class-incremental head has no output for a class before its task (a head that grows). Left in, the
-        first task's softmax pushes every later class's logits down on all images, and a later task — which
-        never sees the earlier classes' logits — cannot lift its classes above them: measured on
-        recipes/zo-fc.toml, task 2 stayed at 0 % accuracy for FO, ZO and hybrid alike.
-        """
-        if not self.mask_old_logits:
-            return None
-        mask = torch.zeros(self.num_classes, dtype=torch.bool, device=self.y_train.device)
-        mask[self.labels[t]] = True
-        return None if bool(mask.all()) else mask
-
-    def apply(self, objective: Any, t: int) -> None:
-        """Make `objective` train task t (in place): its data, output mask, `task` and `retention`."""
-        from .objective import Objective
-
-        objective.set_data(*self.train([t]), self.output_mask(t))
-        objective.task = t
-        # docs/theory.md §5a: the retention loss L_r is the union of the earlier tasks' training sets, on the
-        # outputs the head has now (tasks 0..t with class-incremental masking, else all), as the table sees them
-        ret = None
-        if t > 0:  # a task with 0 steps counts as trained (init_from)
-            ret = Objective(objective.model, *self.train(range(t)), loss=objective.loss_name,
-                            num_classes=objective.num_classes, microbatch=objective.microbatch,
-                            hvp_backend=objective.hvp_backend)
-            ret.probe_memory = objective.probe_memory
-            ret.output_mask = self.seen_mask(t)
-        objective.retention = ret
-
-
 def summary(acc: np.ndarray) -> dict[str, float]:
     """docs/theory.md §5b summary of a T×T accuracy table a[t, j] (after task t, on task j); NaN until the last row.
 
@@ -285,34 +194,3 @@ def summary(acc: np.ndarray) -> dict[str, float]:
     avg = float(np.mean([acc[t, : t + 1].mean() for t in range(T)]))
     forget = float(np.mean(acc[: T - 1, : T - 1].max(axis=0) - acc[T - 1, : T - 1])) if T > 1 else nan
     return {"average_accuracy": avg, "last_accuracy": float(acc[-1].mean()), "forgetting": forget}
-
-
-def load_init(path: str | Path, dim: int, like: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
-    """θ of a finished run's final checkpoint (`init_from`), as a tensor like `like`, and its provenance.
-
-    Raises:
-        UserError: no such run file or checkpoint, a run that did not finish, or a θ of another size.
-    """
-    from .reading import open_run
-    from .trainer.runfile import checkpoint_path, load_checkpoint
-
-    path = Path(path)
-    with open_run(path) as f:
-        status = f.attrs.get("status", "interrupted")
-        status = status.decode() if isinstance(status, bytes) else str(status)
-        stop = int(f.attrs.get("stop_step", -1))
-        run_id = f.attrs.get("run_id")
-    if status != "finished":
-        raise UserError(f"init_from {path}: that run is {status}, not finished; finish it (--resume) first")
-    ckpt = load_checkpoint(checkpoint_path(path))
-    run_id = run_id.decode() if isinstance(run_id, bytes) else run_id
-    if int(ckpt["step"]) != stop or (run_id is not None and ckpt.get("run_id", run_id) != run_id):
-        raise UserError(f"init_from {path}: its checkpoint is not the run's final one (step {int(ckpt['step'])}, "
-                        f"run ended at {stop})")
-    theta = ckpt["theta"]
-    if theta.dim() != 1 or theta.shape[0] != dim:
-        raise UserError(f"init_from {path}: its θ has {theta.numel()} parameters, this model has {dim}; "
-                        "use the same model and classes")
-    info = {"path": str(path), "run_id": run_id, "step": int(ckpt["step"])}
-    return theta.to(device=like.device, dtype=like.dtype).clone(), info
-

@@ -5,7 +5,7 @@
     python scripts/make_embedded_data.py --check    # verify the committed file is reproduced exactly
     python scripts/make_embedded_data.py --out /tmp/f4.npz --source DIR
 
-The selection rule and the byte-level determinism live in eos_probe/data/fashion.py (build_embedded),
+The selection rule and the byte-level determinism live in eos_probe/data/embedded.py (build_embedded),
 which `eos-probe data make-embedded` calls too; data/README.md records provenance and the checksum.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from eos_probe.data import fashion  # noqa: E402
+from eos_probe.data import embedded, fashion  # noqa: E402
 from eos_probe.errors import UserError  # noqa: E402
 
 
@@ -29,11 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.check:
-            ok, report = fashion.check_embedded(args.out, args.source)
+            ok, report = embedded.check_embedded(args.out, args.source)
             print(report, file=sys.stdout if ok else sys.stderr)
             return 0 if ok else 1
         out = args.out or fashion.embedded_candidates()[0]
-        info = fashion.build_embedded(out, args.source)
+        info = embedded.build_embedded(out, args.source)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

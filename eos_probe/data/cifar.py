@@ -18,17 +18,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import UserError
-from . import (
-    DEFAULT_N_PER_CLASS,
-    Dataset,
-    cache_dir,
-    check_extra_kw,
-    file_digest,
-    first_per_class,
-    make_image_dataset,
-    positive_int,
-    resolve_classes,
-)
+from .dataset import Dataset, cache_dir, check_extra_kw, file_digest, positive_int
+from .images import DEFAULT_N_PER_CLASS, first_per_class, make_image_dataset, resolve_classes
 
 ENV_DIR = "EOS_PROBE_CIFAR_DIR"
 BASE_FOLDER = "cifar-10-batches-py"
@@ -162,6 +153,33 @@ def resolve_cifar_dir(data_dir: str | os.PathLike | None) -> Path:
     return found
 
 
+def _read_training(directory: Path, cls: Sequence[int], n: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The training batches in order, read only until every class has its n images: (x, y, batches read)."""
+    xs, ys, used = [], [], []
+    for batch in TRAIN_BATCHES:
+        x, y = read_batch(directory / batch)
+        xs.append(x)
+        ys.append(y)
+        used.append(batch)
+        counts = np.bincount(np.concatenate(ys), minlength=NUM_CLASSES)
+        if all(counts[c] >= n for c in cls):
+            break
+    return np.concatenate(xs), np.concatenate(ys), used
+
+
+def _checked_files(directory: Path, names: list[str]) -> dict[str, dict]:
+    """md5 of each file read, against the official release's; a warning names those that differ."""
+    files = {}
+    for fname in names:
+        digest = file_digest(directory / fname, "md5")
+        files[fname] = {"md5": digest, "matches_official": digest == FILE_MD5[fname]}
+    bad = [f for f, info in files.items() if not info["matches_official"]]
+    if bad:
+        warnings.warn(f"CIFAR-10 files in {directory} differ from the official release ({', '.join(bad)}); "
+                      "results may not be comparable", UserWarning, stacklevel=4)
+    return files
+
+
 def load_cifar10(
     *,
     data_dir: str | os.PathLike | None = None,
@@ -179,33 +197,11 @@ def load_cifar10(
     n = positive_int(DEFAULT_N_PER_CLASS if n_per_class is None else n_per_class, "n_per_class")
     n_test = positive_int(n_test_per_class, "n_test_per_class", allow_none=True)
 
-    # read training batches in order only until every class has its n images
-    xs, ys, used = [], [], []
-    for batch in TRAIN_BATCHES:
-        x, y = read_batch(directory / batch)
-        xs.append(x)
-        ys.append(y)
-        used.append(batch)
-        counts = np.bincount(np.concatenate(ys), minlength=NUM_CLASSES)
-        if all(counts[c] >= n for c in cls):
-            break
-    x_all, y_all = np.concatenate(xs), np.concatenate(ys)
+    x_all, y_all, used = _read_training(directory, cls, n)
     tr = first_per_class(y_all, cls, n, "training")
     x_test_all, y_test_all = read_batch(directory / "test_batch")
     te = first_per_class(y_test_all, cls, n_test, "test")
-
-    files = {}
-    for fname in [*used, "test_batch", "batches.meta"]:
-        digest = file_digest(directory / fname, "md5")
-        files[fname] = {"md5": digest, "matches_official": digest == FILE_MD5[fname]}
-    bad = [f for f, info in files.items() if not info["matches_official"]]
-    if bad:
-        warnings.warn(
-            f"CIFAR-10 files in {directory} differ from the official release ({', '.join(bad)}); "
-            "results may not be comparable",
-            UserWarning,
-            stacklevel=3,
-        )
+    files = _checked_files(directory, [*used, "test_batch", "batches.meta"])
     return make_image_dataset(
         "cifar10",
         x_train=x_all[tr],

@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Mapping
 
 from ..errors import UserError
-from . import cache_dir, file_digest
+from .dataset import cache_dir, file_digest
 from . import cifar, fashion
 
 #: datasets that can be downloaded

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ..errors import UserError
-from . import Dataset, positive_int
+from .dataset import Dataset, positive_int
 
 #: ignore_index of the targets that are not in the loss
 IGNORE = -1

@@ -28,11 +28,10 @@ reported as such rather than as a failure deep inside a Hessian-vector product.
 """
 from __future__ import annotations
 
-from .base import (BUILTIN, LOSS_CONVENTIONS, LOSSES, CrossEntropyLoss, CustomLoss, KinkWarning, Loss, MSELoss,
-                   RegressionLoss, describe)
+from .base import CrossEntropyLoss, CustomLoss, KinkWarning, Loss, MSELoss, RegressionLoss, describe
 from .resolve import check_model, resolve_loss
 from .torch_criteria import TorchCrossEntropyLoss, TorchMSELoss
 
-__all__ = ["BUILTIN", "LOSSES", "LOSS_CONVENTIONS", "CrossEntropyLoss", "CustomLoss", "KinkWarning", "Loss",
+__all__ = ["CrossEntropyLoss", "CustomLoss", "KinkWarning", "Loss",
            "MSELoss", "RegressionLoss", "TorchCrossEntropyLoss", "TorchMSELoss", "check_model", "describe",
            "resolve_loss"]

@@ -7,9 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
-
-#: the built-in loss names (``Objective(loss=...)``, the ``loss`` config key)
-LOSSES = BUILTIN = ("mse", "ce")
+from ..loss_names import LOSS_CONVENTIONS
 
 #: modules whose second derivative is zero almost everywhere and undefined at a kink
 _KINKED = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid,
@@ -18,13 +16,6 @@ _KINKED = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.Hardtanh, nn.
 
 class KinkWarning(UserWarning):
     """The model has piecewise-linear pieces (ReLU, max-pooling): its Hessian ignores their kinks."""
-
-
-#: the convention of each built-in loss as recorded in every run file (attribute ``loss_convention``)
-LOSS_CONVENTIONS = {
-    "mse": "0.5*sum_outputs(f-onehot)^2, mean over loss terms (lambda_max = C/2 x nn.MSELoss mean)",
-    "ce": "cross-entropy, mean over loss terms",
-}
 
 
 class Loss:

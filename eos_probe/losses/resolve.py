@@ -7,7 +7,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UserError, did_you_mean
-from .base import (_KINKED, BUILTIN, CrossEntropyLoss, CustomLoss, KinkWarning, Loss, MSELoss,
+from ..loss_names import LOSSES
+from .base import (_KINKED, CrossEntropyLoss, CustomLoss, KinkWarning, Loss, MSELoss,
                    RegressionLoss, _check_callable, _first_line, describe)
 from .torch_criteria import _route_criterion, _torch_criterion
 
@@ -26,10 +27,10 @@ def resolve_loss(loss, model: nn.Module, x: Tensor, y: Tensor, num_classes: int 
     custom = not isinstance(loss, str)
     if custom and not callable(loss):
         raise UserError(f"loss must be 'mse', 'ce' or a callable (output, target) -> scalar, got {loss!r}")
-    if not custom and loss not in BUILTIN:
-        raise UserError(f"unknown loss {loss!r}; choose one of {', '.join(BUILTIN)} "
+    if not custom and loss not in LOSSES:
+        raise UserError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)} "
                         "or pass a callable (output, target) -> scalar such as torch.nn.MSELoss()"
-                        + did_you_mean(loss, BUILTIN))
+                        + did_you_mean(loss, LOSSES))
     kind = _torch_criterion(loss) if custom else None
     if kind is not None and loss.reduction not in ("mean", "sum"):
         raise UserError(f"loss {describe(loss)} has reduction={loss.reduction!r}; the Hessian is that of a scalar: "

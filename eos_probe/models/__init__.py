@@ -16,6 +16,7 @@ from torch import nn
 
 from ..errors import UserError, did_you_mean
 from . import cnn, lstm, mamba, mlp, resnet, vit
+from .plugins import build_plugin_model, is_model_plugin
 
 KINDS = ("image", "sequence")
 
@@ -92,7 +93,32 @@ def num_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["KINDS", "MODELS", "ModelSpec", "build_model", "model_names", "num_params"]
+def model_kind(name: str) -> str | None:
+    """The input kind of model `name` ("image" or "sequence"), None for a plug-in (it takes any data).
+
+    Raises:
+        UserError: neither a registered model nor a plug-in spec (the message lists the models).
+    """
+    if name in MODELS:
+        return MODELS[name].kind
+    if is_model_plugin(name):
+        return None
+    raise UserError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}, path/to/file.py:factory or "
+                    "package.module:factory" + did_you_mean(name, MODELS))
+
+
+def make_model(name: str, *, input_shape: tuple, num_outputs: int, seed: int = 0,
+               dtype: torch.dtype = torch.float32, **model_args: Any) -> tuple[nn.Module, dict | None]:
+    """A registered model (`build_model`) or a plug-in (`eos_probe.models.plugins`), and the plug-in's
+    provenance for the run file (None for registered models)."""
+    if model_kind(name) is None:
+        return build_plugin_model(name, input_shape=input_shape, num_outputs=num_outputs, seed=seed, dtype=dtype,
+                                  **model_args)
+    return build_model(name, input_shape=input_shape, num_classes=num_outputs, seed=seed, dtype=dtype,
+                       **model_args), None
+
+
+__all__ = ["KINDS", "MODELS", "ModelSpec", "build_model", "make_model", "model_kind", "model_names", "num_params"]
 
 
 def param_groups(model: nn.Module) -> dict[str, list[str]]:

@@ -3,8 +3,7 @@
 Every function reads `Run`s (`eos_probe.load`) and never trains. `make_figure(runs, kind, out)` draws one
 kind (`bands`, `lambda`, `loss`, `spectrum`, `commutator`) or a multi-panel `all` figure and writes a PNG
 (300 dpi), PDF or SVG (vector) chosen by the extension of `out`. The `draw_*` functions draw one panel on a
-given matplotlib axis, for custom layouts in a notebook (they live in `panels`, shared helpers in `style`;
-both are re-exported here).
+given matplotlib axis, for custom layouts in a notebook (they live in `panels`, shared helpers in `style`).
 """
 from __future__ import annotations
 
@@ -15,10 +14,9 @@ from typing import Sequence
 
 from ..errors import UserError
 from ..run import Run
-from .panels import (density_grid, draw_bands, draw_commutator, draw_lambda, draw_loss,  # noqa: F401 - re-exported
-                     draw_margin, draw_spectrum)
-from .style import (COMMUTATOR_REFERENCE, FORMATS, PALETTE, STYLE, _band_label, _by_lr,  # noqa: F401 - re-exported
-                    _integer_steps, _key, _log_ticks, _plt, load_runs, pretty, run_colors)
+from .panels import draw_bands, draw_commutator, draw_lambda, draw_loss, draw_margin
+from .spectrum import draw_spectrum
+from .style import FORMATS, STYLE, _band_label, _by_lr, _key, _plt, load_runs, pretty, run_colors
 
 
 KINDS = ("bands", "lambda", "loss", "margin", "spectrum", "commutator", "entk", "cocd-edge", "tasks", "forgetting",
@@ -94,7 +92,7 @@ def _save(fig, out: str | Path | None, runs: Sequence[Run], kind: str) -> Path:
 
 
 def _metadata(path: Path, runs: Sequence[Run], kind: str) -> dict:
-    from .. import __version__
+    from .._version import __version__
 
     desc = f"eos-probe {__version__} --kind {kind}: " + ", ".join(str(r.path) for r in runs)
     if path.suffix.lower() == ".png":

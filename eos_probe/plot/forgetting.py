@@ -16,7 +16,7 @@ SIGN_COLORS = {True: "#1b7837", False: "#b2182b"}
 
 def gap_agreement(pred: np.ndarray, pred_err: np.ndarray, meas: np.ndarray, meas_err: np.ndarray,
                   e_r: np.ndarray | None = None, k: float = 2.0) -> dict[str, float]:
-    """How well the predicted gap explains the measured one (issue 14's goal).
+    """How well the predicted gap explains the measured one.
 
     Probes count as decided where |predicted gap| > k·√(pred_err² + meas_err²). Returns n (probes with
     finite values), n_decided, agree (fraction of decided probes where sign(measured) = sign(e_r), or

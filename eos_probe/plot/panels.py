@@ -1,21 +1,21 @@
 """The panels of a figure, each drawn on a given matplotlib axis (for custom layouts in a notebook).
 
 `draw_bands` (measured curvature against the predicted stability bands), `draw_lambda`, `draw_loss`,
-`draw_margin`, `draw_spectrum` (with `density_grid`) and `draw_commutator`.
+`draw_margin` and `draw_commutator`; the spectral density panel is `eos_probe.plot.spectrum`.
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Sequence
 
 import numpy as np
 
-from ..curvature.quadrature import gaussian_density
 from ..errors import UserError
 from ..events import catapults
 from ..presets import preset
 from ..run import Run
 from ..theory import band_for
-from .style import (COMMUTATOR_REFERENCE, _band_label, _by_lr, _clip_y, _diverged_note, _edges, _finite_pos,
+from .style import (COMMUTATOR_REFERENCE, _band_label, _by_lr, _clip_y, _diverged_note, _finite_pos,
                     _integer_steps, _key, _last_verdict, _legend, _log_if_wide, _log_ticks, _lower, _mark_divergence,
                     _negative_note, _require, _shade, _steps, _tex_quantity, _threshold_text, _verdict_handles,
                     _verdict_marks, run_colors)
@@ -32,55 +32,18 @@ def draw_bands(ax, runs: Sequence[Run], normalize: bool = False, *, colors: dict
 
     Every probe carries a marker in the shape of its verdict (`Run.verdicts`); a trace that is negative
     somewhere (an indefinite H) is drawn on a linear or symmetric log axis, with a note in the panel."""
-    from matplotlib.lines import Line2D
-
     runs = _by_lr(runs)
     _require(runs, "bands", lambda r: r.curvature()["lambda_max"].notna().any()
              and (r.band().kind == "classical" or r.curvature()["trace"].notna().any()),
              "lambda_max,trace" + (",precond_lambda_max,precond_trace" if any(r.preconditioned for r in runs) else ""))
     colors = colors or run_colors(runs)
-    plotted: list[np.ndarray] = []
-    thresholds = []
-    handles = []
-    quantities = set()
-    classical_only = True
-    zo_drawn = False
-    marks: list[tuple[Run, np.ndarray, str]] = []
-    shades: list[tuple] = []  # drawn once the y scale is known: a symlog axis shows the true lower edge
-    traces: list[np.ndarray] = []
-    monitors: list[np.ndarray] = []
+    acc = SimpleNamespace(plotted=[], thresholds=[], handles=[], quantities=set(), classical_only=True,
+                          zo_drawn=False, marks=[], shades=[], traces=[], monitors=[])
     for r in runs:
-        b = r.band()
-        col = colors[_key(r)]
-        cur = r.curvature()
-        s = cur["step"].to_numpy()
-        scale = 1.0 / b.threshold if normalize else 1.0
-        if b.kind == "classical":
-            y = cur["lambda_max"].to_numpy() * scale
-            ax.plot(s, y, color=col)
-            plotted.append(y)
-            marks.append((r, y, col))
-        else:
-            classical_only = False
-            tr, tre = cur["trace"].to_numpy() * scale, cur["trace_err"].to_numpy() * scale
-            upper = tr + b.c * cur["lambda_max"].to_numpy() * scale
-            ax.plot(s, tr, color=col)
-            shades.append((s, tr, tre, col))
-            ax.plot(s, upper, color=col, ls="-.", lw=1.1, alpha=0.9)
-            plotted += [tr, upper, _lower(tr, tre)]
-            traces.append(tr)
-            marks.append((r, tr, col))
-            zt = _draw_zo_trace(ax, r, scale, col)
-            if zt is not None:
-                zo_drawn = True
-                monitors.append(zt)
-                plotted.append(zt)
-        quantities.add(b.quantity)
-        T = 1.0 if normalize else b.threshold
-        thresholds.append(T)
-        ax.axhline(T, color=col, ls="--", lw=1.0)
-        handles.append(Line2D([], [], color=col, label=_band_label(r, b)))
-        _mark_divergence(ax, r, col)
+        _draw_run_band(ax, r, colors[_key(r)], normalize, acc)
+    plotted, thresholds, handles, quantities = acc.plotted, acc.thresholds, acc.handles, acc.quantities
+    classical_only, zo_drawn, marks, shades = acc.classical_only, acc.zo_drawn, acc.marks, acc.shades
+    traces, monitors = acc.traces, acc.monitors
     q = " / ".join(sorted(_tex_quantity(x) for x in quantities))
     style = _bands_style(runs, q, classical_only, zo_drawn, normalize)
     ax.set_xlabel("step (updates)")
@@ -100,6 +63,42 @@ def draw_bands(ax, runs: Sequence[Run], normalize: bool = False, *, colors: dict
     _legend(ax, legend, handles, style)
     ax.set_title("measured curvature vs mean-square stability band" if not classical_only
                  else "measured curvature vs classical stability threshold")
+
+
+def _draw_run_band(ax, r: Run, col: str, normalize: bool, acc: SimpleNamespace) -> None:
+    """One run's curves in `draw_bands` (λ_max, or Tr and Tr + c·λ_max, the ZO monitor, T); what the panel
+    draws once every run is in (shades, marks, the axis scale) is collected in `acc`."""
+    from matplotlib.lines import Line2D
+
+    b, cur = r.band(), r.curvature()
+    s = cur["step"].to_numpy()
+    scale = 1.0 / b.threshold if normalize else 1.0
+    if b.kind == "classical":
+        y = cur["lambda_max"].to_numpy() * scale
+        ax.plot(s, y, color=col)
+        acc.plotted.append(y)
+        acc.marks.append((r, y, col))
+    else:
+        acc.classical_only = False
+        tr, tre = cur["trace"].to_numpy() * scale, cur["trace_err"].to_numpy() * scale
+        upper = tr + b.c * cur["lambda_max"].to_numpy() * scale
+        ax.plot(s, tr, color=col)
+        acc.shades.append((s, tr, tre, col))  # drawn once the y scale is known: symlog shows the true lower edge
+        ax.plot(s, upper, color=col, ls="-.", lw=1.1, alpha=0.9)
+        acc.plotted += [tr, upper, _lower(tr, tre)]
+        acc.traces.append(tr)
+        acc.marks.append((r, tr, col))
+        zt = _draw_zo_trace(ax, r, scale, col)
+        if zt is not None:
+            acc.zo_drawn = True
+            acc.monitors.append(zt)
+            acc.plotted.append(zt)
+    acc.quantities.add(b.quantity)
+    T = 1.0 if normalize else b.threshold
+    acc.thresholds.append(T)
+    ax.axhline(T, color=col, ls="--", lw=1.0)
+    acc.handles.append(Line2D([], [], color=col, label=_band_label(r, b)))
+    _mark_divergence(ax, r, col)
 
 
 def _bands_style(runs: Sequence[Run], q: str, classical_only: bool, zo_drawn: bool, normalize: bool) -> list:
@@ -324,60 +323,6 @@ def _draw_bracket(ax, run: Run, color: str) -> bool:
                     facecolor=color, alpha=0.18, hatch="///", edgecolor=color, lw=0, gid=f"bracket|{_key(run)}")
     ax.set_ylim(top=top)
     return True
-
-
-def density_grid(nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian-broadened SLQ density on `grid` for each probe step: (n_steps_logged, len(grid)).
-
-    nodes/weights: (n, p, k); the weights of each probe vector are normalised to 1, probes averaged.
-    """
-    nodes = np.asarray(nodes, float)
-    weights = np.nan_to_num(np.asarray(weights, float), nan=0.0)
-    nodes = np.where(np.isfinite(nodes), nodes, 0.0)
-    tot = weights.sum(-1, keepdims=True)
-    w = np.divide(weights, tot, out=np.zeros_like(weights), where=tot > 0)
-    return gaussian_density(nodes, w, np.asarray(grid, float), sigma).mean(1)
-
-
-def draw_spectrum(ax, run: Run, name: str | None = None, colorbar: bool = True) -> None:
-    """SLQ spectral density over training as a heat map (step × eigenvalue, log₁₀ density), with λ_max."""
-    if len(run.probe) == 0 and not run.spectra_names:
-        raise UserError(f"{run.path}: no probe data to plot --kind spectrum; train with --probe density")
-    name = name or ("precond_density" if run.preconditioned and "precond_density" in run.spectra_names
-                    else "density")
-    if name not in run.spectra_names:
-        raise UserError(f"{run.path}: no spectral density logged for --kind spectrum; train with --probe "
-                        f"{'precond_density' if run.preconditioned else 'density'}")
-    sp = run.spectra(name)
-    steps, nodes, weights = sp["step"], sp["nodes"], sp["weights"]
-    if len(steps) == 0:
-        raise UserError(f"{run.path}: the spectrum {name!r} has no rows yet")
-    valid = nodes[np.isfinite(nodes) & (np.nan_to_num(weights) > 0)]
-    lo, hi = float(valid.min()), float(valid.max())
-    pad = 0.05 * (hi - lo if hi > lo else max(abs(hi), 1.0))
-    grid = np.linspace(lo - pad, hi + pad, 400)
-    sigma = (grid[-1] - grid[0]) / 150.0
-    dens = density_grid(nodes, weights, grid, sigma)
-    logd = np.log10(np.maximum(dens, 1e-300))
-    vmax = float(np.max(logd))
-    vmin = vmax - 6.0
-    edges = _edges(np.asarray(steps, float))
-    mesh = ax.pcolormesh(edges, _edges(grid), np.clip(logd, vmin, vmax).T, cmap="magma", vmin=vmin, vmax=vmax,
-                         shading="flat", rasterized=True)
-    lam_col = "precond_lambda_max" if name.startswith("precond") else "lambda_max"
-    if lam_col in run.probe:
-        ax.plot(run.probe["step"], run.probe[lam_col], color="white", ls="--", lw=1.0,
-                label=r"$\lambda_{\max}$ (Lanczos)")
-        ax.legend(loc="lower right", labelcolor="white", frameon=True, facecolor="black", framealpha=0.5,
-                  edgecolor="none")
-    quantity = "P^{-1}H" if name.startswith("precond") else "H"
-    ax.set_xlabel("step (updates)")
-    ax.set_ylabel(f"eigenvalue of ${quantity}$")
-    ax.set_title(f"spectral density of ${quantity}$ (SLQ) — {run.label()}")
-    ax.grid(False)
-    if colorbar:
-        cb = ax.figure.colorbar(mesh, ax=ax, pad=0.02)
-        cb.set_label(r"$\log_{10}$ density")
 
 
 def draw_commutator(ax, runs: Sequence[Run], *, colors: dict[str, str] | None = None,

@@ -22,7 +22,7 @@ PAPER_STYLE = {**STYLE, "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8
                "xtick.labelsize": 8, "ytick.labelsize": 8, "lines.linewidth": 1.0, "lines.markersize": 2.5,
                "axes.linewidth": 0.6, "xtick.major.width": 0.6, "ytick.major.width": 0.6}
 
-#: the band of S(η) the gallery counts as "at the edge" (issue goal; figures/README.md)
+#: the band of S(η) the gallery counts as "at the edge" (figures/README.md)
 EDGE_BAND = (0.7, 1.5)
 
 _SHORT = {"lr": "η", "momentum": "β", "queries": "q"}

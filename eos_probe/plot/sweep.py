@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UserError
-from .figures import FORMATS, STYLE, _plt
+from .style import FORMATS, STYLE, _plt
 
 PANELS = [("trace_over_T", "last Tr/T  (ZO-GD: Tr(H)·η/(2q))", 1.0), ("s_eta", "last S(η)", 1.0),
           ("eta_lambda_max", "last η·λ_max", 2.0), ("final_loss", "final loss", None),

@@ -13,10 +13,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..reading import SCHEMA_VERSION
 from .bands import band_formula
 from .context import ProbeContext
-from .metrics.curvature import Trace
-from .registry import Metric
+from .registry import METRICS, Metric
 from .schedule import REASONS, FixedSchedule, make_schedule
 from .shared import NHVP_ATTRIBUTION, lanczos_options, rest_options
 from .track import TRACK_COLUMNS, track_row
@@ -49,8 +49,6 @@ class Probe:
     # ---------------------------------------------------------------- trainer interface
     def declare(self, writer) -> None:
         """Declare every dataset (before the run starts) and write /bands and the /probe description."""
-        from ..store import SCHEMA_VERSION
-
         writer.declare("probe", "step", "i8")
         writer.declare("probe", "seconds", "f8", attrs={"description": "wall time of the whole probe (s)"})
         writer.declare("probe", "nhvp", "i8", attrs={"description": "Hessian-vector products the whole probe spent "
@@ -179,8 +177,6 @@ class Probe:
 
     def shared_options(self) -> str:
         """The resolved options of the shared Lanczos runs and deflated probe sets, per operator (JSON)."""
-        import json
-
         ops = sorted({m.operator for m in self.metrics if isinstance(getattr(m, "operator", None), str)})
         return json.dumps({w: {"lanczos": lanczos_options(self.metrics, w), "rest": rest_options(self.metrics, w)}
                            for w in ops})
@@ -250,8 +246,9 @@ class Probe:
 
     def trace_options(self, which: str, fallback: dict[str, Any]) -> tuple[str, int, float | None]:
         """Options of the shared trace estimate: those of the trace metric on that operator, if it runs."""
+        trace_metric = METRICS["trace"]  # by its registered name: the runner imports no metric module
         for m in self.metrics:
-            if isinstance(m, Trace) and m.operator == which:
+            if isinstance(m, trace_metric) and m.operator == which:
                 o = m.options
                 return o["method"], o["n_matvec"], o["rtol"]
         method = fallback.get("trace_method", fallback.get("method", "krylov"))

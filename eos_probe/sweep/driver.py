@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from ..errors import UserError
 from .spec import Point, SweepSpec, packs
-from .task import config_difference, file_state, is_done
+from .job import config_difference, file_state, is_done
 
 MANIFEST = "sweep.json"
 MANIFEST_VERSION = 1

@@ -44,7 +44,7 @@ def kept_checkpoint_path(run_path: str | Path, step: int) -> Path:
 
 def find_checkpoint(run_path: str | Path, step: int) -> dict:
     """The checkpoint of `run_path` at `step` (a kept one, or the latest if it is at that step)."""
-    from ..train import checkpoint_path, load_checkpoint
+    from ..checkpoint import checkpoint_path, load_checkpoint
 
     run_path = Path(run_path)
     have = []
@@ -262,8 +262,9 @@ def continuation_task(run_path: str, ckpt_path: str, lr: float, seeds: int, hori
 
     from ..config import TrainConfig
     from ..optim import make_optimizer
-    from ..store import open_run
-    from ..train import build, load_checkpoint
+    from ..reading import open_run
+    from ..build import build
+    from ..checkpoint import load_checkpoint
 
     if threads:
         torch.set_num_threads(int(threads))
@@ -347,8 +348,8 @@ def edge_experiment(run_path: str | Path, step: int, *, network: bool = True, en
     import torch
 
     from ..config import TrainConfig
-    from ..store import open_run
-    from ..train import build
+    from ..reading import open_run
+    from ..build import build
 
     run_path = Path(run_path)
     if not run_path.exists():

@@ -1,8 +1,9 @@
-"""Executors of sweep tasks: a local process pool (default) and Ray (optional extra `eos-probe[ray]`).
+"""Executors of sweep jobs: a local process pool (default) and Ray (optional extra `eos-probe[ray]`).
 
-Both run `eos_probe.sweep.task.run_task` on a list of configs and yield (task index, results) as tasks
-finish, so the driver can record each finished point at once. A task whose worker dies (kill -9, out of
+Both run `eos_probe.sweep.job.run_job` on each job (a list of configs) and yield (job index, results) as jobs
+finish, so the driver can record each finished point at once. A job whose worker dies (kill -9, out of
 memory) is retried once (it resumes from its checkpoints); if it dies again it is reported interrupted.
+The manifest's ``task`` keys and the ``--cpus-per-task`` flags keep Ray's word for a scheduled call.
 """
 from __future__ import annotations
 
@@ -50,9 +51,9 @@ class LocalEngine:
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
         from concurrent.futures.process import BrokenProcessPool
 
-        from .task import run_task
+        from .job import run_job
 
-        fn = fn or run_task
+        fn = fn or run_job
         todo = list(range(len(tasks)))
         for attempt in range(2):
             if not todo:
@@ -125,10 +126,10 @@ class RayEngine:
 
     def run(self, tasks: list[Task], fn: Any = None) -> Iterator[tuple[int, Result]]:
         """Run `fn(task, threads)` (default: train the task's points) as one Ray task per task."""
-        from .task import run_task
+        from .job import run_job
 
         ray = self.ray
-        remote = ray.remote(num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_task, max_retries=1)(fn or run_task)
+        remote = ray.remote(num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_task, max_retries=1)(fn or run_job)
         refs = {remote.remote(t, self.threads): i for i, t in enumerate(tasks)}
         pending = list(refs)
         try:

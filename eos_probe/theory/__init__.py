@@ -5,31 +5,14 @@ The Monte-Carlo validation against the project's own optimizers lives in :mod:`e
 """
 from __future__ import annotations
 
-from .stability import (
-    DIRECTIONS,
-    OPTIMIZERS,
-    ApproximationWarning,
-    Band,
-    Setting,
-    Verdict,
-    band,
-    band_for,
-    critical_lr,
-    critical_lr_bounds,
-    exact_critical_lr,
-    moment_operator,
-    ms_spectral_radius,
-    ms_sum,
-    ms_term_function,
-    ms_terms,
-    resolve,
-    spectral_radius,
-    verdict,
-)
+from .moments import exact_critical_lr, moment_operator, ms_spectral_radius, spectral_radius
+from .setting import OPTIMIZERS, ApproximationWarning, Setting, resolve
+from .stability import (Band, Verdict, band, band_for, critical_lr, critical_lr_bounds, ms_sum, ms_term_function,
+                        ms_terms, verdict)
 from .states import StabilityVerdict, classify, classify_row, is_indefinite
 
 __all__ = [
-    "DIRECTIONS", "OPTIMIZERS", "ApproximationWarning", "Band", "Setting", "Verdict", "band", "band_for",
+    "OPTIMIZERS", "ApproximationWarning", "Band", "Setting", "Verdict", "band", "band_for",
     "critical_lr", "critical_lr_bounds", "exact_critical_lr", "moment_operator", "ms_spectral_radius", "ms_sum",
     "ms_term_function", "ms_terms", "resolve", "spectral_radius", "verdict", "StabilityVerdict", "classify",
     "classify_row", "is_indefinite",

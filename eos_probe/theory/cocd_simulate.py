@@ -57,29 +57,7 @@ def simulate_cocd(H, lrs: Sequence[float], block: int, gamma: float, *, memory: 
                              weight_decay=weight_decay)
         gen = torch.Generator().manual_seed(seed)
         theta = torch.randn(R, d, generator=gen, dtype=torch.float64)
-        state = opt.init(theta)
-        G = state["source"]["buffer"]
-        logs = np.zeros((cycles + 1, R))
-        offset = np.zeros(R)
-
-        def record(c: int) -> None:
-            nrm = torch.sqrt((theta * theta).sum(-1) + (G * G).sum(-1)).numpy()
-            logs[c] = np.log(np.maximum(nrm, 1e-300)) + offset
-            for r in np.flatnonzero((nrm > 1e4) | (nrm < 1e-4)):
-                if not math.isfinite(nrm[r]) or nrm[r] == 0:
-                    continue
-                f = 1.0 / nrm[r]
-                theta[r] *= f
-                G[r] *= f
-                offset[r] -= math.log(f)
-
-        record(0)
-        step = 0
-        for c in range(cycles):
-            for _ in range(s.period):
-                opt.step(obj, theta, state, step)
-                step += 1
-            record(c + 1)
+        logs = _log_norms(opt, obj, theta, cycles, s.period)
     finally:
         torch.set_num_threads(old)
     start = int(fit_from * cycles)
@@ -91,6 +69,37 @@ def simulate_cocd(H, lrs: Sequence[float], block: int, gamma: float, *, memory: 
             if predict else math.nan
         out.append(CoCDGrowth(lr, float(slopes[i].max()), pred))
     return out
+
+
+def _log_norms(opt, obj, theta, cycles: int, period: int) -> np.ndarray:
+    """log ‖(θ, G)‖ of each row after every cycle of `period` steps (rows rescaled when they grow or shrink
+    far, the scale kept in an offset), shape (cycles + 1, rows)."""
+    import torch
+
+    state = opt.init(theta)
+    G = state["source"]["buffer"]
+    logs = np.zeros((cycles + 1, theta.shape[0]))
+    offset = np.zeros(theta.shape[0])
+
+    def record(c: int) -> None:
+        nrm = torch.sqrt((theta * theta).sum(-1) + (G * G).sum(-1)).numpy()
+        logs[c] = np.log(np.maximum(nrm, 1e-300)) + offset
+        for r in np.flatnonzero((nrm > 1e4) | (nrm < 1e-4)):
+            if not math.isfinite(nrm[r]) or nrm[r] == 0:
+                continue
+            f = 1.0 / nrm[r]
+            theta[r] *= f
+            G[r] *= f
+            offset[r] -= math.log(f)
+
+    record(0)
+    step = 0
+    for c in range(cycles):
+        for _ in range(period):
+            opt.step(obj, theta, state, step)
+            step += 1
+        record(c + 1)
+    return logs
 
 
 def mc_critical_lr(H, block: int, gamma: float, guess: float, *, span: float = 0.1, points: int = 21,

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import InvalidValueError
-from ..presets import DEFAULT_DIRECTIONS, DIRECTIONS, MOMENTUM_STYLES, PRESETS
+from ..presets import DEFAULT_DIRECTIONS, OPTIONS, PRESETS, default
 
 #: the presets with a spectral band (docs/theory.md §2–3): zeroth order first, as error messages list them.
 #: Norm-matched presets are not listed: their band is their base preset's at η/√κ (`Setting.from_config`)
@@ -21,8 +21,6 @@ ZO_OPTIMIZERS = tuple(n for n, p in PRESETS.items() if p.has_band and p.zeroth_o
 FO_OPTIMIZERS = tuple(n for n, p in PRESETS.items() if p.has_band and not p.zeroth_order and p.base is None)
 OPTIMIZERS = ZO_OPTIMIZERS + FO_OPTIMIZERS
 
-#: momentum used when the caller passes ``momentum=None`` (the presets' defaults)
-DEFAULT_MOMENTUM = {n: PRESETS[n].momentum for n in OPTIMIZERS}
 
 RADEMACHER_WARNING = (
     "Rademacher directions: E[u u^T A u u^T] = 2A + tr(A) I - 2 diag(A) is not rotation invariant, so this "
@@ -80,7 +78,7 @@ class Setting:
         if p is not None and not p.has_band:  # no spectral band: the classical GD line stands in
             name, p = p.fo_twin, PRESETS[p.fo_twin]
         momentum = config.get("momentum")
-        style = config.get("momentum_style") or "heavy_ball"
+        style = config.get("momentum_style") or default("momentum_style")
         if p is not None and not p.takes_momentum:
             momentum, style = None, None
         elif p is not None and p.preconditioned:
@@ -88,7 +86,8 @@ class Setting:
         lr = config.get("lr")
         if lr is None:  # a config as written, before validation filled the per-optimizer default
             lr = p.lr if p is not None else math.nan
-        queries, directions = int(config.get("queries", 1)), config.get("directions", DEFAULT_DIRECTIONS)
+        queries = int(config.get("queries", default("queries")))
+        directions = config.get("directions", DEFAULT_DIRECTIONS)
         if p is not None and (p.norm_match or config.get("norm_match")):
             lr = _norm_matched_lr(float(lr), queries, dim, directions)
             name = p.base or name
@@ -196,19 +195,14 @@ def resolve(optimizer: str, queries: int = 1, momentum: float | None = None,
     if optimizer not in OPTIMIZERS:
         raise InvalidValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
     p = PRESETS[optimizer]
-    if directions not in DIRECTIONS:
-        raise InvalidValueError(f"unknown directions {directions!r}; choose one of {', '.join(DIRECTIONS)}")
-    if isinstance(queries, bool) or not isinstance(queries, (int, np.integer)) or queries < 1:
-        raise InvalidValueError(f"queries must be a positive integer, got {queries!r}")
-    beta = p.momentum if momentum is None else float(momentum)
-    if not (math.isfinite(beta) and 0.0 <= beta < 1.0):
-        raise InvalidValueError(f"momentum must lie in [0, 1), got {momentum!r}")
+    OPTIONS["directions"].check(directions)
+    OPTIONS["queries"].check(int(queries) if isinstance(queries, np.integer) else queries)
+    beta = p.momentum if momentum is None else OPTIONS["momentum"].check(float(momentum))
     if not p.takes_momentum and beta != 0.0:  # worded for the formulas (the trainer's: Preset.check_momentum)
         raise InvalidValueError(f"{optimizer} has no momentum (got {beta:g}); use {optimizer}m for momentum")
     if momentum_style is None:
-        momentum_style = p.momentum_style or "heavy_ball"
-    if momentum_style not in MOMENTUM_STYLES:
-        raise InvalidValueError(f"unknown momentum style {momentum_style!r}; choose heavy_ball or ema")
+        momentum_style = p.momentum_style or default("momentum_style")
+    OPTIONS["momentum_style"].check(momentum_style)
     if p.preconditioned and momentum_style != "ema":
         raise InvalidValueError(f"{optimizer} uses EMA momentum (m <- b1 m + (1-b1) g); drop momentum_style=heavy_ball")
     if directions == "sphere" and optimizer in ZO_OPTIMIZERS and dim is None:

@@ -22,13 +22,9 @@ import numpy as np
 
 from ..errors import InvalidValueError
 from ..presets import DEFAULT_DIRECTIONS, PRESETS
-from .stability import (
-    exact_critical_lr,
-    moment_operator,
-    ms_spectral_radius,
-    resolve,
-    spectral_radius,
-)
+from .moments import exact_critical_lr, moment_operator, ms_spectral_radius, spectral_radius
+from .setting import resolve
+from .stability import critical_lr
 
 #: largest d for which the dense moment operator ((2d)² × (2d)²) gives the prediction
 DENSE_MAX_DIM = 12
@@ -266,8 +262,6 @@ def commuting_gap(hessian: np.ndarray, preconditioner: Sequence[float] | np.ndar
 
     Theory: [docs/theory.md#commutator-ratio][commutator-ratio].
     """
-    from .stability import critical_lr
-
     H = np.asarray(hessian, dtype=float)
     p = np.asarray(preconditioner, dtype=float).ravel()
     if H.shape[0] > DENSE_MAX_DIM:

@@ -34,25 +34,8 @@ from scipy.optimize import brentq
 
 from ..errors import InvalidValueError
 from ..presets import DEFAULT_DIRECTIONS, PRESETS
-# the settings and the exact operators live in their own modules; their names stay importable from here
-from .setting import (  # noqa: F401
-    COMMUTING_WARNING,
-    DEFAULT_MOMENTUM,
-    DIRECTIONS,
-    FO_OPTIMIZERS,
-    MOMENTUM_STYLES,
-    OPTIMIZERS,
-    RADEMACHER_WARNING,
-    ZO_OPTIMIZERS,
-    ApproximationWarning,
-    Setting,
-    _check_lr,
-    _setting_for_spectrum,
-    _spectrum,
-    _warn,
-    resolve,
-)
-from .moments import exact_critical_lr, moment_operator, ms_spectral_radius, spectral_radius  # noqa: F401
+from .setting import Setting, _check_lr, _setting_for_spectrum, _spectrum, _warn, resolve
+from .states import LABELS
 
 
 def ms_terms(eigenvalues: np.ndarray | float, lr: float, optimizer: str, queries: int = 1,
@@ -305,8 +288,6 @@ class Verdict:
     def label(self) -> str:
         """The words to show, saying what the verdict rests on: "stable (sufficient bound)", "band: necessary
         bound only", "unstable (necessary bound violated)" (first order: "stable" / "unstable", exact)."""
-        from .states import LABELS
-
         return LABELS[self.verdict, "lambda_max" if self.band.kind == "classical" else "bounds"]
 
     def as_dict(self) -> dict:

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..presets import PRESETS
-from .stability import Band
+
+if TYPE_CHECKING:  # annotations only: stability imports this module's labels
+    from .stability import Band
 
 #: |S − 1| within this many standard errors: at the edge
 EDGE_SE = 2.0

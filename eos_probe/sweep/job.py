@@ -1,9 +1,10 @@
-"""What one worker does with one task: train (or resume) a point, or a pack of stacked points.
+"""What one worker does with one sweep job: train (or resume) a point, or a pack of stacked points.
 
-A task is a list of run configs (dicts with `out` set). Fresh points of a pack train together with
+A job is a list of run configs (dicts with `out` set); "job", not "task", because a task is a class split of
+a continual-learning run (`eos_probe.tasks`). Fresh points of a pack train together with
 `train_sweep`; a point whose file exists without a final status (interrupted) is resumed bitwise with
 `train(resume=...)`, extended if its config asks for more steps. The run file is the truth about a point:
-a task returns what the files say, plus the error of a point that failed.
+a job returns what the files say, plus the error of a point that failed.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ DONE = ("finished", "diverged")
 def file_state(path: str | Path) -> dict[str, Any]:
     """{"state": missing|interrupted|finished|diverged|unreadable, "config", "stop_reason", "stop_step", "error"}."""
     from ..errors import UserError
-    from ..store import open_run
+    from ..reading import open_run
 
     p = Path(path)
     if not p.exists():
@@ -67,8 +68,8 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 
 
-def run_task(configs: list[dict[str, Any]], threads: int | None = None) -> list[dict[str, Any]]:
-    """Train, resume or extend the points of one task; one result dict per config, in order.
+def run_job(configs: list[dict[str, Any]], threads: int | None = None) -> list[dict[str, Any]]:
+    """Train, resume or extend the points of one job; one result dict per config, in order.
 
     Never raises for a point's own failure: the result has status "failed" and the error in one line.
     """
