@@ -12,17 +12,25 @@ call is reproducible; pass ``seed=None`` for fresh randomness.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from . import curvature as cv
 from .curvature import Density, Estimate, HessianOperator, PreconditionedOperator
+from .curvature.deflated import rest_quadrature, split_trace_fn
 from .curvature.operators import CurvatureOperator
 from .errors import UserError
-from .presets import DEFAULT_DIRECTIONS
+from .losses import check_model
+from .objective import Objective
+from .presets import check_lr, default, preset
+from .probe.shared import ritz_block
+from .theory import band_for, ms_term_function
+from .theory.stability import Band
+from .theory.states import classify
 
 __all__ = ["hessian", "lambda_max", "top_k", "trace", "density", "commutator_ratio", "ms_margin",
            "Estimate", "HessianOperator"]
@@ -50,9 +58,6 @@ def hessian(model: nn.Module, loss_fn: str | Callable[[Tensor, Tensor], Tensor],
     twice-differentiable scalar, BatchNorm or Dropout in train mode; warns (``KinkWarning``) about ReLU-type
     kinks.
     """
-    from .losses import check_model
-    from .objective import Objective
-
     if not isinstance(model, nn.Module):
         raise UserError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(data, (tuple, list)) or len(data) != 2:
@@ -81,17 +86,13 @@ def _check_op(op) -> CurvatureOperator:
 def lambda_max(op: CurvatureOperator, *, tol: float = 1e-3, max_iter: int = 200, seed: int | None = 0) -> Estimate:
     """Largest eigenvalue by Lanczos with full re-orthogonalisation; ``error`` is the Ritz residual, a rigorous
     bound on the distance to an eigenvalue; stops when error ≤ tol·|λ| (``converged=False`` if max_iter hit)."""
-    from .curvature import lambda_max as _lmax
-
-    return _lmax(_check_op(op), tol=tol, max_iter=max_iter, generator=_generator(op, seed))
+    return cv.lambda_max(_check_op(op), tol=tol, max_iter=max_iter, generator=_generator(op, seed))
 
 
 def top_k(op: CurvatureOperator, k: int = 5, *, tol: float = 1e-3, max_iter: int = 200,
           seed: int | None = 0) -> Estimate:
     """The k largest eigenvalues (descending array) with Ritz-residual bounds; eigenvectors in ``extra["vectors"]``."""
-    from .curvature import top_k as _topk
-
-    return _topk(_check_op(op), k, tol=tol, max_iter=max_iter, generator=_generator(op, seed))
+    return cv.top_k(_check_op(op), k, tol=tol, max_iter=max_iter, generator=_generator(op, seed))
 
 
 def _default_trace_method(op: CurvatureOperator) -> str:
@@ -108,35 +109,29 @@ def trace(op: CurvatureOperator, *, method: str = "auto", n_matvec: int = 100, r
     remainder for the built-in losses, ``nn.MSELoss`` and ``nn.CrossEntropyLoss`` ("ggn+residual",
     layer-stratified), plain Hutchinson for other callables; also
     "hutchinson", "hutch++". At most ``n_matvec`` products; stops early once error ≤ rtol·|value|."""
-    from .curvature import trace as _trace
-
     method = _default_trace_method(_check_op(op)) if method == "auto" else method
-    return _trace(op, method=method, n_matvec=n_matvec, rtol=rtol, generator=_generator(op, seed))
+    return cv.trace(op, method=method, n_matvec=n_matvec, rtol=rtol, generator=_generator(op, seed))
 
 
 def density(op: CurvatureOperator, *, n_probes: int = 4, n_steps: int = 40, seed: int | None = 0,
             grid: np.ndarray | int | None = None, sigma: float | None = None) -> Density:
     """Spectral density by stochastic Lanczos quadrature: a :class:`Density` with ``nodes``/``weights`` per
     probe, a smoothed ``density`` on ``grid`` and ``trace_fn(f)`` → (Tr f(H), standard error)."""
-    from .curvature import spectral_density
-
-    return spectral_density(_check_op(op), n_probes=n_probes, n_steps=n_steps, generator=_generator(op, seed),
+    return cv.spectral_density(_check_op(op), n_probes=n_probes, n_steps=n_steps, generator=_generator(op, seed),
                             grid=grid, sigma=sigma)
 
 
 def commutator_ratio(op: CurvatureOperator, p: Tensor, *, n_probes: int = 8, seed: int | None = 0) -> Estimate:
     """r = ‖PH − HP‖_F / ‖PH‖_F for a diagonal preconditioner P = diag(p) (e.g. Adam's √v + ε) with one
     standard error; r ≈ 0 means the preconditioned bands of docs/theory.md §3 apply as stated."""
-    from .curvature import commutator_ratio as _cr
-
     if isinstance(op, PreconditionedOperator):
         op = op.H
-    return _cr(_check_op(op), p, n_probes=n_probes, generator=_generator(op, seed))
+    return cv.commutator_ratio(_check_op(op), p, n_probes=n_probes, generator=_generator(op, seed))
 
 
-def ms_margin(op: CurvatureOperator, *, optimizer: str, lr: float, queries: int = 1, momentum: float | None = None,
-              momentum_style: str = "heavy_ball", directions: str = DEFAULT_DIRECTIONS,
-              preconditioner: Tensor | None = None,
+def ms_margin(op: CurvatureOperator, *, optimizer: str, lr: float, queries: int = default("queries"),
+              momentum: float | None = None, momentum_style: str = default("momentum_style"),
+              directions: str = default("directions"), preconditioner: Tensor | None = None,
               n_top: int = 3, n_probes: int = 6, n_steps: int = 10, n_matvec: int = 40,
               seed: int | None = 0) -> Estimate:
     """S(η), the exact mean-square stability sum of docs/theory.md §2 for ``optimizer`` at step size ``lr``: the
@@ -151,47 +146,39 @@ def ms_margin(op: CurvatureOperator, *, optimizer: str, lr: float, queries: int 
     ``eos-probe inspect`` and the figures), "trace", "top_k", "rest" and "negative" (S_neg = Σ_{λ<0}|λ|/T
     and its standard error, the probe's ``ms_margin_neg``); "lambda_max" for first-order optimizers.
     """
-    from .curvature import lambda_max as _lmax
-    from .curvature import top_k as _top_k
-    from .curvature import trace as _trace
-    from .curvature.deflated import rest_quadrature, split_trace_fn
-    from .presets import preset
-    from .probe.shared import ritz_block
-    from .theory import band_for, ms_term_function
-    from .theory.states import classify
-
     op = _check_op(op)
     if preconditioner is not None:
         op = PreconditionedOperator(op, preconditioner)
-    config = {"optimizer": optimizer, "lr": float(lr), "queries": int(queries), "momentum": momentum,
+    config = {"optimizer": optimizer, "lr": lr, "queries": queries, "momentum": momentum,
               "momentum_style": momentum_style, "directions": directions}
-    from .config import TrainConfig, validate
-
-    try:
-        validate(TrainConfig(optimizer=optimizer, lr=float(lr), queries=int(queries), momentum=momentum,
-                             momentum_style=momentum_style, directions=directions))
-    except TypeError as e:
-        raise UserError(str(e)) from None
-    if preset(optimizer).preconditioned and not isinstance(op, PreconditionedOperator):
+    p = preset(optimizer)
+    check_lr(lr)
+    p.resolve({k: v for k, v in config.items() if k not in ("optimizer", "lr")})
+    if p.preconditioned and not isinstance(op, PreconditionedOperator):
         raise UserError(f"{optimizer} reads the spectrum of P⁻¹H: pass preconditioner=p (Adam's sqrt(v)+eps)")
     band = band_for(config, op.dim)
-    T = band.threshold
     gen = _generator(op, seed)
     n0 = op.n_hvp
     if band.kind == "classical":
-        est = _lmax(op, generator=gen)
-        s, se = float(est.value) / T, float(est.error) / T
+        est = cv.lambda_max(op, generator=gen)
+        s, se = float(est.value) / band.threshold, float(est.error) / band.threshold
         return Estimate(value=s, error=se, n_hvp=op.n_hvp - n0, converged=est.converged,
-                        extra={"threshold": T, "band": band, "lambda_max": est,
+                        extra={"threshold": band.threshold, "band": band, "lambda_max": est,
                                "verdict": classify(band, s=s, s_err=se, lambda_max=float(est.value),
                                                    lambda_max_err=float(est.error))})
-    # the probe metric's estimator: the top Ritz pairs exactly, SLQ on the deflated rest, and the trace
-    # (Gauss–Newton + residual where the loss allows it) as a control variate for the linear part of f
-    top = _top_k(op, min(n_top, op.dim), generator=gen)
+    est = _ms_sum(op, band, ms_term_function(config, op.dim), gen, n_top, n_probes, n_steps, n_matvec)
+    return replace(est, n_hvp=op.n_hvp - n0)
+
+
+def _ms_sum(op: CurvatureOperator, band: Band, f: Callable, gen: torch.Generator, n_top: int, n_probes: int,
+            n_steps: int, n_matvec: int) -> Estimate:
+    """The probe metric's estimator of S: the top Ritz pairs exactly, SLQ on the deflated rest, and the trace
+    (Gauss–Newton + residual where the loss allows it) as a control variate for the linear part of f."""
+    T = band.threshold
+    top = cv.top_k(op, min(n_top, op.dim), generator=gen)
     theta, V, err = ritz_block(top)
     rest = rest_quadrature(op, V, n_probes, n_steps, generator=gen)
-    tr = _trace(op, method=_default_trace_method(op), n_matvec=n_matvec, rtol=None, generator=gen)
-    f = ms_term_function(config, op.dim)
+    tr = cv.trace(op, method=_default_trace_method(op), n_matvec=n_matvec, rtol=None, generator=gen)
     est = split_trace_fn(f, theta, err, rest, linear=(1.0 / T, float(tr.value), float(tr.error)))
     # the negative-curvature mass from the same quadrature, as the probe logs it (ms_margin_neg)
     neg = split_trace_fn(lambda lam: np.maximum(-np.asarray(lam, dtype=float), 0.0) / T, theta,
@@ -200,7 +187,7 @@ def ms_margin(op: CurvatureOperator, *, optimizer: str, lr: float, queries: int 
                    s_neg_err=float(neg.error), trace=float(tr.value), trace_err=float(tr.error),
                    lambda_max=float(np.atleast_1d(top.value)[0]),
                    lambda_max_err=float(np.atleast_1d(top.error)[0]))
-    return Estimate(value=float(est.value), error=float(est.error), n_hvp=op.n_hvp - n0,
+    return Estimate(value=float(est.value), error=float(est.error), n_hvp=0,
                     converged=bool(top.converged and tr.converged),
                     extra={"threshold": T, "band": band, "trace": tr, "top_k": top, "rest": rest,
                            "negative": (float(neg.value), float(neg.error)), "verdict": one})

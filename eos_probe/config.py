@@ -8,10 +8,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .budget import parse_bytes
 from .errors import UserError, did_you_mean
+from .loss_names import LOSSES
+from .presets import (DEFAULT_MOMENTUM, GROUP_KEYS, GROUP_RULES, GROUP_SOURCES, NAMES, OPTIONS, check_lr, default,
+                      preset)
+from .tasks import validate_tasks
 from .zo_monitor import DEFAULT_WINDOW as ZO_WINDOW
-from .presets import (DEFAULT_DIRECTIONS, DEFAULT_MOMENTUM, DIFFERENCES, DIRECTIONS, GROUP_KEYS, GROUP_RULES,
-                      GROUP_SOURCES, MOMENTUM_STYLES, NAMES, PRESETS, check_lr, preset)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -20,11 +23,12 @@ else:  # Python 3.10: the same parser as the `tomli` package (setup.cfg requires
 
 DEVICES = ("auto", "cpu", "cuda")
 
-#: default step size per optimizer (the presets' `lr`; why these values: `eos_probe.presets.PRESETS`)
-DEFAULT_LR = {name: p.lr for name, p in PRESETS.items()}
 DTYPES = ("float32", "float64")
 #: the probe's share of the wall time under probe_every "auto" (eos_probe.probe.schedule)
 DEFAULT_PROBE_BUDGET = 0.2
+#: the logging interval when none is given: first order logs for free (the gradient's forward gives the loss),
+#: zeroth order pays one forward per log
+LOG_EVERY_FO, LOG_EVERY_ZO = 1, 10
 
 
 @dataclass
@@ -41,20 +45,21 @@ class TrainConfig:
     model_args: dict[str, Any] = field(default_factory=dict)
     optimizer: str = "zo-gd"
     lr: float | None = None  # default per optimizer: its preset's lr (eos_probe.presets)
-    momentum: float | None = None
-    momentum_style: str = "heavy_ball"
-    beta2: float = 0.999
-    eps: float = 1e-8
-    queries: int = 1
-    mu: float = 1e-3
-    directions: str = DEFAULT_DIRECTIONS
-    difference: str = "central"
+    # the optimizer's options (eos_probe.presets.OPTIONS states each default once; None: the preset's own)
+    momentum: float | None = default("momentum")
+    momentum_style: str = default("momentum_style")
+    beta2: float = default("beta2")
+    eps: float = default("eps")
+    queries: int = default("queries")
+    mu: float = default("mu")
+    directions: str = default("directions")
+    difference: str = default("difference")
     steps: int = 300
     seed: int = 0
     device: str = "auto"
     dtype: str = "float32"
     microbatch: int | None = None
-    log_every: int | None = None  # default: 1 for first-order (free), 10 for ZO (one extra forward)
+    log_every: int | None = None  # default: LOG_EVERY_FO for first order, LOG_EVERY_ZO for zeroth order
     checkpoint_every: int | None = None  # None: after every probe and every 5 min of work (train.py)
     keep_checkpoints_every: int | None = None  # also keep RUN.h5.step<N>.ckpt every N steps (eos-probe edge)
     probe_every: str | int = "auto"  # "auto": on the wall-time budget `probe_budget` (eos_probe.probe.schedule); N: every N steps
@@ -63,18 +68,17 @@ class TrainConfig:
     probe: list[str] | None = None  # default per optimizer (see eos_probe.probe)
     divergence_factor: float = 1e3
     out: str | None = None
-    # coherent coordinate descent (optimizer cocd / bccd, docs/theory.md §5d)
-    cocd_block: int | None = None  # B coordinates refreshed per step (default ⌈1 % of d⌉)
-    cocd_gamma: float | None = None  # decay γ of stale estimates (default 0.99 cocd, 0 bccd)
-    cocd_eps: float = 0.1  # central-difference radius ε
-    cocd_memory: int | None = None  # keep only the m most recent estimates (B <= m < d)
-    weight_decay: float = 0.0  # g = G + weight_decay·θ (cocd / bccd only)
+    cocd_block: int | None = default("cocd_block")
+    cocd_gamma: float | None = None  # None: the preset's (cocd 0.99; bccd fixes 0)
+    cocd_eps: float = default("cocd_eps")
+    cocd_memory: int | None = default("cocd_memory")
+    weight_decay: float = default("weight_decay")
+    norm_match: bool = default("norm_match")
+    rise_blocks: str | int = default("rise_blocks")
+    groups: dict[str, dict[str, Any]] = field(default_factory=dict)  # zo-fc, hybrid: [groups.<name>] tables
+    optimizer_args: dict[str, Any] = field(default_factory=dict)  # options of eos_probe.presets.OPTIONS without a field
     zo_trace_window: int = ZO_WINDOW  # ZO runs: the largest window of the /train/zo_trace monitor, in logged samples
     probe_memory: str | None = None  # probe peak-memory budget, e.g. "2GB" (default 2 GB; eos_probe.budget)
-    # shaped and grouped optimizers (docs/theory.md §5a-5b)
-    norm_match: bool = False  # two-point ZO: divide the estimate by √κ (zo-gd-nm always does)
-    rise_blocks: str | int = "tensor"  # rise: one block per parameter tensor, or chunks of N coordinates
-    groups: dict[str, dict[str, Any]] = field(default_factory=dict)  # zo-fc, hybrid: [groups.<name>] tables
     # task sequences (class-incremental continual learning, eos_probe.tasks; docs/theory.md §5b)
     tasks: list[list[int]] | str | None = None  # class splits, "0,1;2,3" or [[0, 1], [2, 3]]
     task_steps: list[int] | None = None  # updates per task (default `steps` each; 0 = already trained)
@@ -141,51 +145,49 @@ def _positive(name: str, value: float | int | None, allow_none: bool = False) ->
         raise UserError(f"{name} must be a positive finite number, got {value}")
 
 
-def validate(cfg: TrainConfig) -> TrainConfig:
-    """Check every field that can be checked without loading data or models (those check themselves)."""
-    from .losses import LOSSES
+def optimizer_options(cfg: TrainConfig) -> dict[str, Any]:
+    """The config's values of every optimizer option (`eos_probe.presets.OPTIONS`): its fields, and
+    `optimizer_args` for options without one.
 
-    def choice(name: str, value: str, options) -> None:
+    Raises:
+        UserError: `optimizer_args` names an unknown option, or one that has its own field.
+    """
+    out = {name: getattr(cfg, name) for name in OPTIONS if name in _FIELDS}
+    for key, value in cfg.optimizer_args.items():
+        if key in out:
+            raise UserError(f"optimizer_args: {key} has its own key; set {key} = {value!r} directly")
+        if key not in OPTIONS:
+            raise UserError(f"optimizer_args: unknown optimizer option {key!r}" + did_you_mean(key, OPTIONS))
+        out[key] = value
+    return out
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Check every field that can be checked without loading data or models (those check themselves); fill lr
+    with the preset's default and normalise the task fields. Returns `cfg`."""
+    for name, value, options in (("optimizer", cfg.optimizer, NAMES), ("loss", cfg.loss, LOSSES),
+                                 ("device", cfg.device, DEVICES), ("dtype", cfg.dtype, DTYPES)):
         if value not in options:
             raise UserError(f"unknown {name} {value!r}; choose one of {', '.join(options)}"
                             + did_you_mean(value, options))
-
-    choice("optimizer", cfg.optimizer, NAMES)
-    choice("loss", cfg.loss, LOSSES)
-    choice("directions", cfg.directions, DIRECTIONS)
-    choice("difference", cfg.difference, DIFFERENCES)
-    choice("momentum style", cfg.momentum_style, MOMENTUM_STYLES)
-    choice("device", cfg.device, DEVICES)
-    choice("dtype", cfg.dtype, DTYPES)
     p = preset(cfg.optimizer)
     if cfg.lr is None:
         cfg.lr = p.lr
     check_lr(cfg.lr)
-    _positive("mu", cfg.mu)
-    _positive("eps", cfg.eps)
+    p.resolve(optimizer_options(cfg))  # every option's domain, and what this optimizer takes, fixes or refuses
+    if p.grouped:
+        group_tables(cfg)
     _positive("divergence factor", cfg.divergence_factor)
-    for name in ("steps", "queries"):
-        _positive(name, getattr(cfg, name))
+    _positive("steps", cfg.steps)
     _validate_schedule(cfg)
     for name in ("n_per_class", "microbatch", "log_every", "checkpoint_every", "keep_checkpoints_every"):
         _positive(name, getattr(cfg, name), allow_none=True)
     if isinstance(cfg.zo_trace_window, bool) or not isinstance(cfg.zo_trace_window, int) or cfg.zo_trace_window < 1:
         raise UserError(f"zo_trace_window must be a positive number of logged steps, got {cfg.zo_trace_window}")
     if cfg.probe_memory is not None:
-        from .budget import parse_bytes
-
         parse_bytes(cfg.probe_memory)
-    if cfg.momentum is not None and not (0.0 <= cfg.momentum < 1.0):
-        raise UserError(f"momentum must lie in [0, 1), got {cfg.momentum}")
-    if not (0.0 <= cfg.beta2 < 1.0):
-        raise UserError(f"beta2 must lie in [0, 1), got {cfg.beta2}")
     if cfg.seed < 0:
         raise UserError(f"seed must be a non-negative integer, got {cfg.seed}")
-    _validate_cocd(cfg)
-    _validate_shaping(cfg)
-    p.check_momentum(cfg.momentum)
-    from .tasks import validate_tasks
-
     validate_tasks(cfg)
     return cfg
 
@@ -193,7 +195,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
 def log_interval(cfg: TrainConfig, zeroth_order: bool) -> int:
     """Logging interval: `log_every`, else 1 for first-order runs (the loss comes free with the gradient) and
     10 for zeroth-order ones (each log costs one forward)."""
-    return cfg.log_every or (10 if zeroth_order else 1)
+    return cfg.log_every or (LOG_EVERY_ZO if zeroth_order else LOG_EVERY_FO)
 
 
 def _validate_schedule(cfg: TrainConfig) -> None:
@@ -211,25 +213,6 @@ def _validate_schedule(cfg: TrainConfig) -> None:
     if b is not None and (isinstance(b, bool) or not isinstance(b, (int, float)) or not 0.0 < b < 1.0):
         raise UserError(f"probe_budget must be a share of the wall time in (0, 1), e.g. 0.2, got {b!r}")
     _positive("threads", cfg.threads, allow_none=True)
-
-
-def _validate_shaping(cfg: TrainConfig) -> None:
-    """norm_match, rise_blocks and groups: each only where its optimizer uses it, with valid values."""
-    from .optim.shaping import rise_blocks
-
-    p = preset(cfg.optimizer)
-    if not isinstance(cfg.norm_match, bool):
-        raise UserError(f"norm_match must be true or false, got {cfg.norm_match!r}")
-    if cfg.norm_match and p.source != "two_point":
-        raise UserError(f"norm_match applies to the two-point ZO optimizers only, not {cfg.optimizer}")
-    if cfg.rise_blocks != "tensor":
-        if p.source != "rise":
-            raise UserError(f"rise_blocks applies to the rise optimizer only, not {cfg.optimizer}")
-        rise_blocks([1], cfg.rise_blocks)  # "tensor" or a positive chunk length
-    if cfg.groups and not p.grouped:
-        raise UserError(f"[groups] tables apply to the grouped optimizers (zo-fc, hybrid) only, not {cfg.optimizer}")
-    if p.grouped:
-        group_tables(cfg)
 
 
 def group_tables(cfg: TrainConfig) -> dict[str, dict[str, Any]]:
@@ -278,50 +261,19 @@ def _group_table(cfg: TrainConfig, name: str, t: dict[str, Any]) -> dict[str, An
            "until": t.get("until", 1.0), "directions": t.get("directions", cfg.directions),
            "queries": t.get("queries", cfg.queries), "mu": t.get("mu", cfg.mu),
            "momentum": t.get("momentum", 0.0 if rule == "gd" else DEFAULT_MOMENTUM)}
-    for key in ("lr", "mu", "until", "momentum", "clip", "queries"):
+    for key in ("lr", "until", "clip"):
         v = out[key]
         if key == "clip" and v is None:
             continue
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise UserError(f"{where}: {key} must be a number, got {v!r}")
     _positive(f"{where}: lr", out["lr"])
-    _positive(f"{where}: mu", out["mu"])
     _positive(f"{where}: clip", out["clip"], allow_none=True)
-    if not isinstance(out["queries"], int) or out["queries"] < 1:
-        raise UserError(f"{where}: queries must be a positive integer, got {out['queries']!r}")
+    for key in ("mu", "queries", "momentum", "directions"):  # the domains the run's own options have
+        OPTIONS[key].check(out[key], where=f"{where}: ")
     if not 0.0 < out["until"] <= 1.0:
         raise UserError(f"{where}: until (fraction of each task after which it is frozen) must lie in (0, 1], "
                         f"got {out['until']}")
     if rule == "gd" and out["momentum"] != 0:
         raise UserError(f"{where}: rule gd takes no momentum (got {out['momentum']}); use rule = \"heavy_ball\"")
-    if not 0.0 <= out["momentum"] < 1.0:
-        raise UserError(f"{where}: momentum must lie in [0, 1), got {out['momentum']}")
-    if out["directions"] not in DIRECTIONS:
-        raise UserError(f"{where}: unknown directions {out['directions']!r}; choose one of {', '.join(DIRECTIONS)}")
     return out
-
-
-def _validate_cocd(cfg: TrainConfig) -> None:
-    """CoCD options: ranges here; B > d and m >= d once the model is built (they need d)."""
-    given = [n for n in ("cocd_block", "cocd_gamma", "cocd_memory") if getattr(cfg, n) is not None]
-    if cfg.cocd_eps != 0.1:
-        given.append("cocd_eps")
-    if cfg.weight_decay:
-        given.append("weight_decay")
-    p = preset(cfg.optimizer)
-    if p.source != "cocd":
-        if given:
-            raise UserError(f"{', '.join(given)} apply to the cocd and bccd optimizers only, not {cfg.optimizer}")
-        return
-    p.check_momentum(cfg.momentum)
-    if cfg.cocd_block is not None and cfg.cocd_block < 1:
-        raise UserError(f"cocd block size B must be a positive integer, got {cfg.cocd_block}")
-    if cfg.cocd_gamma is not None and not (0.0 <= cfg.cocd_gamma <= 1.0):
-        raise UserError(f"cocd gamma must lie in [0, 1], got {cfg.cocd_gamma}")
-    if cfg.optimizer == "bccd" and cfg.cocd_gamma not in (None, 0, 0.0):
-        raise UserError(f"bccd is CoCD with gamma = 0 (got gamma {cfg.cocd_gamma:g}); use cocd for gamma > 0")
-    _positive("cocd eps", cfg.cocd_eps)
-    if cfg.cocd_memory is not None and cfg.cocd_memory < 1:
-        raise UserError(f"cocd memory budget must be a positive integer, got {cfg.cocd_memory}")
-    if not (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0):
-        raise UserError(f"weight decay must be a non-negative finite number, got {cfg.weight_decay}")

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.func import functional_call, grad, vmap
 
-from .errors import UserError
+from .errors import InvalidValueError, UserError
 from .hvp import HVP, HVP_BACKENDS, choose_backend, hvp_at
 from .losses import resolve_loss
 
@@ -108,9 +108,9 @@ class Objective:
         hvp_backend: str = "auto",
     ) -> None:
         if hvp_backend not in HVP_BACKENDS:
-            raise UserError(f"unknown HVP backend {hvp_backend!r}; choose one of {', '.join(HVP_BACKENDS)}")
+            raise InvalidValueError(f"unknown HVP backend {hvp_backend!r}; choose one of {', '.join(HVP_BACKENDS)}")
         if microbatch is not None and microbatch != "auto" and (isinstance(microbatch, str) or microbatch <= 0):
-            raise UserError(f"microbatch must be a positive number of examples or 'auto', got {microbatch}")
+            raise InvalidValueError(f"microbatch must be a positive number of examples or 'auto', got {microbatch}")
         self.model = model
         self.space = ParamSpace.from_module(model)
         # checks targets against the model's output once (see eos_probe.losses); num_classes is inferred

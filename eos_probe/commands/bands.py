@@ -14,8 +14,9 @@ import numpy as np
 
 from ._options import finite
 from ..errors import UserError
-from ..presets import DEFAULT_DIRECTIONS, DEFAULT_MOMENTUM
+from ..presets import OPTIONS
 from ..theory import stability as st
+from ..theory.setting import OPTIMIZERS, ApproximationWarning
 from ..theory.states import classify
 
 
@@ -79,7 +80,7 @@ def compute(optimizer: str, lr: float, momentum, momentum_style, queries: int, d
         if dim is None:
             dim = int(lam.size)
     with warnings.catch_warnings():  # the band lists its warnings; print each once
-        warnings.simplefilter("ignore", st.ApproximationWarning)
+        warnings.simplefilter("ignore", ApproximationWarning)
         b = st.band(lr, optimizer, queries, momentum, momentum_style, directions=directions, dim=dim)
         out: dict = {"band": b.as_dict(), "trace": trace, "lambda_max": lambda_max, "ms_sum": None,
                      "critical_lr": None, "critical_lr_bounds": None, "verdict": None, "state": None,
@@ -155,16 +156,16 @@ def render(out: dict) -> str:
 
 
 @click.command("bands")
-@click.option("--optimizer", required=True, type=click.Choice(list(st.OPTIMIZERS)), help="Optimizer preset.")
+@click.option("--optimizer", required=True, type=click.Choice(list(OPTIMIZERS)), help="Optimizer preset.")
 @click.option("--lr", required=True, type=float, callback=finite, help="Step size η.")
-@click.option("--momentum", type=float, callback=finite,
-              help=f"β of gdm, β1 of adam (default {DEFAULT_MOMENTUM:g}; 0 for gd).")
-@click.option("--momentum-style", type=click.Choice(list(st.MOMENTUM_STYLES)),
-              help="gdm convention: heavy_ball (default, torch SGD) or ema; adam is always ema.")
-@click.option("--queries", type=int, default=1, show_default=True, help="ZO two-point queries per step q.")
-@click.option("--directions", type=click.Choice(list(st.DIRECTIONS)), default=DEFAULT_DIRECTIONS,
-              show_default=True,
-              help="ZO direction law (sphere needs the dimension, rademacher uses it: --dim or --spectrum).")
+@click.option("--momentum", type=float, callback=finite, help=OPTIONS["momentum"].help + "; 0 for gd.")
+@click.option("--momentum-style", type=click.Choice(list(OPTIONS["momentum_style"].choices)),
+              help=f"{OPTIONS['momentum_style'].help} (default {OPTIONS['momentum_style'].default}); adam is always ema.")
+@click.option("--queries", type=int, default=OPTIONS["queries"].default, show_default=True,
+              help=OPTIONS["queries"].help + ".")
+@click.option("--directions", type=click.Choice(list(OPTIONS["directions"].choices)),
+              default=OPTIONS["directions"].default, show_default=True,
+              help=OPTIONS["directions"].help + " (sphere needs the dimension, rademacher uses it: --dim or --spectrum).")
 @click.option("--dim", type=int, help="Parameter count d (sphere/rademacher directions).")
 @click.option("--trace", type=float, callback=finite, help="Tr(H) (Adam: Tr(P^-1 H)); give with --lambda-max.")
 @click.option("--lambda-max", "lambda_max", type=float, callback=finite, help="λ_max(H) (Adam: of P^-1 H).")

@@ -1,28 +1,24 @@
-"""Optimizers = gradient source × update rule. `make_optimizer` builds the presets."""
+"""Optimizers = gradient source × update rule. `make_optimizer` builds a preset from the registry.
+
+A preset (`eos_probe.presets.PRESETS`) names a source and a rule of `eos_probe.presets.SOURCES` and `RULES`;
+each of those names its implementing class here (a module of this package), which builds itself from the
+preset's resolved options with ``from_settings(settings)``. Adding an optimizer is a source or rule module, a
+preset line (and its component line) in `eos_probe.presets`, and a test: nothing here changes.
+"""
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
-from ..errors import InvalidValueError
 from .. import presets as _presets
-from ..presets import DEFAULT_DIRECTIONS, DIFFERENCES, DIRECTIONS, MOMENTUM_STYLES, NAMES, check_lr
-from .cocd import CoCDSource
-from .protocols import GradientSource, Objective, StackedGradients, UpdateRule
-from .rules import GD, Adam, HeavyBall
-from .hybrid import GroupPlan, GroupRule, GroupSource, GroupSpec, group_specs
-from .sources import ExactSource, RiseSource, TwoPointSource, stream_seed
+from ..presets import Component, check_lr
+from .protocols import GradientSource, UpdateRule
 
-PRESETS = NAMES
-#: coherent coordinate descent presets (docs/theory.md §5d): the CoCD source with plain GD steps
-COCD_PRESETS = tuple(n for n, p in _presets.PRESETS.items() if p.source == "cocd")
-
-__all__ = ["Optimizer", "make_optimizer", "PRESETS", "DIRECTIONS", "DIFFERENCES", "MOMENTUM_STYLES",
-           "ExactSource", "TwoPointSource", "CoCDSource", "RiseSource",
-           "HybridOptimizer", "GroupSpec", "group_specs", "COCD_PRESETS", "GD", "HeavyBall", "Adam", "stream_seed",
-           "Objective", "GradientSource", "UpdateRule", "StackedGradients"]
+__all__ = ["HybridOptimizer", "Optimizer", "Settings", "component_class", "make_optimizer"]
 
 
 @dataclass
@@ -79,10 +75,10 @@ class HybridOptimizer(Optimizer):
     freezes it, and may be replaced by the trainer (task schedules).
     """
 
-    plan: GroupPlan | None = field(default=None, repr=False)
+    plan: Any = field(default=None, repr=False)
 
     @property
-    def groups(self) -> dict[str, GroupSpec]:
+    def groups(self) -> dict:
         return self.plan.groups
 
     @property
@@ -105,77 +101,70 @@ def _keep_direction(state: dict, g: Tensor) -> None:
         kept.copy_(g)
 
 
-def make_optimizer(preset: str, *, lr, momentum: float | None = None, momentum_style: str = "heavy_ball",
-                   beta2: float = 0.999, eps: float = 1e-8, queries: int = 1, mu: float = 1e-3,
-                   directions: str = DEFAULT_DIRECTIONS, difference: str = "central", seed: int = 0,
-                   frozen_preconditioner: Tensor | None = None, cocd_block: int | None = None,
-                   cocd_gamma: float | None = None, cocd_eps: float = 0.1, cocd_memory: int | None = None,
-                   weight_decay: float = 0.0, norm_match: bool = False, rise_blocks: str | int = "tensor",
-                   param_sizes: list[int] | None = None, groups: dict[str, GroupSpec] | None = None,
-                   progress=None) -> Optimizer:
-    """Build a preset (`eos_probe.presets.PRESETS`): gd, gdm, adam (exact gradients), zo-gd, zo-gdm, zo-adam
-    (two-point ZO), or cocd, bccd (coherent / block cyclic coordinate descent: B = `cocd_block` coordinates
-    refreshed per step, default ⌈1 % of d⌉; decay γ = `cocd_gamma`, default 0.99 for cocd and 0 for bccd;
-    radius `cocd_eps`).
+@dataclass
+class Settings:
+    """What a source's or rule's ``from_settings`` is built from.
+
+    Attributes:
+        preset: the preset's name.
+        options: the preset's options, resolved (`eos_probe.presets.Preset.resolve`); also ``settings[name]``.
+        lr: a float, a per-copy tensor of shape (K, 1), or a list of per-copy floats.
+        seed: the run seed (random sources derive their streams from it).
+        param_sizes: the parameter tensors' sizes in flat order (RISE's blocks), if known.
+        groups, progress: the grouped presets' `GroupSpec`s and step ↦ task progress.
+        frozen_preconditioner: Adam with a fixed diagonal P (validation of the preconditioned theory).
+        shared: what the source and the rule of one optimizer build once and share (the grouped plan).
+    """
+
+    preset: str
+    options: dict[str, Any]
+    lr: Any
+    seed: int = 0
+    param_sizes: list[int] | None = None
+    groups: dict | None = None
+    progress: Callable[[int], float] | None = None
+    frozen_preconditioner: Tensor | None = None
+    shared: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> Any:
+        return self.options[name]
+
+
+def component_class(component: Component) -> type:
+    """The class implementing a registered source or rule (imported from this package on first use)."""
+    module, _, name = component.impl.partition(":")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def make_optimizer(preset: str, *, lr: Any, seed: int = 0, param_sizes: list[int] | None = None,
+                   groups: dict | None = None, progress: Callable[[int], float] | None = None,
+                   frozen_preconditioner: Tensor | None = None, **options: Any) -> Optimizer:
+    """Build a preset (`eos_probe.presets.PRESETS`) with the given options.
 
     Args:
         preset: the optimizer's name.
         lr: a float, or a per-copy tensor of shape (K, 1).
-        momentum: β for gdm and β1 for adam (default: the preset's, 0.9); an error for presets without momentum.
-        norm_match: two-point presets: divide the estimate by √κ (zo-gd-nm always does).
-        rise_blocks, param_sizes: rise: ``"tensor"`` (blocks = the parameter tensors of sizes
-            `param_sizes`, flat order) or a chunk length N; `queries` is q per block.
-        groups, progress: zo-fc, hybrid: the groups (`eos_probe.optim.hybrid.group_specs`) and
-            step ↦ task progress for their `until` (required for these presets).
+        seed: the run seed.
+        param_sizes: rise: the parameter tensors' sizes in flat order (its blocks are those tensors).
+        groups, progress: zo-fc, hybrid: the groups (`eos_probe.optim.hybrid.group_specs`) and step ↦ task
+            progress for their `until` (required for these presets).
+        frozen_preconditioner: adam presets: a fixed diagonal P (v is never updated).
+        **options: `eos_probe.presets.OPTIONS` by name (e.g. ``momentum=0.9, queries=4, cocd_block=8``);
+            the preset's defaults fill the others, and options of other sources and rules are ignored unless
+            they are exclusive to them.
 
     Returns:
-        The :class:`Optimizer`.
+        The :class:`Optimizer` (a :class:`HybridOptimizer` for grouped presets).
 
     Raises:
-        InvalidValueError: an unknown preset, a bad lr or an option the preset does not take.
+        InvalidValueError: an unknown preset or option, a bad lr or value, or an option the preset does not take.
     """
     p = _presets.preset(preset)
     if not isinstance(lr, Tensor):
         check_lr(lr)
-    if p.grouped or p.source == "rise":
-        return _make_shaped(p, lr=lr, momentum=momentum, queries=queries, seed=seed, rise_blocks=rise_blocks,
-                            param_sizes=param_sizes, groups=groups, progress=progress)
-    if p.source == "cocd":
-        p.check_momentum(momentum)
-        if p.name == "bccd" and cocd_gamma not in (None, 0, 0.0):
-            raise InvalidValueError(f"bccd is CoCD with gamma = 0 (got gamma {cocd_gamma}); use cocd for gamma > 0")
-        gamma = (0.99 if p.name == "cocd" else 0.0) if cocd_gamma is None else cocd_gamma
-        source = CoCDSource(block=cocd_block, gamma=gamma, eps=cocd_eps, memory=cocd_memory,
-                            weight_decay=weight_decay)
-        return Optimizer(p.name, source, GD(lr))
-    if weight_decay:
-        raise InvalidValueError(f"weight decay is implemented for the cocd and bccd presets only, not {p.name}")
-    if norm_match and p.source != "two_point":
-        raise InvalidValueError(f"norm matching applies to two-point ZO optimizers, not {p.name}")
-    source = (TwoPointSource(queries=queries, mu=mu, directions=directions, difference=difference, seed=seed,
-                             norm_match=norm_match or p.norm_match)
-              if p.source == "two_point" else ExactSource())
-    p.check_momentum(momentum)
-    beta = p.momentum if momentum is None else momentum
-    if p.rule == "gd":
-        rule = GD(lr)
-    elif p.rule == "momentum":
-        rule = HeavyBall(lr, beta, momentum_style)
-    else:
-        rule = Adam(lr, beta, beta2, eps, frozen_preconditioner)
+    s = Settings(p.name, p.resolve(options), lr, seed, param_sizes, groups, progress, frozen_preconditioner)
+    source = component_class(_presets.SOURCES[p.source]).from_settings(s)
+    rule = component_class(_presets.RULES[p.rule]).from_settings(s)
+    if "plan" in s.shared:
+        return HybridOptimizer(p.name, source, rule, plan=s.shared["plan"])
     return Optimizer(p.name, source, rule)
-
-
-def _make_shaped(p, *, lr, momentum, queries: int, seed: int, rise_blocks, param_sizes, groups,
-                 progress) -> Optimizer:
-    """The rise preset (RISE source × GD) and the grouped presets (`HybridOptimizer`)."""
-    p.check_momentum(momentum)
-    if p.source == "rise":
-        return Optimizer(p.name, RiseSource(queries=queries, blocks=rise_blocks, sizes=param_sizes, seed=seed),
-                         GD(lr))
-    if not groups:
-        raise InvalidValueError(f"optimizer {p.name} needs parameter groups ([groups.<name>] tables in the config)")
-    if progress is None:
-        raise InvalidValueError(f"optimizer {p.name} needs progress (step -> fraction of the task done) for `until`")
-    plan = GroupPlan(dict(groups), progress, seed)
-    return HybridOptimizer(p.name, GroupSource(plan), GroupRule(plan), plan=plan)

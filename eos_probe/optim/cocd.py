@@ -14,11 +14,15 @@ The perturbed points are written out of place into scratch buffers: θ comes bac
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..errors import InvalidValueError
+from ..objective import activation_bytes
+from ..presets import OPTIONS, default
+from ..theory.cocd import CoCDSchedule, schedule
 
 EVAL_MODES = ("auto", "loop", "batched")
 #: scratch budget for the stacked perturbed points of one batched call (bytes)
@@ -43,18 +47,12 @@ class CoCDSource:
     evaluates_loss = False
     zeroth_order = True
 
-    def __init__(self, block: int | None = None, gamma: float = 0.99, eps: float = 0.1, memory: int | None = None,
-                 weight_decay: float = 0.0, eval_mode: str = "auto") -> None:
-        if block is not None and (isinstance(block, bool) or not isinstance(block, int) or block < 1):
-            raise InvalidValueError(f"CoCD block size B must be a positive integer, got {block!r}")
-        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not (0.0 <= gamma <= 1.0):
-            raise InvalidValueError(f"CoCD decay gamma must lie in [0, 1], got {gamma!r}")
-        if not (isinstance(eps, (int, float)) and not isinstance(eps, bool) and eps > 0 and math.isfinite(eps)):
-            raise InvalidValueError(f"CoCD finite-difference radius eps must be a positive finite number, got {eps!r}")
-        if memory is not None and (isinstance(memory, bool) or not isinstance(memory, int) or memory < 1):
-            raise InvalidValueError(f"CoCD memory budget must be a positive integer, got {memory!r}")
-        if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0):
-            raise InvalidValueError(f"weight decay must be a non-negative finite number, got {weight_decay!r}")
+    def __init__(self, block: int | None = default("cocd_block"), gamma: float = default("cocd_gamma"),
+                 eps: float = default("cocd_eps"), memory: int | None = default("cocd_memory"),
+                 weight_decay: float = default("weight_decay"), eval_mode: str = "auto") -> None:
+        for name, value in (("cocd_block", block), ("cocd_gamma", gamma), ("cocd_eps", eps), ("cocd_memory", memory),
+                            ("weight_decay", weight_decay)):
+            OPTIONS[name].check(value)
         if eval_mode not in EVAL_MODES:
             raise InvalidValueError(f"unknown CoCD evaluation mode {eval_mode!r}; choose one of {', '.join(EVAL_MODES)}")
         self.block, self.gamma, self.eps = block, float(gamma), float(eps)
@@ -62,14 +60,18 @@ class CoCDSource:
         self._scratch: dict | None = None
         self._batched: dict[tuple, int] = {}
 
+    @classmethod
+    def from_settings(cls, s: Any) -> "CoCDSource":
+        """The source of a CoCD preset (`eos_probe.optim.make_optimizer`)."""
+        return cls(block=s["cocd_block"], gamma=s["cocd_gamma"], eps=s["cocd_eps"], memory=s["cocd_memory"],
+                   weight_decay=s["weight_decay"])
+
     # ------------------------------------------------------------------ schedule
     def block_size(self, dim: int) -> int:
         return self.block if self.block is not None else default_block(dim)
 
-    def schedule(self, dim: int):
+    def schedule(self, dim: int) -> CoCDSchedule:
         """The validated :class:`eos_probe.theory.cocd.CoCDSchedule` for d parameters (B > d etc. raise)."""
-        from ..theory.cocd import schedule
-
         return schedule(dim, self.block_size(dim), self.gamma, self.memory, self.weight_decay)
 
     def check_dim(self, dim: int) -> None:
@@ -110,8 +112,6 @@ class CoCDSource:
                 if not getattr(objective, "vectorizes_stacks", True):
                     chunk = 1
                 elif theta.device.type == "cuda":
-                    from ..objective import activation_bytes
-
                     total = activation_bytes(model, x)[1] * int(x.shape[0]) * max(1, theta[..., 0].numel())
                     memory = torch.cuda.get_device_properties(theta.device).total_memory
                     chunk = max(1, min(chunk, (memory // 4) // max(total, 1)))

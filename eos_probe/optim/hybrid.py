@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..errors import InvalidValueError
+from ..groups import resolve_groups
+from ..presets import default
 from .rules import GD, Adam, HeavyBall
 from .sources import GRADIENT_FORWARDS, PURPOSE_PART, ExactSource, TwoPointSource, stream_seed
 
@@ -41,9 +44,9 @@ class GroupSpec:
     rule: str = "gd"
     lr: float = 0.01
     momentum: float = 0.0
-    queries: int = 1
-    directions: str = "gaussian"
-    mu: float = 1e-3
+    queries: int = default("queries")
+    directions: str = default("directions")
+    mu: float = default("mu")
     clip: float | None = None
     until: float = 1.0
 
@@ -84,6 +87,24 @@ class GroupPlan:
     progress: Progress
     seed: int = 0
 
+    @classmethod
+    def from_settings(cls, s: Any) -> "GroupPlan":
+        """The plan of a grouped preset, built once per optimizer and shared by its source and rule.
+
+        Raises:
+            InvalidValueError: no groups, or no progress callable for their `until`.
+        """
+        if "plan" not in s.shared:
+            preset = s.preset
+            if not s.groups:
+                raise InvalidValueError(f"optimizer {preset} needs parameter groups ([groups.<name>] tables in "
+                                        "the config)")
+            if s.progress is None:
+                raise InvalidValueError(f"optimizer {preset} needs progress (step -> fraction of the task done) "
+                                        "for `until`")
+            s.shared["plan"] = cls(dict(s.groups), s.progress, s.seed)
+        return s.shared["plan"]
+
     def active(self, step: int) -> list[GroupSpec]:
         """The groups that train at `step` (progress below their `until`)."""
         p = float(self.progress(step))
@@ -105,6 +126,11 @@ class GroupSource:
             if g.zeroth_order:
                 self._zo[g.name] = TwoPointSource(queries=g.queries, mu=g.mu, directions=g.directions,
                                                   seed=stream_seed(plan.seed, i, PURPOSE_PART))
+
+    @classmethod
+    def from_settings(cls, s: Any) -> "GroupSource":
+        """The source of a grouped preset (`eos_probe.optim.make_optimizer`)."""
+        return cls(GroupPlan.from_settings(s))
 
     @property
     def zeroth_order(self) -> bool:
@@ -169,6 +195,11 @@ class GroupRule:
         self.plan = plan
         self.rules = {n: _rule(g) for n, g in plan.groups.items()}
 
+    @classmethod
+    def from_settings(cls, s: Any) -> "GroupRule":
+        """The rule of a grouped preset: the plan its source built."""
+        return cls(GroupPlan.from_settings(s))
+
     def init(self, theta: Tensor) -> dict[str, Tensor]:
         out = {}
         for n, g in self.plan.groups.items():
@@ -201,8 +232,6 @@ def group_specs(model: torch.nn.Module, tables: dict[str, dict], device: torch.d
     Raises:
         UserError: a group name matching no parameter, or two groups sharing one (`resolve_groups`).
     """
-    from ..groups import resolve_groups
-
     index = resolve_groups(model, list(tables), device)
     return {n: GroupSpec(n, index[n], **{k: v for k, v in t.items()}) for n, t in tables.items()}
 

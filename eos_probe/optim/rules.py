@@ -1,4 +1,4 @@
-"""Update rules: turn a direction g into a step on θ, in place (DESIGN.md, "source × rule").
+"""Update rules: turn a direction g into a step on θ, in place (docs/design.md, "Optimizers").
 
 All rules are elementwise, so they work for θ of shape (d,) or (K, d). Per stacked copy, `lr` may be
   - a tensor of shape (K, 1): one vectorised update (Monte Carlo over many rows), or
@@ -9,18 +9,19 @@ All rules are elementwise, so they work for θ of shape (d,) or (K, d). Per stac
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..errors import InvalidValueError
-from ..presets import DEFAULT_MOMENTUM, MOMENTUM_STYLES
+from ..presets import DEFAULT_MOMENTUM, OPTIONS, default
 
 
-def _check_beta(name: str, beta) -> None:
-    for b in beta if isinstance(beta, (list, tuple)) else (beta,):
-        if not (0.0 <= b < 1.0):
-            raise InvalidValueError(f"{name} must lie in [0, 1), got {b}")
+def _check(option: str, value) -> None:
+    """Check a rule's setting (or each per-copy value of it) against its `eos_probe.presets.OPTIONS` domain."""
+    for v in value if isinstance(value, (list, tuple)) else (value,):
+        OPTIONS[option].check(v)
 
 
 def _row_rules(make, **params) -> list | None:
@@ -64,6 +65,11 @@ class GD:
         self._params = {"lr": lr}
         self._rows = _row_rules(GD, **self._params)
 
+    @classmethod
+    def from_settings(cls, s: Any) -> "GD":
+        """The rule of a preset (`eos_probe.optim.make_optimizer`)."""
+        return cls(s.lr)
+
     def init(self, theta: Tensor) -> dict[str, Tensor]:
         return {}
 
@@ -83,14 +89,18 @@ class GD:
 class HeavyBall:
     """Momentum. heavy_ball (torch.optim.SGD): m ← βm + g, θ ← θ − ηm.  ema: m ← βm + (1−β)g, θ ← θ − ηm."""
 
-    def __init__(self, lr, momentum=DEFAULT_MOMENTUM, style: str = "heavy_ball") -> None:
-        _check_beta("momentum", momentum)
-        if style not in MOMENTUM_STYLES:
-            raise InvalidValueError(f"unknown momentum style {style!r}; choose one of {', '.join(MOMENTUM_STYLES)}")
+    def __init__(self, lr, momentum=DEFAULT_MOMENTUM, style: str = default("momentum_style")) -> None:
+        _check("momentum", momentum)
+        OPTIONS["momentum_style"].check(style)
         self.lr, self.momentum, self.style = lr, momentum, style
         self.name = style
         self._params = {"lr": lr, "momentum": momentum, "style": style}
         self._rows = _row_rules(HeavyBall, **self._params)
+
+    @classmethod
+    def from_settings(cls, s: Any) -> "HeavyBall":
+        """The rule of a momentum preset (`eos_probe.optim.make_optimizer`)."""
+        return cls(s.lr, s["momentum"], s["momentum_style"])
 
     def init(self, theta: Tensor) -> dict[str, Tensor]:
         return {"m": torch.zeros_like(theta)}
@@ -127,17 +137,21 @@ class Adam:
 
     name = "adam"
 
-    def __init__(self, lr, beta1=DEFAULT_MOMENTUM, beta2: float = 0.999, eps: float = 1e-8,
+    def __init__(self, lr, beta1=DEFAULT_MOMENTUM, beta2: float = default("beta2"), eps: float = default("eps"),
                  frozen_preconditioner: Tensor | None = None) -> None:
-        _check_beta("beta1 (momentum)", beta1)
-        _check_beta("beta2", beta2)
-        if not (eps > 0 and math.isfinite(eps)):
-            raise InvalidValueError(f"eps must be a positive finite number, got {eps}")
+        _check("momentum", beta1)
+        _check("beta2", beta2)
+        _check("eps", eps)
         self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
         self.frozen = frozen_preconditioner
         self._params = {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps,
                         "frozen_preconditioner": frozen_preconditioner}
         self._rows = _row_rules(Adam, **self._params)
+
+    @classmethod
+    def from_settings(cls, s: Any) -> "Adam":
+        """The rule of an Adam preset (`eos_probe.optim.make_optimizer`)."""
+        return cls(s.lr, s["momentum"], s["beta2"], s["eps"], s.frozen_preconditioner)
 
     def init(self, theta: Tensor) -> dict[str, Tensor]:
         state = {"m": torch.zeros_like(theta)}

@@ -1,4 +1,4 @@
-"""Gradient sources: turn the objective at θ into a direction g (DESIGN.md, "source × rule").
+"""Gradient sources: turn the objective at θ into a direction g (docs/design.md, "Optimizers").
 
 Every source is shape-generic: θ may be (d,) or (K, d) (K stacked copies: an η sweep or Monte-Carlo
 seeds), provided the objective's `loss` returns shape θ.shape[:-1].
@@ -6,13 +6,16 @@ seeds), provided the objective's `loss` returns shape θ.shape[:-1].
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..errors import InvalidValueError
-from ..presets import DEFAULT_DIRECTIONS, DIFFERENCES, DIRECTIONS
+from ..objective import activation_bytes
+from ..presets import OPTIONS, default
 from ..theory.shaping import norm_inflation
+from ..zo_monitor import curvature_sample
 from .protocols import StackedGradients
 from .shaping import rise_blocks, rise_shape
 
@@ -46,6 +49,11 @@ class ExactSource:
     name = "exact"
     zeroth_order = False
     evaluates_loss = True
+
+    @classmethod
+    def from_settings(cls, s: Any) -> "ExactSource":
+        """The source of a preset (`eos_probe.optim.make_optimizer`): it takes no options."""
+        return cls()
 
     def init(self, theta: Tensor) -> dict[str, Tensor]:
         return {}
@@ -104,17 +112,13 @@ class TwoPointSource:
     zeroth_order = True
     evaluates_loss = False
 
-    def __init__(self, queries: int = 1, mu: float = 1e-3, directions: str = DEFAULT_DIRECTIONS,
-                 difference: str = "central", seed: int = 0, shared_directions: bool = False,
-                 query_mode: str = "auto", norm_match: bool = False) -> None:
-        if isinstance(queries, bool) or not isinstance(queries, int) or queries < 1:
-            raise InvalidValueError(f"queries must be a positive integer, got {queries}")
-        if not (mu > 0 and math.isfinite(mu)):
-            raise InvalidValueError(f"mu (smoothing radius) must be a positive finite number, got {mu}")
-        if directions not in DIRECTIONS:
-            raise InvalidValueError(f"unknown direction distribution {directions!r}; choose one of {', '.join(DIRECTIONS)}")
-        if difference not in DIFFERENCES:
-            raise InvalidValueError(f"unknown finite difference {difference!r}; choose one of {', '.join(DIFFERENCES)}")
+    def __init__(self, queries: int = default("queries"), mu: float = default("mu"),
+                 directions: str = default("directions"), difference: str = default("difference"), seed: int = 0,
+                 shared_directions: bool = False, query_mode: str = "auto",
+                 norm_match: bool = default("norm_match")) -> None:
+        for name, value in (("queries", queries), ("mu", mu), ("directions", directions),
+                            ("difference", difference)):
+            OPTIONS[name].check(value)
         if query_mode not in QUERY_MODES:
             raise InvalidValueError(f"unknown query mode {query_mode!r}; choose one of {', '.join(QUERY_MODES)}")
         self.queries, self.mu, self.directions, self.difference, self.seed = queries, mu, directions, difference, seed
@@ -126,6 +130,12 @@ class TwoPointSource:
         self._buffers: dict[str, Tensor] | None = None
         self._gen: torch.Generator | None = None
         self._batched: dict[tuple, bool] = {}
+
+    @classmethod
+    def from_settings(cls, s: Any) -> "TwoPointSource":
+        """The source of a two-point preset (`eos_probe.optim.make_optimizer`)."""
+        return cls(queries=s["queries"], mu=s["mu"], directions=s["directions"], difference=s["difference"],
+                   seed=s.seed, norm_match=s["norm_match"])
 
     def forwards_per_step(self, dim: int) -> float:
         """2q loss evaluations (central) or q + 1 (forward)."""
@@ -255,8 +265,6 @@ class TwoPointSource:
         (`eos_probe.zo_monitor.curvature_sample`); None for forward differences (no symmetric pair)."""
         if "query_losses" not in info:
             return None
-        from ..zo_monitor import curvature_sample
-
         lp, lm = info["query_losses"]
         return curvature_sample(lp, lm, loss0, self.mu)
 
@@ -269,8 +277,6 @@ def _fits_batched(objective, theta: Tensor, n_points: int) -> bool:
         return False
     if theta.device.type != "cuda":
         return True
-    from ..objective import activation_bytes
-
     total = activation_bytes(model, x)[1]
     width = n_points * math.prod(theta.shape[:-1])
     memory = torch.cuda.get_device_properties(theta.device).total_memory
@@ -302,14 +308,18 @@ class RiseSource:
     zeroth_order = False
     evaluates_loss = True
 
-    def __init__(self, queries: int = 1, blocks: str | int = "tensor", sizes: list[int] | None = None,
-                 seed: int = 0) -> None:
-        if isinstance(queries, bool) or not isinstance(queries, int) or queries < 1:
-            raise InvalidValueError(f"queries must be a positive integer, got {queries}")
+    def __init__(self, queries: int = default("queries"), blocks: str | int = default("rise_blocks"),
+                 sizes: list[int] | None = None, seed: int = 0) -> None:
+        OPTIONS["queries"].check(queries)
         rise_blocks([1], blocks)  # validates the spec
         self.queries, self.blocks, self.seed = queries, blocks, seed
         self.sizes = list(sizes) if sizes is not None else None
         self._exact = ExactSource()
+
+    @classmethod
+    def from_settings(cls, s: Any) -> "RiseSource":
+        """The source of the rise preset; its blocks are the parameter tensors `s.param_sizes` by default."""
+        return cls(queries=s["queries"], blocks=s["rise_blocks"], sizes=s.param_sizes, seed=s.seed)
 
     def block_bounds(self, d: int) -> list[tuple[int, int]]:
         """(start, stop) of each block over θ of dimension d."""
