@@ -10,8 +10,8 @@ The same loop trains K ≥ 1 copies: a sweep over lr/momentum (`train_sweep`) st
 direction per query for all copies (as K separate runs of one seed would) and gives each copy its own run
 file, probe and checkpoint; a copy that diverges is recorded in its file and dropped from the stack.
 
-This module builds a run (`build`) and assembles it; the loop's parts live in `eos_probe.trainer` (the
-stacked copies, their run files, the per-step hooks and the loop). Its names stay importable from here.
+This module validates a config once, builds its run (`eos_probe.build`) and assembles the loop from the parts
+in `eos_probe.trainer` (the stacked copies, their run files, the hooks and the checkpoint policy).
 """
 from __future__ import annotations
 
@@ -23,45 +23,26 @@ from typing import Any
 
 import torch
 
+from .build import Setup, assemble, default_threads, optimizer_for
+from .checkpoint import checkpoint_path, load_checkpoint
 from .config import TrainConfig, log_interval, validate
-from .errors import CorruptFileError, DivergedError, UserError, did_you_mean
+from .errors import CorruptFileError, DivergedError, UserError
 from .interrupt import Guard
-from .objective import Objective
-from .optim import Optimizer
+from .models.plugins import model_factory
 from .presets import preset
-from .store import check_writable, crash_point, open_run
+from .probe import build_probe
+from .provenance import check_unchanged, sha256_file
+from .reading import open_run
+from .store import check_writable, crash_point
+from .trainer.checkpointing import CheckpointHook, CheckpointPolicy
 from .trainer.copies import CopyStack
-from .trainer.copies import optimizer_for as _make_optimizer
-from .trainer.copies import stack_optimizers as _stack_optimizers
-from .trainer.hooks import (CheckpointHook, DivergenceHook, InterruptHook, LogHook, ProbeHook, ProgressHook,
-                            ScheduleHook, StepContext, TrackHook, probe_cost_line, probe_price_line, progress_bar)
-from .trainer.hooks import check_divergence as _check_divergence
+from .trainer.hooks import (DivergenceHook, InterruptHook, LogHook, ProbeHook, ProgressHook, ScheduleHook,
+                            StepContext, TrackHook, progress_bar)
 from .trainer.loop import run_loop
-from .trainer.runfile import RunFile, checkpoint_path, environment, load_checkpoint, open_files, save_checkpoint
-from .tasks import TaskData, TaskSchedule, dataset_classes, load_init
+from .trainer.price import probe_price_line
+from .trainer.runfile import RunFile, open_files
 from .trainer.tasks import TaskHook
 from .zo_monitor import ZOTraceMonitor
-
-__all__ = ["CHECKPOINT_SECONDS", "RUNS_DIR", "SWEEP_FIELDS", "RunResult", "Setup", "build", "checkpoint_path",
-           "default_out", "environment", "exact_float32", "load_checkpoint", "resolve_device", "save_checkpoint",
-           "sweep_configs", "train", "train_sweep"]
-
-
-@dataclass
-class Setup:
-    """Everything a run is made of, built from a config."""
-
-    config: TrainConfig
-    device: torch.device
-    dataset: Any
-    model: torch.nn.Module
-    objective: Objective
-    optimizer: Optimizer
-    theta: torch.Tensor
-    model_source: dict | None = None  # provenance of a plug-in model (eos_probe.plugins), None for built-ins
-    tasks: Any = None  # eos_probe.tasks.TaskData of a task sequence, else None
-    init_from: dict | None = None  # provenance of θ_0 when `init_from` started it from another run
-
 
 @dataclass
 class RunResult:
@@ -103,76 +84,6 @@ class RunResult:
         return self.probe_seconds / self.seconds if self.seconds > 0 else 0.0
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was requested but no CUDA device is available; use --device cpu or auto")
-    return torch.device(name)
-
-
-def exact_float32() -> None:
-    """Turn off TF32 on CUDA: its ~1e-3 relative precision would swamp μ = 1e-3 finite differences."""
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    torch.set_float32_matmul_precision("highest")
-
-
-def build(cfg: TrainConfig) -> Setup:
-    """Data, model, objective and optimizer for a config (validates what it touches)."""
-    from .data import DATASETS, load_dataset
-    from .models import MODELS, build_model
-
-    from .plugins import build_plugin_model, is_model_plugin
-
-    validate(cfg)
-    plugin = cfg.model not in MODELS and is_model_plugin(cfg.model)
-    if cfg.model not in MODELS and not plugin:
-        raise UserError(f"unknown model {cfg.model!r}; choose one of {', '.join(sorted(MODELS))}, "
-                        "path/to/file.py:factory or package.module:factory" + did_you_mean(cfg.model, MODELS))
-    kind = None if plugin else MODELS[cfg.model].kind  # a plug-in takes whatever data it is given
-    data_name = cfg.data or ("sort" if kind == "sequence" else "fashion4")
-    device = resolve_device(cfg.device)
-    if device.type == "cuda":
-        exact_float32()
-    dtype = getattr(torch, cfg.dtype)
-    ds = load_dataset(data_name, data_dir=cfg.data_dir, n_per_class=cfg.n_per_class, seed=cfg.seed,
-                      classes=dataset_classes(cfg, data_name in DATASETS), **cfg.data_args)
-    if kind is not None and ds.kind != kind:
-        raise UserError(f"model {cfg.model!r} takes {kind} data but dataset {data_name!r} is {ds.kind} data")
-    source = None
-    if plugin:
-        model, source = build_plugin_model(cfg.model, input_shape=tuple(ds.input_shape), num_outputs=ds.num_classes,
-                                           seed=cfg.seed, dtype=dtype, **cfg.model_args)
-        model = model.to(device)
-    else:
-        model = build_model(cfg.model, input_shape=tuple(ds.input_shape), num_classes=ds.num_classes,
-                            seed=cfg.seed, dtype=dtype, **cfg.model_args).to(device)
-    x = ds.x_train.to(device=device, dtype=dtype if ds.x_train.is_floating_point() else None)
-    y = ds.y_train.to(device)
-    # no --microbatch: chunk by a shape-only rule (faster on CPU, same chunks on every run of a config)
-    objective = Objective(model, x, y, loss=cfg.loss, num_classes=ds.num_classes,
-                          microbatch=cfg.microbatch or "auto")
-    if cfg.probe_memory is not None:
-        from .budget import parse_bytes
-
-        objective.probe_memory = parse_bytes(cfg.probe_memory)
-    optimizer = _make_optimizer(cfg, model)
-    if hasattr(optimizer.source, "check_dim"):  # CoCD: B > d, m >= d are user errors known only now
-        optimizer.source.check_dim(objective.dim)
-    theta, init = objective.initial_theta(), None
-    if cfg.init_from:
-        theta, init = load_init(cfg.init_from, objective.dim, theta)
-    schedule = TaskSchedule.from_config(cfg)
-    tasks = TaskData(ds, schedule, device, dtype, bool(cfg.mask_old_logits)) if schedule.active else None
-    return Setup(replace(cfg, data=data_name), device, ds, model, objective, optimizer, theta, source, tasks, init)
-
-
-#: the most work (seconds) a kill may cost: a checkpoint is written at the first step boundary after this long
-#: (besides one after every probe, one every --checkpoint-every steps if given, and one at the end)
-CHECKPOINT_SECONDS = 300.0
-
-
 def default_out(cfg: TrainConfig) -> Path:
     lr = cfg.lr if cfg.lr is not None else preset(cfg.optimizer).lr
     return Path("runs") / f"{_model_stem(cfg.model)}-{cfg.optimizer}-lr{lr:g}-s{cfg.seed}.h5"
@@ -200,59 +111,70 @@ def train(cfg: TrainConfig | None, *, overwrite: bool = False, resume: str | Pat
     (after checkpointing) on SIGINT/SIGTERM.
     """
     ckpt = None
-    resuming = resume is not None
-    if resuming:
+    if resume is not None:
         path = Path(resume)
-        try:
-            with open_run(path) as f:
-                if "config" not in f.attrs:
-                    raise UserError(f"{path} has no recorded config; it cannot be resumed")
-                stored = json.loads(f.attrs["config"])
-                recorded = {k: json.loads(f.attrs[k]) for k in ("model_source", "dataset") if k in f.attrs}
-                run_id = f.attrs.get("run_id")
-                logged = max((f[g]["step"].shape[0] for g in ("train", "probe") if g in f and "step" in f[g]),
-                             default=0)
-        except (OSError, RuntimeError, KeyError, ValueError) as e:
-            raise CorruptFileError(f"{path}: run file is damaged, cannot resume it ({e})") from None
-        if checkpoint_path(path).exists():
-            ckpt = load_checkpoint(checkpoint_path(path))
-            if run_id is not None and ckpt.get("run_id", run_id) != run_id:
-                ckpt = None  # left by an earlier run of the same name (killed before this one's first)
-        if ckpt is None and logged and not restart:
-            raise UserError(f"{path} has no checkpoint to continue from, so its {logged} logged rows would be "
-                            "recomputed from step 0; pass --restart to do that")
-        if steps is not None and stored.get("tasks"):
-            raise UserError(f"{path} trains a task sequence: its task_steps fix its length, so --steps cannot "
-                            "change it; start a run with init_from to train further")
-        if steps is not None:
-            done = int(ckpt["step"]) if ckpt else 0
-            if steps < done:
-                raise UserError(f"--steps {steps} is fewer than the {done} steps {path} has already done")
-            stored["steps"] = steps
-        cfg = TrainConfig(**stored)
-        _check_plugins_unchanged(cfg, recorded)
+        cfg, ckpt = _resume_point(path, steps, restart)
     else:
         validate(cfg)
         path = Path(cfg.out) if cfg.out else default_out(cfg)
         _check_out(cfg, path, overwrite)
-    (result,) = _train([cfg], [path], overwrite=overwrite, resume_ckpt=ckpt, resuming=resuming,
+    (result,) = _train([cfg], [path], overwrite=overwrite, resume_ckpt=ckpt, resuming=resume is not None,
                        progress=progress, probe=probe)
     if result.status == "diverged":
         raise result.error
     return result
 
 
+def _resume_point(path: Path, steps: int | None, restart: bool) -> tuple[TrainConfig, dict | None]:
+    """The validated config of a run file to resume (its steps extended to `steps`) and its checkpoint (None:
+    start again from step 0).
+
+    Raises:
+        CorruptFileError: the file cannot be read.
+        UserError: no config, no checkpoint for logged rows without `restart`, `steps` fewer than done or
+            given to a task sequence, or a changed plug-in.
+    """
+    ckpt = None
+    try:
+        with open_run(path) as f:
+            if "config" not in f.attrs:
+                raise UserError(f"{path} has no recorded config; it cannot be resumed")
+            stored = json.loads(f.attrs["config"])
+            recorded = {k: json.loads(f.attrs[k]) for k in ("model_source", "dataset") if k in f.attrs}
+            run_id = f.attrs.get("run_id")
+            logged = max((f[g]["step"].shape[0] for g in ("train", "probe") if g in f and "step" in f[g]),
+                         default=0)
+    except (OSError, RuntimeError, KeyError, ValueError) as e:
+        raise CorruptFileError(f"{path}: run file is damaged, cannot resume it ({e})") from None
+    if checkpoint_path(path).exists():
+        ckpt = load_checkpoint(checkpoint_path(path))
+        if run_id is not None and ckpt.get("run_id", run_id) != run_id:
+            ckpt = None  # left by an earlier run of the same name (killed before this one's first)
+    if ckpt is None and logged and not restart:
+        raise UserError(f"{path} has no checkpoint to continue from, so its {logged} logged rows would be "
+                        "recomputed from step 0; pass --restart to do that")
+    if steps is not None and stored.get("tasks"):
+        raise UserError(f"{path} trains a task sequence: its task_steps fix its length, so --steps cannot "
+                        "change it; start a run with init_from to train further")
+    if steps is not None:
+        done = int(ckpt["step"]) if ckpt else 0
+        if steps < done:
+            raise UserError(f"--steps {steps} is fewer than the {done} steps {path} has already done")
+        stored["steps"] = steps
+    cfg = validate(TrainConfig(**stored))
+    _check_plugins_unchanged(cfg, recorded)
+    return cfg, ckpt
+
+
 def _check_plugins_unchanged(cfg: TrainConfig, recorded: dict[str, Any]) -> None:
     """A resumed run must see the same plug-in model file and .npz data as when it started."""
-    from .plugins import _sha256, check_unchanged, model_factory
-
     if "model_source" in recorded:
         check_unchanged(recorded["model_source"], model_factory(cfg.model)[1], "model")
     data = recorded.get("dataset") or {}
     if isinstance(data, dict) and data.get("sha256") and data.get("path"):
         if not Path(data["path"]).is_file():
             raise UserError(f"data file {data['path']} of this run no longer exists; it cannot be resumed")
-        check_unchanged(data, {"sha256": _sha256(data["path"]), "path": data["path"]}, "data file")
+        check_unchanged(data, {"sha256": sha256_file(data["path"]), "path": data["path"]}, "data file")
 
 
 #: the hyper-parameters an in-process sweep may vary between its copies
@@ -276,7 +198,7 @@ def sweep_configs(cfg: TrainConfig, lrs: list[float] | None = None,
     out = []
     for lr in lr_values:
         for mom in mom_values:
-            c = validate(replace(cfg, lr=lr, momentum=mom, out=None))
+            c = replace(cfg, lr=lr, momentum=mom, out=None)  # validated once, by train_sweep
             tag = (f"-lr{lr:g}" if lrs and len(lr_values) > 1 else "") + \
                   (f"-m{mom:g}" if momenta and len(mom_values) > 1 else "")
             p = default_out(c) if base is None else base
@@ -346,62 +268,42 @@ def _train(cfgs: list[TrainConfig], paths: list[Path], *, overwrite: bool, resum
         torch.set_num_threads(old_threads)
 
 
-#: parameters × training examples below which one CPU thread beats several (tiny kernels: more threads only
-#: synchronise; measured in benchmarks/bench_threads.py)
-SMALL_WORK = 5e7
-
-
-def default_threads(n_params: int, n_examples: int, cores: int | None = None) -> int:
-    """CPU threads for a run: 1 for small models (n_params × n_examples < `SMALL_WORK`), else all cores."""
-    import os
-
-    cores = cores or len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return 1 if n_params * n_examples < SMALL_WORK else max(1, cores)
-
-
 def _train_guarded(cfgs: list[TrainConfig], paths: list[Path], *, overwrite: bool, resume_ckpt: dict | None,
                    resuming: bool, progress: bool, probe: Any, guard: Guard) -> list[RunResult]:
-    """Build the copies, open their files and run the loop with the standard hooks (see `_train`)."""
-    setup = build(cfgs[0])
+    """Build the copies, open their files and run the loop with the standard hooks (see `_train`). The configs
+    are validated already: they are assembled, not validated again."""
+    setup = assemble(cfgs[0])
     obj = setup.objective
     if setup.device.type == "cpu":
         torch.set_num_threads(cfgs[0].threads or default_threads(obj.dim, len(setup.dataset.y_train)))
-    optimizers = [setup.optimizer] if len(cfgs) == 1 else [_make_optimizer(c, setup.model) for c in cfgs]
+    optimizers = [setup.optimizer] if len(cfgs) == 1 else \
+        [optimizer_for(c, setup.model, setup.schedule.progress) for c in cfgs]
     files = [RunFile(replace(setup.config, lr=c.lr, momentum=c.momentum, out=c.out), p, o)
              for c, p, o in zip(cfgs, paths, optimizers)]
     cfg = files[0].cfg
     stack = CopyStack(setup.theta, optimizers)
     log_every = log_interval(cfg, stack.opt.zeroth_order)
     start = stack.restore(resume_ckpt) if resume_ckpt is not None else 0
-    steps = TaskSchedule.from_config(cfg).total  # T: `steps`, or the sum of the task steps
     tasks = TaskHook(setup.tasks, start=start, resuming=resuming) if setup.tasks is not None else None
     if tasks is not None:
         tasks.prepare(obj)  # the first step's task: the initial loss and the probe see its data
     # the free curvature monitor: central-difference ZO runs, sampled on every logged step (L(θ) known there)
     zo_monitor = (ZOTraceMonitor(cfg.zo_trace_window) if stack.opt.zeroth_order
                   and getattr(stack.opt.source, "difference", "") == "central" else None)
-
-    def make_probe(f: RunFile, theta: torch.Tensor) -> Any:
-        return _default_probe(f.cfg, setup, f.optimizer, theta) if probe == "default" else probe
-
+    for i, f in enumerate(files):  # a bad --probe spec fails here, before any file or directory is made
+        f.probe = _default_probe(f.cfg, setup, f.optimizer, stack.view(i)[0]) if probe == "default" else probe
     zo_monitor = open_files(files, stack, setup, start=start, resuming=resuming, overwrite=overwrite,
-                            ckpt=resume_ckpt, make_probe=make_probe, zo_monitor=zo_monitor, log_every=log_every)
+                            ckpt=resume_ckpt, zo_monitor=zo_monitor, log_every=log_every)
     if progress and files[0].probe is not None:  # the price before the first probe is paid
         print(probe_price_line(files[0].probe, obj, stack.theta, cfg, stack.opt, log_every))
-    bar = progress_bar(progress, start, steps)
-    # the two checkpoint knobs are read here, from this module, so tests can patch them
-    hooks = [InterruptHook(guard), *([tasks] if tasks is not None else []),
-             CheckpointHook(every=cfg.checkpoint_every, keep_every=cfg.keep_checkpoints_every,
-                            from_checkpoint=resume_ckpt is not None, resuming=resuming,
-                            seconds=CHECKPOINT_SECONDS, save=save_checkpoint),
-             LogHook(log_every, zo_monitor),
-             ProbeHook(guard, bar.write if progress else None,
-                       lambda row, s, th: probe_cost_line(row, s, obj, th, cfg, stack.opt, log_every,
-                                                          len(stack.alive))),
+    bar = progress_bar(progress, start, setup.schedule.total)
+    policy = CheckpointPolicy.for_run(cfg, from_checkpoint=resume_ckpt is not None, resuming=resuming)
+    hooks = [InterruptHook(guard), *([tasks] if tasks is not None else []), CheckpointHook(policy),
+             LogHook(log_every, zo_monitor), ProbeHook(guard, bar.write if progress else None, log_every),
              TrackHook(guard), ScheduleHook(), DivergenceHook(), ProgressHook(bar)]
-    ctx = StepContext(stack, files, obj, start, steps, time.perf_counter())
+    ctx = StepContext(stack, files, obj, start, setup.schedule.total, time.perf_counter())
     run_loop(ctx, hooks)
-    return _results(files, start, steps, time.perf_counter() - ctx.t0, regression=obj.loss_spec.regression)
+    return _results(files, start, ctx.steps, time.perf_counter() - ctx.t0, regression=obj.loss_spec.regression)
 
 
 def _results(files: list[RunFile], start: int, steps: int, seconds: float,
@@ -422,12 +324,8 @@ def _results(files: list[RunFile], start: int, steps: int, seconds: float,
     return results
 
 
-def _default_probe(cfg: TrainConfig, setup: Setup, optimizer: Optimizer | None = None,
-                   theta: torch.Tensor | None = None):
-    try:
-        from .probe import build_probe
-    except ImportError:  # the probe module is optional for the bare trainer
-        return None
+def _default_probe(cfg: TrainConfig, setup: Setup, optimizer: Any = None, theta: torch.Tensor | None = None) -> Any:
+    """The probe the config asks for (its default metrics unless `probe` lists others), for one copy."""
     return build_probe(cfg, objective=setup.objective, optimizer=optimizer or setup.optimizer,
                        theta=setup.theta if theta is None else theta)
 

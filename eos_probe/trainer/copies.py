@@ -10,44 +10,9 @@ from typing import Any
 
 import torch
 
-from ..config import TrainConfig
-from ..optim import Optimizer, make_optimizer
-
-
-def optimizer_for(cfg: TrainConfig, model: torch.nn.Module | None = None, progress: Any = None) -> Optimizer:
-    """The optimizer of one config (scalar hyper-parameters).
-
-    Args:
-        cfg: a validated training config.
-        model: the run's model: RISE's blocks are its parameter tensors, a grouped preset's groups are resolved
-            on it (required for zo-fc and hybrid).
-        progress: step ↦ fraction of the current task done, for the groups' `until` (default step/steps).
-
-    Returns:
-        a fresh `Optimizer` for `cfg.optimizer` with the config's hyper-parameters.
-    """
-    from ..config import group_tables
-    from ..optim.hybrid import group_specs
-    from ..presets import preset
-
-    p, extra = preset(cfg.optimizer), {}
-    if model is not None:
-        extra["param_sizes"] = [t.numel() for t in model.parameters()]
-    if p.grouped:
-        if model is None:
-            raise ValueError(f"optimizer {cfg.optimizer} resolves its groups on the model; pass model=")
-        device = next(model.parameters()).device
-        if progress is None:  # the task schedule's fraction of the current task (one task of `steps` without tasks)
-            from ..tasks import TaskSchedule
-
-            progress = TaskSchedule.from_config(cfg).progress
-        extra.update(groups=group_specs(model, group_tables(cfg), device), progress=progress)
-    return make_optimizer(cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum, momentum_style=cfg.momentum_style,
-                          beta2=cfg.beta2, eps=cfg.eps, queries=cfg.queries, mu=cfg.mu,
-                          directions=cfg.directions, difference=cfg.difference, seed=cfg.seed,
-                          cocd_block=cfg.cocd_block, cocd_gamma=cfg.cocd_gamma, cocd_eps=cfg.cocd_eps,
-                          cocd_memory=cfg.cocd_memory, weight_decay=cfg.weight_decay,
-                          norm_match=cfg.norm_match, rise_blocks=cfg.rise_blocks, **extra)
+from ..errors import UserError
+from ..optim import Optimizer
+from ..optim.rules import stack_rules
 
 
 def stack_optimizers(opts: list[Optimizer], source: Any = None) -> Optimizer:
@@ -61,12 +26,8 @@ def stack_optimizers(opts: list[Optimizer], source: Any = None) -> Optimizer:
     Returns:
         an `Optimizer` whose rule is the copies' rules stacked row by row.
     """
-    from ..optim.rules import stack_rules
-
     source = source if source is not None else opts[0].source
     if not getattr(source, "stackable", True):
-        from ..errors import UserError
-
         raise UserError(f"optimizer {opts[0].preset} trains one copy at a time; run the values of the sweep "
                         "as separate runs")
     if hasattr(source, "shared_directions"):

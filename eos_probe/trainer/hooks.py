@@ -1,45 +1,52 @@
 """What happens around each update, as hooks the loop calls in order.
 
 Per step t (θ_t = parameters before update t) the loop calls every hook's `before_step` (stop on a signal →
-checkpoint θ_t when due → evaluate loss/accuracy when logging → probe θ_t when due), updates θ_t → θ_{t+1}
-(not at the final step), then every hook's `after_step` (log the row → drop diverged copies → progress).
-After the last step it calls `end`; when a signal stops the run, `interrupted`, and on any other exception
-`failed`, both in reverse order. A new metric or a new kind of bookkeeping is a new hook, not a loop change.
+switch the task → checkpoint θ_t when due → evaluate loss/accuracy when logging → probe θ_t when due → track),
+updates θ_t → θ_{t+1} (not at the final step), then every hook's `after_step` (log the row → feed the probe
+schedule → drop diverged copies → progress). After the last step it calls `end`; when a signal stops the run,
+`interrupted`, and on any other exception `failed`, both in reverse order.
+
+Hooks talk to each other only through the fields of `StepContext` that are reset every step, and each hook
+declares which of them it writes and reads, per phase (`Hook.writes`, `Hook.reads`); `check_order` refuses a
+hook list in which a hook reads a field before the hook that writes it ran. A new measurement or a new kind of
+bookkeeping is a new hook with its declarations, not a loop change.
 """
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
-import numpy as np
-
-from ..config import DEFAULT_PROBE_BUDGET, TrainConfig
 from ..errors import DivergedError
 from ..interrupt import Guard, RunInterrupted
 from ..store import crash_point
 from ..zo_monitor import ZOTraceMonitor
 from .copies import CopyStack
+from .price import probe_cost_line
 from .runfile import RunFile
+
+#: the phases of one step, in the order they run; "update" is the loop's own (it writes `info`)
+PHASES = ("before", "update", "after")
 
 
 @dataclass
 class StepContext:
-    """What the hooks of one run share, step by step.
+    """The run a hook works on, and the fields the hooks of one step share (reset by `begin` every step).
 
-    Attributes:
-        stack: the live copies' θ, state and optimizer.
-        files: every copy's run file (index j; row i of the stack is copy `stack.alive[i]`).
-        objective: the training objective.
-        start: the first step (the checkpoint's when resuming); steps: the last step T.
-        t0: `time.perf_counter()` at the loop's start (wall times are relative to it).
-        step, final: the current step and whether it is T (no update follows).
-        log_due: a /train row is written this step; metrics: (loss, accuracy) of θ_step if already known.
-        info: what this step's update measured (None at the final step).
-        wall: seconds since t0 when this step was logged.
-        probed: a probe ran at the step before (so a checkpoint is due).
-        pre_probe: copy -> its probe state before this step's probe (what an interrupt checkpoints).
+    Run-long attributes: `stack` (the live copies' θ, state and optimizer), `files` (every copy's run file:
+    index j; row i of the stack is copy `stack.alive[i]`), `objective`, `start` (the first step: the
+    checkpoint's when resuming), `steps` (the last step T), `t0` (`time.perf_counter()` at the loop's start).
+
+    Per-step fields (who writes and reads each is declared by the hooks):
+        step, final: the current step and whether it is T (no update follows); set by the loop.
+        task: the objective trains the task of this step (`TaskHook`).
+        log_due: a /train row is written this step; metrics: (loss, accuracy) of θ_step once known (`LogHook`).
+        info: what this step's update measured (None at the final step); set by the loop.
+        wall: seconds since t0 when this step was logged; last, monitor: the copies' logged loss and
+            ZO-monitor row, kept on their `RunFile`s (`LogHook`).
+        probed: copy -> its probe state from before this step's probe, for the copies probed (`ProbeHook`).
+        alive: copies were dropped this step (`DivergenceHook`).
     """
 
     stack: CopyStack
@@ -54,14 +61,14 @@ class StepContext:
     metrics: tuple | None = None
     info: dict | None = None
     wall: float = 0.0
-    probed: bool = False
-    pre_probe: dict[int, dict] = field(default_factory=dict)
+    probed: dict[int, dict] = field(default_factory=dict)
 
     def begin(self, step: int) -> None:
         """Reset the per-step fields for `step`."""
         self.step, self.final = step, step == self.steps
         self.log_due, self.metrics, self.info = False, None, None
-        self.pre_probe = {}
+        if self.probed:
+            self.probed = {}
 
     def live(self) -> list[tuple[int, RunFile]]:
         """(row, file) of each live copy, in stack order (rebuilt only when the stack changed)."""
@@ -74,7 +81,14 @@ class StepContext:
 
 
 class Hook:
-    """A per-step hook; every method is optional (a no-op here)."""
+    """A per-step hook; every method is optional (a no-op here).
+
+    `writes` and `reads` name the per-step fields (see `StepContext`) the hook sets and uses, each as
+    ``"<phase>:<field>"`` with phase ``before`` or ``after`` (``interrupted`` for what `interrupted` reads).
+    """
+
+    writes: ClassVar[frozenset[str]] = frozenset()
+    reads: ClassVar[frozenset[str]] = frozenset()
 
     def before_step(self, ctx: StepContext) -> None:
         """Before the update of θ_step."""
@@ -92,6 +106,35 @@ class Hook:
         """Any other exception stopped the run."""
 
 
+class HookOrderError(ValueError):
+    """A hook reads a per-step field before the hook that writes it runs."""
+
+
+def check_order(hooks: list[Hook]) -> None:
+    """Refuse a hook order in which a hook reads a field of this step before its writer ran.
+
+    The phases run as `PHASES` says, each calling the hooks in list order. A field nobody in the list writes
+    (a task field in a run without tasks) constrains nothing.
+
+    Raises:
+        HookOrderError: naming the reader, the field and the writer.
+    """
+    timeline: list[tuple[str, Any]] = [("before", h) for h in hooks] + [("update", None)] + \
+                                      [("after", h) for h in hooks]
+    writer: dict[str, tuple[int, str]] = {"step": (-1, "the loop"), "final": (-1, "the loop")}
+    for pos, (phase, h) in enumerate(timeline):
+        for w in (h.writes if h is not None else {"update:info"}):
+            p, name = w.split(":")
+            if p == phase:
+                writer.setdefault(name, (pos, type(h).__name__ if h is not None else "the update"))
+    for pos, (phase, h) in enumerate(timeline):
+        for r in (h.reads if h is not None else ()):
+            p, name = r.split(":")
+            if p == phase and name in writer and writer[name][0] > pos:
+                raise HookOrderError(f"{type(h).__name__} reads {name!r} in its {phase} phase before "
+                                     f"{writer[name][1]} writes it; move it after that hook")
+
+
 class InterruptHook(Hook):
     """Stops the run at a step boundary once SIGINT/SIGTERM was received (then checkpointed by `CheckpointHook`)."""
 
@@ -102,58 +145,6 @@ class InterruptHook(Hook):
         self.guard.check()
 
 
-class CheckpointHook(Hook):
-    """Checkpoints every live copy at step `start` (a new run), at the step after a probe (no probe is ever
-    lost), once `seconds` passed since the last, every `every` steps if set, and at the end; keeps θ_step
-    every `keep_every` steps for `eos-probe edge`; on a signal, checkpoints and marks the files interrupted.
-
-    Args:
-        every, keep_every: `--checkpoint-every`, `--keep-checkpoints-every` (None/0: off).
-        from_checkpoint: the run continues from a checkpoint (none is due at its first step).
-        resuming: the files were resumed (a kept checkpoint at the first step already exists).
-        seconds: the most work a kill may cost.
-        save: the checkpoint writer (`eos_probe.train.save_checkpoint`).
-    """
-
-    def __init__(self, *, every: int | None, keep_every: int | None, from_checkpoint: bool, resuming: bool,
-                 seconds: float, save: Callable[..., None]) -> None:
-        self.every, self.keep_every, self.seconds, self.save = every, keep_every, seconds, save
-        self.from_checkpoint, self.resuming = from_checkpoint, resuming
-        self.last = time.monotonic()
-
-    def _all(self, ctx: StepContext, step: int, **kw: Any) -> None:
-        for i, f in ctx.live():
-            f.checkpoint(step, *ctx.stack.view(i), save=self.save, **kw)
-
-    def before_step(self, ctx: StepContext) -> None:
-        step, first = ctx.step, ctx.step == ctx.start
-        fixed = self.every is not None and step % self.every == 0
-        if (first and not self.from_checkpoint) or not first and (
-                fixed or ctx.probed or time.monotonic() - self.last > self.seconds):
-            self._all(ctx, step)
-            self.last = time.monotonic()
-        ctx.probed = False
-        if self.keep_every and step % self.keep_every == 0 and (not first or not self.resuming):
-            self._all(ctx, step, kept=True)
-
-    def end(self, ctx: StepContext) -> None:
-        self._all(ctx, ctx.steps)
-
-    def interrupted(self, ctx: StepContext, exc: RunInterrupted) -> None:
-        # θ is θ_step (signals wait for step boundaries; a cut-short probe never changes θ): checkpoint here
-        # with each probe's state from before this step's probe, which is redone on resume
-        exc.step, exc.paths = ctx.step, [f.path for _, f in ctx.live()]
-        wall = time.perf_counter() - ctx.t0
-        for i, f in ctx.live():
-            f.checkpoint(ctx.step, *ctx.stack.view(i), probe_state=ctx.pre_probe.get(ctx.stack.alive[i]),
-                         save=self.save)
-            f.finish("interrupted", exc.args[0], ctx.step, wall)
-
-    def failed(self, ctx: StepContext) -> None:
-        for _, f in ctx.live():  # keep what was measured; each run stays resumable from its last checkpoint
-            f.close_quietly()
-
-
 class LogHook(Hook):
     """Writes a /train row (step, loss, accuracy, wall time, ZO-trace monitor) every `log_every` steps and at
     the end. The loss of θ_step comes from the update where the source measures it, else one evaluation.
@@ -162,6 +153,10 @@ class LogHook(Hook):
         log_every: the logging interval.
         zo_monitor: the free curvature monitor of central-difference ZO runs, or None.
     """
+
+    writes = frozenset({"before:log_due", "before:metrics", "after:metrics", "after:wall", "after:last",
+                        "after:monitor"})
+    reads = frozenset({"before:task", "after:info"})
 
     def __init__(self, log_every: int, zo_monitor: ZOTraceMonitor | None) -> None:
         self.log_every, self.zo_monitor = log_every, zo_monitor
@@ -200,12 +195,14 @@ class ProbeHook(Hook):
     Args:
         guard: the run's signal guard.
         say: where the one-line cost of the first probe goes (None: not measured, not said).
-        cost: builds that line from the probe's row, its seconds and the copy's θ.
+        log_every: the logging interval (a step's cost includes its share of a log's forward).
     """
 
-    def __init__(self, guard: Guard, say: Callable[[str], None] | None = None,
-                 cost: Callable[[dict, float, Any], str] | None = None) -> None:
-        self.guard, self.say, self.cost = guard, say, cost
+    writes = frozenset({"before:probed"})
+    reads = frozenset({"before:task"})
+
+    def __init__(self, guard: Guard, say: Callable[[str], None] | None = None, log_every: int = 1) -> None:
+        self.guard, self.say, self.log_every = guard, say, log_every
 
     def before_step(self, ctx: StepContext) -> None:
         for i, f in ctx.live():
@@ -213,22 +210,24 @@ class ProbeHook(Hook):
                 continue
             tp = time.perf_counter()
             theta, state, opt = ctx.stack.probe_view(i)
-            ctx.pre_probe[ctx.stack.alive[i]] = f.probe.state_dict()  # what a checkpoint at this step holds
+            ctx.probed[ctx.stack.alive[i]] = f.probe.state_dict()  # what a checkpoint at this step holds
             crash_point("probe")
             with self.guard.interruptible():  # a probe may take minutes: a signal cuts it short
                 row = f.probe.run(step=ctx.step, theta=theta, state=state, optimizer=opt, objective=ctx.objective,
                                   writer=self.guard.shielded(f.writer), config=f.cfg)
             f.writer.flush()
             f.probe_seconds += time.perf_counter() - tp
-            ctx.probed = True
             if self.say is not None:
                 say, self.say = self.say, None
-                say(self.cost(row, time.perf_counter() - tp, theta))
+                say(probe_cost_line(row, time.perf_counter() - tp, ctx.objective, theta, f.cfg, ctx.stack.opt,
+                                    self.log_every, len(ctx.stack.alive)))
 
 
 class ScheduleHook(Hook):
-    """Hands each logged step's loss and ZO-monitor row to the copy's probe schedule (its event triggers).
-    Runs after `LogHook` (which measures them) and before the next step's `ProbeHook` (which acts on them)."""
+    """Hands each logged step's loss and ZO-monitor row to the copy's probe schedule (its event triggers), which
+    the next step's `ProbeHook` acts on."""
+
+    reads = frozenset({"after:log_due", "after:last", "after:monitor"})
 
     def after_step(self, ctx: StepContext) -> None:
         if not ctx.log_due:
@@ -240,14 +239,16 @@ class ScheduleHook(Hook):
 
 class TrackHook(Hook):
     """Between certified probes (budget schedules only): the cheap tracking step — warm λ_max and the bracket on
-    S(η) — when the copy's schedule calls for one. Runs after `ProbeHook` and never at a probed step."""
+    S(η) — when the copy's schedule calls for one; never at a probed step."""
+
+    reads = frozenset({"before:probed", "before:task"})
 
     def __init__(self, guard: Guard) -> None:
         self.guard = guard
 
     def before_step(self, ctx: StepContext) -> None:
         for i, f in ctx.live():
-            if f.probe is None or ctx.stack.alive[i] in ctx.pre_probe or not f.probe.track_due(ctx.step):
+            if f.probe is None or ctx.stack.alive[i] in ctx.probed or not f.probe.track_due(ctx.step):
                 continue
             tp = time.perf_counter()
             theta, state, opt = ctx.stack.probe_view(i)
@@ -270,6 +271,9 @@ class DivergenceHook(Hook):
     """On each logged step, records a copy whose loss blew up as diverged in its file and drops it from the
     stack; the others go on (the loop stops when none is left)."""
 
+    writes = frozenset({"after:alive"})
+    reads = frozenset({"after:log_due", "after:last", "after:wall"})
+
     def after_step(self, ctx: StepContext) -> None:
         if not ctx.log_due:
             return
@@ -288,6 +292,8 @@ class DivergenceHook(Hook):
 class ProgressHook(Hook):
     """Advances the progress bar and shows the first live copy's loss and accuracy (not for regression) on
     logged steps."""
+
+    reads = frozenset({"after:log_due", "after:last", "after:alive"})
 
     def __init__(self, bar: Any) -> None:
         self.bar = bar
@@ -326,59 +332,6 @@ def progress_bar(enabled: bool, start: int, total: int) -> Any:
     """A tqdm bar from `start` to `total` steps, or a silent stand-in when not `enabled`."""
     if not enabled:
         return _NoBar()
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # tqdm.auto picks the notebook or terminal bar when the run starts
 
     return tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, smoothing=0.05)
-
-
-def _cadence(fe: float, step: float, cfg: TrainConfig, share_every: int | None) -> str:
-    """'every N steps -> expected probe share S%' (fixed) or the budget's implied cadence (auto)."""
-    if not math.isfinite(fe):
-        return ""
-    if share_every is not None:
-        share = fe / (fe + share_every * step)
-        return f"every {share_every} steps -> expected probe share {100 * share:.0f}%"
-    budget = cfg.probe_budget if cfg.probe_budget is not None else DEFAULT_PROBE_BUDGET
-    every = fe * (1 - budget) / (budget * step)
-    return (f"budget {100 * budget:.0f}% of wall time -> about one probe every {every:,.0f} steps when quiet, "
-            "more where the curvature moves")
-
-
-def _every(cfg: TrainConfig) -> int | None:
-    return None if cfg.probe_every == "auto" else int(cfg.probe_every)
-
-
-def probe_price_line(probe: Any, obj: Any, theta: Any, cfg: TrainConfig, opt: Any, log_every: int) -> str:
-    """The price of one probe before the first is paid: one timed Hessian-vector product × the products the
-    probe plans (`Probe.planned_hvps`), in forward passes and seconds, the share or cadence it implies, and a
-    warning naming the flag that caps it when a fixed schedule would spend most of the run probing."""
-    from ..budget import forward_seconds, hvp_seconds, step_forwards
-
-    th = theta if theta.dim() == 1 else theta[0]
-    fwd = forward_seconds(obj, th)
-    hvp = hvp_seconds(obj, th, probe.hvp_backend_name())
-    n = probe.planned_hvps()
-    fe = n * hvp / fwd if fwd > 0 else math.nan
-    step = step_forwards(opt, log_every, int(th.shape[-1]))
-    line = (f"probe price: about {n} HVPs = {fe:,.0f} forward passes (~{n * hvp:.1f} s; one HVP timed at "
-            f"{1e3 * hvp:.0f} ms) per probe; one step = {step:.2g} forwards; " + _cadence(fe, step, cfg, _every(cfg)))
-    every = _every(cfg)
-    if every is not None and math.isfinite(fe) and fe / (fe + every * step) > 0.5:
-        line += ("\nwarning: the probe would take most of this run's time; cap it with --probe-every auto "
-                 f"(--probe-budget, default {DEFAULT_PROBE_BUDGET:g}) or a larger --probe-every")
-    return line
-
-
-def probe_cost_line(row: dict, seconds: float, obj: Any, theta: Any, cfg: TrainConfig, opt: Any,
-                    log_every: int, copies: int) -> str:
-    """One line after the first probe: its measured cost in full-batch forward passes and the share of the run
-    (fixed schedule) or the cadence (budget) it implies (step cost: `eos_probe.budget.step_forwards`)."""
-    from ..budget import forward_seconds, step_forwards
-
-    fwd = forward_seconds(obj, theta)
-    fe = seconds / fwd if fwd > 0 else math.nan
-    step = step_forwards(opt, log_every, int(theta.shape[-1]))
-    nhvp = int(sum(v for k, v in row.items() if k.endswith("_nhvp") and np.ndim(v) == 0 and np.isfinite(v)))
-    per = " per copy" if copies > 1 else ""
-    return (f"probe cost: one probe = {fe:,.0f} forward passes{per} ({seconds:.1f} s, {nhvp} HVPs); one step = "
-            f"{step:.2g} forwards; " + _cadence(fe, step, cfg, _every(cfg)))

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..interrupt import RunInterrupted
-from .hooks import Hook, StepContext
+from .hooks import Hook, StepContext, check_order
 
 
 def run_loop(ctx: StepContext, hooks: list[Hook]) -> None:
@@ -16,8 +16,10 @@ def run_loop(ctx: StepContext, hooks: list[Hook]) -> None:
         hooks: called in order; see `eos_probe.trainer.hooks` for what each step does.
 
     Raises:
+        HookOrderError: a hook reads a per-step field before its writer runs (`check_order`).
         RunInterrupted: SIGINT/SIGTERM stopped the run (after every copy was checkpointed).
     """
+    check_order(hooks)
     ctx.step = ctx.start
     try:
         for step in range(ctx.start, ctx.steps + 1):

@@ -1,76 +1,26 @@
-"""One copy's run file and checkpoint: created or resumed, logged to, checkpointed, finished.
-
-A checkpoint (`<run>.h5.ckpt`) holds θ, the optimizer state, the probe state, the config and the run id at a
-step whose rows are all in the run file; it is written atomically, so a crash leaves the previous one usable.
-"""
+"""One copy's run file: created or resumed, logged to, finished. Its checkpoints are written by
+`eos_probe.trainer.checkpointing` in the format of `eos_probe.checkpoint`."""
 from __future__ import annotations
 
-import io
-import os
 import platform
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-from .. import __version__
+from .._version import __version__
 from ..config import TrainConfig
 from ..errors import CorruptFileError, DivergedError, UserError
 from ..optim import Optimizer
 from ..presets import preset
-from ..store import RunWriter, crash_point, fsync_path, write_error_message
+from ..store import RunWriter
 from ..zo_monitor import COLUMNS as ZO_COLUMNS
 from ..zo_monitor import DESCRIPTIONS as ZO_DESCRIPTIONS
 from ..zo_monitor import ZOTraceMonitor
 from .copies import CopyStack
-
-
-def checkpoint_path(run_path: str | Path) -> Path:
-    """The checkpoint next to a run file: `<run_path>.ckpt`."""
-    return Path(str(run_path) + ".ckpt")
-
-
-def save_checkpoint(path: Path, step: int, theta: torch.Tensor, state: dict, extra: dict) -> None:
-    """Write a checkpoint atomically: temp file, fsync, rename — a crash mid-write leaves the previous one usable.
-
-    Args:
-        path: where the checkpoint goes.
-        step: the step whose θ it holds (θ before update `step`).
-        theta: the parameters, shape (d,).
-        state: the optimizer state, {part: {name: tensor}}.
-        extra: further entries (config, run id, probe state).
-
-    Raises:
-        OSError, RuntimeError: the write failed (disk full, file-size limit, ...).
-    """
-    tmp = path.with_name(path.name + ".tmp")
-    payload = {"step": step, "theta": theta.detach().cpu(),
-               "state": {k: {n: t.detach().cpu() for n, t in v.items()} for k, v in state.items()},
-               **extra}
-    buf = io.BytesIO()
-    torch.save(payload, buf)  # serialised in memory: a failing write is then an OSError with its errno
-    with open(tmp, "wb") as fh:
-        fh.write(buf.getbuffer())
-    fsync_path(tmp)
-    crash_point("checkpoint")  # the new checkpoint written, not yet renamed
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path) -> dict:
-    """Read a checkpoint written by `save_checkpoint`.
-
-    Raises:
-        UserError: there is no such file, or it cannot be read.
-    """
-    if not path.exists():
-        raise UserError(f"no checkpoint {path} next to the run file; it cannot be resumed")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is a damaged file
-        raise UserError(f"checkpoint {path} is damaged and cannot be read ({type(e).__name__})") from None
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -187,31 +137,6 @@ class RunFile:
         """Append one /train row."""
         self.writer.append("train", row)
 
-    def checkpoint(self, step: int, theta: torch.Tensor, state: dict, *, probe_state: dict | None = None,
-                   kept: bool = False, save: Callable[..., None] = save_checkpoint) -> None:
-        """Checkpoint θ_step: the file first gets every row before `step`.
-
-        Args:
-            step: the step whose θ (before its update) is saved.
-            theta, state: the copy's parameters and optimizer state.
-            probe_state: the probe state to save; default the probe's current one.
-            kept: write `<run>.step<step>.ckpt` (kept for `eos-probe edge`) instead of the resume checkpoint.
-            save: the writer (`save_checkpoint`).
-
-        Raises:
-            UserError: the write failed; the previous checkpoint is kept.
-        """
-        self.writer.flush()
-        extra = {"config": self.cfg.to_dict(), "run_id": self.run_id}
-        if self.probe is not None:
-            extra["probe"] = probe_state if probe_state is not None else self.probe.state_dict()
-        ck = Path(f"{self.path}.step{step}.ckpt") if kept else checkpoint_path(self.path)
-        try:
-            save(ck, step, theta, state, extra)
-        except (OSError, RuntimeError) as e:  # disk full, file-size limit, ... (torch.save: RuntimeError)
-            ck.with_name(ck.name + ".tmp").unlink(missing_ok=True)
-            raise UserError(write_error_message(ck, e) + "; the previous checkpoint is kept") from None
-
     def finish(self, status: str, reason: str, step: int, seconds: float) -> None:
         """Record the run's end (finished, diverged or interrupted) with its timing."""
         self.writer.finish(status, reason, step, timing(seconds, self.probe_seconds))
@@ -230,9 +155,9 @@ def close_quietly(writer: RunWriter) -> None:
 
 
 def open_files(files: list[RunFile], stack: CopyStack, setup: Any, *, start: int, resuming: bool,
-               overwrite: bool, ckpt: dict | None, make_probe: Callable[[RunFile, torch.Tensor], Any],
-               zo_monitor: ZOTraceMonitor | None, log_every: int) -> ZOTraceMonitor | None:
-    """Build each copy's probe and create (or resume) its run file; on failure none is left half-made.
+               overwrite: bool, ckpt: dict | None, zo_monitor: ZOTraceMonitor | None,
+               log_every: int) -> ZOTraceMonitor | None:
+    """Create (or resume) each copy's run file and declare its columns; on failure none is left half-made.
 
     Args:
         files: the copies, in stack order.
@@ -241,8 +166,7 @@ def open_files(files: list[RunFile], stack: CopyStack, setup: Any, *, start: int
         start: the step the run starts at (the checkpoint's when resuming).
         resuming: reopen the files instead of creating them.
         overwrite: replace existing files.
-        ckpt: the checkpoint resumed from, if any (its probe state is restored).
-        make_probe: builds a copy's probe (or returns None) given the copy and its θ.
+        ckpt: the checkpoint resumed from, if any (its probe state is restored into the copies' probes).
         zo_monitor: the ZO-trace monitor, None if the run has none.
         log_every: the logging interval recorded in the files.
 
@@ -254,7 +178,6 @@ def open_files(files: list[RunFile], stack: CopyStack, setup: Any, *, start: int
     opened: list[Any] = []
     try:
         for i, f in enumerate(files):
-            f.probe = make_probe(f, stack.view(i)[0])  # a bad --probe spec fails here, before any file or dir
             if not resuming:
                 f.path.parent.mkdir(parents=True, exist_ok=True)  # runs/ (other directories exist: _check_out)
                 f.open(_new_attrs(f, i, files, setup, stack, loss0, log_every), overwrite=overwrite)
