@@ -143,24 +143,19 @@ def metrics_markdown() -> str:
 
 
 def presets_markdown() -> str:
-    """The optimizer table, generated from ``eos_probe.presets.PRESETS`` (registration order)."""
-    from eos_probe.presets import PRESETS
+    """The optimizer table, generated from ``eos_probe.presets`` (registration order): each preset's source and
+    rule by their registered titles, its default step size and momentum."""
+    from eos_probe.presets import PRESETS, RULES, SOURCES
 
     lines = [
-        "| `--optimizer` | gradient | update rule | default `--lr` | default `--momentum` |",
-        "| --- | --- | --- | --- | --- |",
+        "| `--optimizer` | gradient | update rule | default `--lr` | default `--momentum` | what |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for name, p in PRESETS.items():
-        if p.grouped:
-            source, rule = "per group (`[groups.<name>]`)", "per group"
-        else:
-            source = {"exact": "exact (backprop)", "two_point": "two-point ZO estimate",
-                      "cocd": "coordinate-difference buffer (CoCD)", "rise": "exact, shaped blockwise (RISE)"}.get(p.source, p.source)
-            if p.norm_match:
-                source += ", norm-matched"
-            rule = p.rule + (f" ({p.momentum_style})" if p.momentum_style else "")
+        source = f"{SOURCES[p.source].title} (`{p.source}`)" + (", norm-matched" if p.norm_match else "")
+        rule = f"`{p.rule}`" + (f" ({p.momentum_style})" if p.momentum_style else "")
         momentum = f"{p.momentum:g}" if p.momentum else "—"
-        lines.append(f"| `{name}` | {source} | {rule} | {p.lr:g} | {momentum} |")
+        lines.append(f"| `{name}` | {source} | {rule} | {p.lr:g} | {momentum} | {p.description} |")
     return "\n".join(lines) + "\n"
 
 

@@ -70,16 +70,16 @@ def download_command(name: str, dest: str | None, url: str | None, checksums: tu
 @click.pass_context
 def make_embedded_command(ctx: click.Context, source: str | None, out: str | None, check: bool) -> None:
     """Build data/fashion4.npz from the full Fashion-MNIST files (deterministic, see data/README.md)."""
-    from ..data import fashion
+    from ..data import embedded, fashion
 
     if check:
-        ok, report = fashion.check_embedded(out, source)
+        ok, report = embedded.check_embedded(out, source)
         click.echo(report, err=not ok)
         if not ok:
             ctx.exit(1)
         return
     target = out if out is not None else fashion.embedded_candidates()[0]
-    info = fashion.build_embedded(target, source)
+    info = embedded.build_embedded(target, source)
     click.echo(f"wrote {info['path']}: {info['bytes']} bytes, sha256 {info['sha256']}")
     if not info["matches_recorded"]:
         click.echo(

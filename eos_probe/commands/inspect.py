@@ -7,6 +7,8 @@ from typing import Any
 
 import click
 
+from ..presets import PRESETS
+
 
 def _fmt(x: Any) -> str:
     if isinstance(x, float):
@@ -68,23 +70,11 @@ def summary(run) -> dict[str, Any]:
 
 
 def render(s: dict[str, Any]) -> str:
+    """The summary of `summarize` as the lines `eos-probe inspect` prints."""
     cfg = s["config"]
-    lines = [f"{s['path']}  (run file schema {s['schema_version']})"]
-    if s["status"] == "finished":
-        st = f"finished at step {s['stop_step']}"
-    elif s["status"] == "diverged":
-        st = f"DIVERGED at step {s['stop_step']}: {s['stop_reason']}"
-    elif s.get("stop_reason"):  # stopped by a signal after checkpointing
-        st = (f"interrupted at step {s['stop_step']} ({s['stop_reason']}) - resume with: "
-              f"eos-probe train --resume {s['path']}")
-    else:
-        last = (f"last logged step {s['steps_done']}" if (s.get("steps_done") or -1) >= 0
-                else "no step logged yet")
-        st = f"no end recorded (still running, or killed) - {last}"
-    if s.get("resumed"):
-        st += f"; resumed {s['resumed']}x"
-    lines.append(f"status      {st}")
-    zo = str(cfg.get("optimizer", "")).startswith("zo-")
+    lines = [f"{s['path']}  (run file schema {s['schema_version']})", f"status      {_status(s)}"]
+    p = PRESETS.get(cfg.get("optimizer"))
+    zo = p is not None and p.zeroth_order and p.source != "cocd"  # the two-point settings apply
     keys = ("model", "data", "optimizer", "lr", "momentum", *(("queries", "mu", "directions") if zo else ()),
             "loss", "steps", "seed")
     conf = " ".join(f"{k}={cfg.get(k)}" for k in keys if cfg.get(k) is not None)
@@ -102,36 +92,59 @@ def render(s: dict[str, Any]) -> str:
                      f"{acc}{t['wall_time']:.1f} s")
     else:
         lines.append("train       no rows yet")
-    if s["probe_rows"]:
-        p = s["last_probe"]
-        lines.append(f"probe       {s['probe_rows']} probes ({', '.join(s['metrics'] + s['spectra'])}); "
-                     f"{s['total_hvp']:,} Hessian-vector products in all")
-        lines.append(f"last probe  step {p['step']}:")
-        for m, v in p["values"].items():
-            lines.append(f"              {m:<20} {_fmt(v['value']):>12} ± {_fmt(v['err']):<10} ({v['nhvp']} HVP)")
+    return "\n".join(lines + _probe_lines(s) + _band_lines(s.get("band", {})) + _verdict_lines(s))
+
+
+def _status(s: dict[str, Any]) -> str:
+    if s["status"] == "finished":
+        st = f"finished at step {s['stop_step']}"
+    elif s["status"] == "diverged":
+        st = f"DIVERGED at step {s['stop_step']}: {s['stop_reason']}"
+    elif s.get("stop_reason"):  # stopped by a signal after checkpointing
+        st = (f"interrupted at step {s['stop_step']} ({s['stop_reason']}) - resume with: "
+              f"eos-probe train --resume {s['path']}")
     else:
-        lines.append("probe       no probe data (trained with --probe none, or before the first probe)")
-    b = s.get("band", {})
+        last = (f"last logged step {s['steps_done']}" if (s.get("steps_done") or -1) >= 0
+                else "no step logged yet")
+        st = f"no end recorded (still running, or killed) - {last}"
+    return st + (f"; resumed {s['resumed']}x" if s.get("resumed") else "")
+
+
+def _probe_lines(s: dict[str, Any]) -> list[str]:
+    if not s["probe_rows"]:
+        return ["probe       no probe data (trained with --probe none, or before the first probe)"]
+    p = s["last_probe"]
+    lines = [f"probe       {s['probe_rows']} probes ({', '.join(s['metrics'] + s['spectra'])}); "
+             f"{s['total_hvp']:,} Hessian-vector products in all", f"last probe  step {p['step']}:"]
+    for m, v in p["values"].items():
+        lines.append(f"              {m:<20} {_fmt(v['value']):>12} ± {_fmt(v['err']):<10} ({v['nhvp']} HVP)")
+    return lines
+
+
+def _band_lines(b: dict[str, Any]) -> list[str]:
     if "error" in b:
-        lines.append(f"band        unavailable: {b['error']}")
-    elif b:
-        if b.get("c") is None:
-            lines.append(f"band        {b['quantity']} < T = {b['threshold']:.5g}  ({b['kind']})")
-        else:
-            lines.append(f"band        {b['quantity']} < T = {b['threshold']:.5g} necessary, {b['quantity']} + "
-                         f"c*{b['lambda_max_quantity']} < T sufficient, c = {b['c']:.4g}  ({b['kind']}; for H "
-                         "without negative eigenvalues)")
-        lines.append(f"convention  {b['convention']}")
-        for w in b.get("warnings", []):
-            lines.append(f"warning     {w}")
-    if "verdict" in s:
-        v = s["verdict"]
-        counts = ", ".join(f"{k} {n}" for k, n in v["counts"].items())
-        lines.append(f"verdict     {v['verdict']} at step {v['step']}: {v['evidence']}")
-        if v.get("note"):
-            lines.append(f"            {v['note']}")
-        lines.append(f"            over all probes: {counts}")
-    return "\n".join(lines)
+        return [f"band        unavailable: {b['error']}"]
+    if not b:
+        return []
+    if b.get("c") is None:
+        lines = [f"band        {b['quantity']} < T = {b['threshold']:.5g}  ({b['kind']})"]
+    else:
+        lines = [f"band        {b['quantity']} < T = {b['threshold']:.5g} necessary, {b['quantity']} + "
+                 f"c*{b['lambda_max_quantity']} < T sufficient, c = {b['c']:.4g}  ({b['kind']}; for H "
+                 "without negative eigenvalues)"]
+    lines.append(f"convention  {b['convention']}")
+    return lines + [f"warning     {w}" for w in b.get("warnings", [])]
+
+
+def _verdict_lines(s: dict[str, Any]) -> list[str]:
+    if "verdict" not in s:
+        return []
+    v = s["verdict"]
+    counts = ", ".join(f"{k} {n}" for k, n in v["counts"].items())
+    lines = [f"verdict     {v['verdict']} at step {v['step']}: {v['evidence']}"]
+    if v.get("note"):
+        lines.append(f"            {v['note']}")
+    return lines + [f"            over all probes: {counts}"]
 
 
 @click.command("inspect")
