@@ -6,7 +6,7 @@
 
 Every ratio is measured side by side in one process (see `eos_probe.bench`). `--trainer-steps N` also times
 the real trainer (HDF5 files, logging, no probe): one `--lr a,b,c` sweep against the same three runs one
-after another, N steps each — the end-to-end throughput figure of issue 6.
+after another, N steps each — the end-to-end throughput figure.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Does the probe budget see what a dense probe grid sees? (issue 24's goals for `--probe-every auto`)
+"""Does the probe budget see what a dense probe grid sees? (the goals of `--probe-every auto`)
 
     python benchmarks/budget_schedule.py                      # gallery CNN (η 0.01, 0.02, 0.04) and LSTM
     python benchmarks/budget_schedule.py --cases cnn:0.02 --steps 1000 --json out.json

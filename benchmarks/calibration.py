@@ -1,4 +1,4 @@
-"""Error-bar calibration of every probe metric against a dense float64 Hessian (issue 18).
+"""Error-bar calibration of every probe metric against a dense float64 Hessian.
 
     python benchmarks/calibration.py                 # table, 30 seeds per metric (a few minutes on 2 cores)
     python benchmarks/calibration.py --json          # {"setup": ..., "metrics": {name: {rms_z, within_2sigma, ...}}}

@@ -15,7 +15,7 @@ import torch
 
 from eos_probe.config import TrainConfig
 from eos_probe.probe import ProbeContext, build_probe
-from eos_probe.train import build
+from eos_probe.build import build
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Cost and peak memory of one default probe per model family (issue 18's per-family table).
+"""Cost and peak memory of one default probe per model family (the per-family table of docs/validation.md).
 
     python benchmarks/probe_budget.py                       # mlp cnn resnet vit lstm mamba, zo-gd probes
     python benchmarks/probe_budget.py --models mamba --probe-memory 1GB --json
@@ -8,7 +8,7 @@ Each family runs in a fresh subprocess (peak RSS is per process): the default mo
 its default data, the trainer's default probe for `--optimizer` at the initial θ (HVP back-end choice
 included, as in a run). Reported: `probe_forward_equivalents` (probe wall time / one full-batch forward,
 timed in the same process), `probe_peak_bytes` (peak RSS during the probe above the RSS before it, Linux
-VmHWM), HVPs, seconds. Goals (issue 18): ≤ 2 GB and ≤ 150 forward equivalents per family.
+VmHWM), HVPs, seconds. Goals: ≤ 2 GB and ≤ 150 forward equivalents per family.
 """
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ FAMILIES = ("mlp", "cnn", "resnet", "vit", "lstm", "mamba")
 
 _CHILD = """
 import json, sys, torch
-from eos_probe.budget import measure_probe
+from eos_probe.bench_probe import measure_probe
 from eos_probe.config import TrainConfig
-from eos_probe.train import build
+from eos_probe.build import build
 args = json.loads(sys.argv[1])
 if args["threads"]:
     torch.set_num_threads(args["threads"])

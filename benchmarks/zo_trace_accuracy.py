@@ -22,9 +22,9 @@ import sys
 import torch
 
 from eos_probe.config import TrainConfig
-from eos_probe.optim import TwoPointSource
+from eos_probe.optim.sources import TwoPointSource
 from eos_probe.optim.sources import PURPOSE_DIRECTIONS, stream_seed
-from eos_probe.train import build
+from eos_probe.build import build
 from eos_probe.zo_monitor import curvature_sample
 
 

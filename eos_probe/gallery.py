@@ -21,7 +21,7 @@ from .errors import UserError
 from .events import DROP, SPIKE, catapults, probe_grid
 from .plot.paper import EDGE_BAND
 
-#: the issue's goal: S(η) inside EDGE_BAND for at least this many consecutive steps without divergence
+#: a gallery run is "at the edge" when S(η) stays inside EDGE_BAND this many consecutive steps without diverging
 EDGE_STEPS = 1000
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import UserError
+from ..errors import InvalidValueError
 from ._probes import default_generator, rademacher
 from .estimate import Estimate
 from .operators import CurvatureOperator
@@ -25,10 +25,10 @@ def commutator_ratio(H: CurvatureOperator, p: Tensor, n_probes: int = 8,
     Theory: [docs/theory.md#commutator-ratio][commutator-ratio].
     """
     if n_probes < 2:
-        raise UserError(f"commutator_ratio needs at least 2 probes for a standard error, got {n_probes}")
+        raise InvalidValueError(f"commutator_ratio needs at least 2 probes for a standard error, got {n_probes}")
     p = torch.as_tensor(p).reshape(-1).to(device=H.device, dtype=H.dtype)
     if p.shape[0] != H.dim:
-        raise UserError(f"preconditioner has {p.shape[0]} entries but the Hessian has dimension {H.dim}")
+        raise InvalidValueError(f"preconditioner has {p.shape[0]} entries but the Hessian has dimension {H.dim}")
     gen = default_generator(generator)
     n0 = H.n_hvp
     Z = rademacher(n_probes, H.dim, gen, H.dtype, H.device)
@@ -38,7 +38,7 @@ def commutator_ratio(H: CurvatureOperator, p: Tensor, n_probes: int = 8,
     den = (PHz**2).sum(1).double().cpu().numpy()
     mn, md = num.mean(), den.mean()
     if md <= 0:
-        raise UserError("‖PH‖_F is zero (zero Hessian or zero preconditioner): the commutator ratio is undefined")
+        raise InvalidValueError("‖PH‖_F is zero (zero Hessian or zero preconditioner): the commutator ratio is undefined")
     r = math.sqrt(max(mn, 0.0) / md)
     # delta method for sqrt(mean num / mean den) with correlated samples
     c = np.cov(np.stack([num, den]), ddof=1) / n_probes
@@ -58,7 +58,7 @@ def directional_curvature(op: CurvatureOperator, g: Tensor) -> Estimate:
     g = torch.as_tensor(g).reshape(-1).to(device=op.device, dtype=op.dtype)
     nn = float(g @ g)
     if not nn > 0:
-        raise UserError("directional curvature of a zero direction is undefined")
+        raise InvalidValueError("directional curvature of a zero direction is undefined")
     n0 = op.n_hvp
     value = float(g @ op.matvec(g)) / nn
     return Estimate(value=value, error=0.0, n_hvp=op.n_hvp - n0)

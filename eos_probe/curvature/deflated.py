@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import UserError
+from ..errors import InvalidValueError
 from ._probes import default_generator, rademacher
 from .estimate import Estimate
 from .lanczos import lanczos_tridiagonal
@@ -92,7 +92,7 @@ def rest_quadrature(op: CurvatureOperator, V: Tensor | None, n_probes: int, n_st
                     generator: torch.Generator | None = None) -> RestQuadrature:
     """SLQ of P⊥ op P⊥ (V: (k, d) orthonormal rows, or None) from ``n_probes`` projected Rademacher probes."""
     if n_probes < 2 or n_steps < 1:
-        raise UserError(f"the deflated quadrature needs n_probes >= 2 and n_steps >= 1, got {n_probes}, {n_steps}")
+        raise InvalidValueError(f"the deflated quadrature needs n_probes >= 2 and n_steps >= 1, got {n_probes}, {n_steps}")
     gen = default_generator(generator)
     A = DeflatedOperator(op, V)
     n0 = op.n_hvp

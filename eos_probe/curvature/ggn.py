@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, jvp, vmap
 
-from ..errors import UserError
+from ..errors import InvalidValueError
 
 __all__ = ["ggn_trace", "ggn_quadratic"]
 
@@ -176,7 +176,7 @@ def ggn_trace(objective, theta: Tensor, path: str = "auto") -> tuple[float, dict
     Theory: [docs/theory.md#metric-trace][metric-trace].
     """
     if path not in ("auto", "layers", "jacobian"):
-        raise UserError(f"unknown Gauss–Newton path {path!r}; choose auto, layers or jacobian")
+        raise InvalidValueError(f"unknown Gauss–Newton path {path!r}; choose auto, layers or jacobian")
     t0 = time.perf_counter()
     value = None
     used = "jacobian"
@@ -186,7 +186,7 @@ def ggn_trace(objective, theta: Tensor, path: str = "auto") -> tuple[float, dict
             value = _trace_layers(objective, theta, plan)
             used = "layers"
         if value is None and path == "layers":
-            raise UserError("layer formulas need every parameter in an nn.Linear / nn.Conv1d / nn.Conv2d "
+            raise InvalidValueError("layer formulas need every parameter in an nn.Linear / nn.Conv1d / nn.Conv2d "
                             "(groups 1) used once per forward; use path='jacobian'")
     if value is None:
         used = "jacobian"

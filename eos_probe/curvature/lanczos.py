@@ -30,7 +30,7 @@ import torch
 from scipy.linalg import eigh_tridiagonal
 from torch import Tensor
 
-from ..errors import UserError
+from ..errors import InvalidValueError
 from ._probes import default_generator, gaussian
 from .estimate import Estimate
 from .operators import CurvatureOperator
@@ -83,12 +83,12 @@ def _start_vector(op: CurvatureOperator, v0, gen: torch.Generator) -> tuple[Tens
     if isinstance(v0, Estimate):
         v0 = v0.extra.get("vectors", v0.extra.get("vector"))
         if v0 is None:
-            raise UserError("the warm-start Estimate carries no eigenvector (extra['vector'/'vectors'])")
+            raise InvalidValueError("the warm-start Estimate carries no eigenvector (extra['vector'/'vectors'])")
     v = torch.as_tensor(v0).to(device=op.device, dtype=op.dtype)
     if v.dim() == 2:  # several previous eigenvectors: start from their sum, which touches each of them
         v = v.sum(0)
     if v.shape != (op.dim,):
-        raise UserError(f"warm-start vector has shape {tuple(v.shape)}, expected ({op.dim},)")
+        raise InvalidValueError(f"warm-start vector has shape {tuple(v.shape)}, expected ({op.dim},)")
     nv = v.norm()
     if not torch.isfinite(nv) or nv == 0:
         return r, False
@@ -160,11 +160,7 @@ def _lanczos_top(op: CurvatureOperator, k: int, tol: float, v0, max_iter: int,
     basis = _Basis(op.dim, op.dtype, op.device)
     alphas: list[float] = []
     betas: list[float] = []
-    n0 = op.n_hvp
-    norm_est = 0.0
-    restarts = 0
-    block_start = 0
-    converged = False
+    n0, norm_est, restarts, block_start, converged = op.n_hvp, 0.0, 0, 0, False
     theta = res = err = S = gap_err = None
     persistence = _Persistence()
     eps = float(torch.finfo(op.dtype).eps)
@@ -185,11 +181,8 @@ def _lanczos_top(op: CurvatureOperator, k: int, tol: float, v0, max_iter: int,
         gap_err = _ritz_errors(theta, res)
         err = gap_err if bound == "gap" else res
         m = min(k, theta.shape[0])
-        scale = np.maximum(np.abs(theta[:m]), 1e-14 * max(norm_est, 1e-300))
-        done = bool(np.all(err[:m] <= tol * scale)) and m == k and j + 1 >= min_steps \
-            and _separated(theta, res, k, tol, 1e-14 * max(norm_est, 1e-300)) \
-            and j + 1 >= _steps_for_gap(theta, k, op.dim)
-        done = persistence.confirm(done, j, theta[:m], err[:m], norm_est)
+        done = persistence.confirm(_top_certified(theta, res, err, k, tol, norm_est, j + 1, min_steps, op.dim),
+                                   j, theta[:m], err[:m], norm_est)
         if done and restarts:
             # after a restart the earlier blocks are exact; the newest block must have found the top of the
             # remaining space before we know that nothing above the current top-k is left
@@ -219,15 +212,26 @@ def _lanczos_top(op: CurvatureOperator, k: int, tol: float, v0, max_iter: int,
                     converged=converged, extra=extra)
 
 
+def _top_certified(theta: np.ndarray, res: np.ndarray, err: np.ndarray, k: int, tol: float, norm_est: float,
+                   steps: int, min_steps: int, dim: int) -> bool:
+    """Whether the top k Ritz values pass every stopping test after `steps` Lanczos steps: within `tol`
+    relative to their size, separated from the rest, and enough steps for the spectral gap."""
+    m = min(k, theta.shape[0])
+    floor = 1e-14 * max(norm_est, 1e-300)
+    scale = np.maximum(np.abs(theta[:m]), floor)
+    return bool(np.all(err[:m] <= tol * scale)) and m == k and steps >= min_steps \
+        and _separated(theta, res, k, tol, floor) and steps >= _steps_for_gap(theta, k, dim)
+
+
 def _check_top_args(op: CurvatureOperator, k: int, tol: float, bound: str) -> None:
     if bound not in BOUNDS:
-        raise UserError(f"unknown Lanczos error bound {bound!r}; choose one of {', '.join(BOUNDS)}")
+        raise InvalidValueError(f"unknown Lanczos error bound {bound!r}; choose one of {', '.join(BOUNDS)}")
     if k < 1:
-        raise UserError(f"k must be at least 1, got {k}")
+        raise InvalidValueError(f"k must be at least 1, got {k}")
     if k > op.dim:
-        raise UserError(f"asked for {k} eigenvalues of a {op.dim}-dimensional operator")
+        raise InvalidValueError(f"asked for {k} eigenvalues of a {op.dim}-dimensional operator")
     if not tol > 0:
-        raise UserError(f"tol must be positive, got {tol}")
+        raise InvalidValueError(f"tol must be positive, got {tol}")
 
 
 def _sorted_ritz(alphas: list[float], betas: list[float]) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import UserError
+from ..errors import InvalidValueError
 
 __all__ = ["CurvatureOperator", "HessianOperator", "PreconditionedOperator", "DenseOperator"]
 
@@ -75,7 +75,7 @@ class HessianOperator(CurvatureOperator):
 
     def __init__(self, objective, theta: Tensor, backend: str = "auto") -> None:
         if theta.dim() != 1 or theta.shape[0] != objective.dim:
-            raise UserError(f"theta must be one flat vector of length {objective.dim}, got shape {tuple(theta.shape)}")
+            raise InvalidValueError(f"theta must be one flat vector of length {objective.dim}, got shape {tuple(theta.shape)}")
         self.objective = objective
         self.theta = theta.detach()
         self._hvp = objective.hvp_at(self.theta, backend)
@@ -112,9 +112,9 @@ class PreconditionedOperator(CurvatureOperator):
     def __init__(self, H: CurvatureOperator, p: Tensor) -> None:
         p = torch.as_tensor(p).reshape(-1)
         if p.shape[0] != H.dim:
-            raise UserError(f"preconditioner has {p.shape[0]} entries but the Hessian has dimension {H.dim}")
+            raise InvalidValueError(f"preconditioner has {p.shape[0]} entries but the Hessian has dimension {H.dim}")
         if not bool(torch.all(p > 0)) or not bool(torch.all(torch.isfinite(p))):
-            raise UserError("the preconditioner must be positive and finite everywhere (Adam's P = sqrt(v)+eps)")
+            raise InvalidValueError("the preconditioner must be positive and finite everywhere (Adam's P = sqrt(v)+eps)")
         self.H = H
         self.p = p.to(device=H.device, dtype=H.dtype)
         self.scale = self.p.rsqrt()
@@ -140,7 +140,7 @@ class DenseOperator(CurvatureOperator):
     def __init__(self, matrix, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         A = torch.as_tensor(np.asarray(matrix) if not isinstance(matrix, Tensor) else matrix)
         if A.dim() != 2 or A.shape[0] != A.shape[1]:
-            raise UserError(f"a dense operator needs a square matrix, got shape {tuple(A.shape)}")
+            raise InvalidValueError(f"a dense operator needs a square matrix, got shape {tuple(A.shape)}")
         if not A.is_floating_point():
             A = A.to(torch.float64)
         self.matrix = A.to(device=device or A.device, dtype=dtype or A.dtype)

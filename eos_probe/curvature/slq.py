@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from scipy.linalg import eigh_tridiagonal
 
-from ..errors import UserError
+from ..errors import InvalidValueError
 from ._probes import default_generator, rademacher
 from .estimate import Density, Estimate
 from .lanczos import lanczos_tridiagonal
@@ -28,7 +28,7 @@ def quadrature(op: CurvatureOperator, n_probes: int, n_steps: int,
                generator: torch.Generator | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """(nodes, weights, n_hvp), both arrays (n_probes, n_steps); rows shorter than n_steps padded with weight 0."""
     if n_probes < 1 or n_steps < 1:
-        raise UserError(f"n_probes and n_steps must be positive, got {n_probes} and {n_steps}")
+        raise InvalidValueError(f"n_probes and n_steps must be positive, got {n_probes} and {n_steps}")
     gen = default_generator(generator)
     n0 = op.n_hvp
     Z = rademacher(n_probes, op.dim, gen, op.dtype, op.device)
@@ -71,7 +71,7 @@ def spectral_density(op: CurvatureOperator, n_probes: int = 4, n_steps: int = 40
     span = max(hi - lo, 1e-12 * max(abs(lo), abs(hi), 1.0))
     sigma = float(sigma) if sigma is not None else 0.01 * span
     if not sigma > 0:
-        raise UserError(f"sigma must be positive, got {sigma}")
+        raise InvalidValueError(f"sigma must be positive, got {sigma}")
     if grid is None or isinstance(grid, (int, np.integer)):
         grid = np.linspace(lo - 5 * sigma, hi + 5 * sigma, int(grid or 512))
     grid = np.asarray(grid, dtype=float)
@@ -88,7 +88,7 @@ def trace_fn(op: CurvatureOperator, f: Callable[[np.ndarray], np.ndarray], n_pro
     Theory: [docs/theory.md#metric-density][metric-density].
     """
     if n_probes < 2:
-        raise UserError(f"trace_fn needs at least 2 probes for a standard error, got {n_probes}")
+        raise InvalidValueError(f"trace_fn needs at least 2 probes for a standard error, got {n_probes}")
     nodes, weights, n_hvp = quadrature(op, n_probes, n_steps, generator)
     per_probe = probe_sums(nodes, weights, f, op.dim)
     se = float(per_probe.std(ddof=1) / np.sqrt(n_probes))

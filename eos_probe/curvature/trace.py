@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import UserError
+from ..errors import InvalidValueError
 from ._probes import default_generator, rademacher
 from .estimate import Estimate
 from .operators import CurvatureOperator, HessianOperator
@@ -124,17 +124,17 @@ def _deflation_basis(op: CurvatureOperator, deflate: Estimate | None) -> tuple[T
         return None, 0.0
     V = deflate.extra.get("vectors", deflate.extra.get("vector"))
     if V is None:
-        raise UserError("deflate= needs a top_k or lambda_max Estimate (it carries the eigenvectors)")
+        raise InvalidValueError("deflate= needs a top_k or lambda_max Estimate (it carries the eigenvectors)")
     V = torch.as_tensor(V).to(device=op.device, dtype=op.dtype)
     if V.dim() == 1:
         V = V[None]
     if V.shape[1] != op.dim:
-        raise UserError(f"deflation vectors have length {V.shape[1]}, the operator dimension is {op.dim}")
+        raise InvalidValueError(f"deflation vectors have length {V.shape[1]}, the operator dimension is {op.dim}")
     theta = np.atleast_1d(np.asarray(deflate.value, dtype=float))
     # Ritz vectors are orthonormal; re-orthonormalise anyway so the split Tr = Tr(VᵀHV) + Tr(P⊥HP⊥) is exact
     Q, R = torch.linalg.qr(V.T)
     if not torch.allclose(R.abs(), torch.eye(R.shape[0], dtype=R.dtype, device=R.device), atol=1e-4):
-        raise UserError("deflation vectors are not orthonormal; pass the Estimate returned by top_k/lambda_max")
+        raise InvalidValueError("deflation vectors are not orthonormal; pass the Estimate returned by top_k/lambda_max")
     return V, float(theta.sum())
 
 
@@ -167,12 +167,12 @@ def _resolve_strata(op: CurvatureOperator, blocks, objective, budget: int) -> li
             return None
     if isinstance(blocks, str) or (isinstance(blocks, int) and not isinstance(blocks, bool)):
         if isinstance(blocks, str) and blocks != "layers":
-            raise UserError(f"unknown blocks {blocks!r}; use 'layers', a number of strata, or a list of masks")
+            raise InvalidValueError(f"unknown blocks {blocks!r}; use 'layers', a number of strata, or a list of masks")
         objective = objective if objective is not None else getattr(op, "objective", None)
         if objective is None:
-            raise UserError("blocks='layers' needs the model's parameter layout: pass a HessianOperator or objective=")
+            raise InvalidValueError("blocks='layers' needs the model's parameter layout: pass a HessianOperator or objective=")
         if isinstance(blocks, int) and blocks < 1:
-            raise UserError(f"the number of strata must be positive, got {blocks}")
+            raise InvalidValueError(f"the number of strata must be positive, got {blocks}")
         masks = layer_strata(objective, None if isinstance(blocks, str) else blocks)
     else:
         masks = []
@@ -185,7 +185,7 @@ def _resolve_strata(op: CurvatureOperator, blocks, objective, budget: int) -> li
             masks.append(t.reshape(-1))
         cover = torch.stack(masks).sum(0)
         if cover.shape[0] != op.dim or not bool((cover == 1).all()):
-            raise UserError("blocks must partition the parameters: every index in exactly one block")
+            raise InvalidValueError("blocks must partition the parameters: every index in exactly one block")
     return [m.to(op.device) for m in masks]
 
 
@@ -206,7 +206,7 @@ def _stratified_loop(sample_rows, masks: list[Tensor], n_max: int, rtol: float |
     """Pilot then Neyman-greedy allocation of probes over strata; sample_rows(list of stratum ids) → values."""
     S = len(masks)
     if n_max < PILOT * S:
-        raise UserError(f"stratified trace needs n_matvec >= {PILOT * S} ({PILOT} pilot probes for each of "
+        raise InvalidValueError(f"stratified trace needs n_matvec >= {PILOT * S} ({PILOT} pilot probes for each of "
                         f"{S} blocks), got {n_max}")
     samples: list[list[float]] = [[] for _ in range(S)]
 
@@ -293,15 +293,15 @@ def trace(op: CurvatureOperator, method: str = "hutchinson", n_matvec: int = 100
 def _check_trace_args(method: str, n_matvec: int, rtol: float | None, deflate, blocks):
     """Refuse bad arguments of `trace`; returns ``blocks`` with "auto" resolved."""
     if method not in METHODS:
-        raise UserError(f"unknown trace method {method!r}; choose one of {', '.join(METHODS)}")
+        raise InvalidValueError(f"unknown trace method {method!r}; choose one of {', '.join(METHODS)}")
     if n_matvec < 2:
-        raise UserError(f"n_matvec must be at least 2 (a standard error needs two probes), got {n_matvec}")
+        raise InvalidValueError(f"n_matvec must be at least 2 (a standard error needs two probes), got {n_matvec}")
     if rtol is not None and not rtol > 0:
-        raise UserError(f"rtol must be positive, got {rtol}")
+        raise InvalidValueError(f"rtol must be positive, got {rtol}")
     if isinstance(blocks, str) and blocks == "auto":
         blocks = "layers" if method == "ggn+residual" else None
     if blocks is not None and (method == "hutch++" or deflate is not None):
-        raise UserError("blocks= (stratified probes) does not combine with hutch++ or deflate=; pass blocks=None")
+        raise InvalidValueError("blocks= (stratified probes) does not combine with hutch++ or deflate=; pass blocks=None")
     return blocks
 
 
@@ -309,13 +309,13 @@ def _ggn_residual(op: CurvatureOperator, objective, theta: Tensor | None, deflat
                   n_jvp: list[int]):
     """(quad, objective, Tr G): the exact Gauss–Newton trace and the probe function zᵀHz − zᵀGz of the rest."""
     if deflate is not None:
-        raise UserError("deflate= does not combine with ggn+residual (the Gauss–Newton part is already exact)")
+        raise InvalidValueError("deflate= does not combine with ggn+residual (the Gauss–Newton part is already exact)")
     objective = objective if objective is not None else getattr(op, "objective", None)
     theta = theta if theta is not None else getattr(op, "theta", None)
     if objective is None or theta is None:
-        raise UserError("ggn+residual needs the objective and θ: pass a HessianOperator or objective=, theta=")
+        raise InvalidValueError("ggn+residual needs the objective and θ: pass a HessianOperator or objective=, theta=")
     if not isinstance(op, HessianOperator):
-        raise UserError("ggn+residual applies to the Hessian itself, not to a preconditioned or dense operator")
+        raise InvalidValueError("ggn+residual applies to the Hessian itself, not to a preconditioned or dense operator")
     from .ggn import ggn_quadratic, ggn_trace
 
     exact, info = ggn_trace(objective, theta, path=ggn_path)
@@ -334,7 +334,7 @@ def _hutchpp_sketch(op: CurvatureOperator, V: Tensor | None, exact: float, n_mat
     """Hutch++'s sketch: its range joins the deflation basis V, its trace the exact part; returns the probe budget left."""
     n_sketch = max(1, n_matvec // 3)
     if 2 * n_sketch + 2 > n_matvec:
-        raise UserError(f"hutch++ needs n_matvec >= 5 (sketch, projection and 2 probes), got {n_matvec}")
+        raise InvalidValueError(f"hutch++ needs n_matvec >= 5 (sketch, projection and 2 probes), got {n_matvec}")
     S = _project_out(rademacher(n_sketch, op.dim, gen, op.dtype, op.device), V)
     Y = _project_out(op.matmat(S), V)
     Qs, _ = torch.linalg.qr(Y.T)
