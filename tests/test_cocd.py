@@ -15,7 +15,9 @@ from eos_probe.optim import make_optimizer
 from eos_probe.optim.cocd import CoCDSource, default_block
 from eos_probe.theory.cocd import critical_lr, monodromy, random_rotation, schedule, spectral_radius
 from eos_probe.theory.cocd_simulate import mc_critical_lr, simulate_cocd
-from eos_probe.train import build, checkpoint_path, train
+from eos_probe.build import build
+from eos_probe.checkpoint import checkpoint_path
+from eos_probe.train import train
 
 
 def _quadratic(d: int, seed: int, lo: float = 0.05) -> np.ndarray:
@@ -95,7 +97,7 @@ def test_bad_cocd_settings_end_in_one_line(tmp_path) -> None:
                           (["--optimizer", "cocd", "--cocd-block", "0"], "positive"),
                           (["--optimizer", "cocd", "--cocd-memory", "100000"], "memory budget"),
                           (["--optimizer", "bccd", "--cocd-gamma", "0.5"], "gamma = 0"),
-                          (["--optimizer", "zo-gd", "--cocd-block", "3"], "cocd and bccd")):
+                          (["--optimizer", "zo-gd", "--cocd-block", "3"], "cocd, bccd")):
         with pytest.raises(SystemExit) as e:
             main(common + extra)
         assert e.value.code == 2, extra

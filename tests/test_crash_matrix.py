@@ -23,7 +23,8 @@ import pytest
 import torch
 
 import eos_probe
-from eos_probe.train import checkpoint_path, train
+from eos_probe.checkpoint import checkpoint_path
+from eos_probe.train import train
 
 # 466 parameters: a step takes milliseconds, a probe (Lanczos + Hutchinson + SLQ) a good share of the run
 ARGS = ["--model", "cnn", "--model-arg", "widths=[2,2]", "--model-arg", "hidden=4", "--n-per-class", "5",

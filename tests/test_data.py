@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from eos_probe.data import DATASETS, load_dataset
-from eos_probe.data import cifar, fashion
+from eos_probe.data import cifar, embedded, fashion
 from eos_probe.data.download import download, fetch
 from eos_probe.errors import UserError
 
@@ -143,14 +143,14 @@ def test_script_reproduces_embedded_file(tmp_path):
 @needs_debian
 @pytest.mark.slow
 def test_check_mode_detects_a_changed_file(tmp_path):
-    ok, report = fashion.check_embedded(EMBEDDED)
+    ok, report = embedded.check_embedded(EMBEDDED)
     assert ok, report
     other = tmp_path / "f4.npz"
     arrays = fashion.read_embedded()
     arrays["y_train"] = arrays["y_train"].copy()
     arrays["y_train"][0] ^= 1
-    other.write_bytes(fashion.npz_bytes(arrays))
-    ok, report = fashion.check_embedded(other)
+    other.write_bytes(embedded.npz_bytes(arrays))
+    ok, report = embedded.check_embedded(other)
     assert not ok and "arrays differ" in report
 
 

@@ -367,11 +367,11 @@ def test_references_to_the_theory_stay_inside_the_project():
 
 
 def test_run_file_page_documents_the_current_schema():
-    from eos_probe.store import SCHEMA_VERSION
+    from eos_probe.reading import SCHEMA_VERSION
 
     first = (DOCS / "reference" / "run-file.md").read_text().splitlines()[0]
     assert first == f"# Run-file layout (schema {SCHEMA_VERSION})", (
-        f"eos_probe.store.SCHEMA_VERSION is {SCHEMA_VERSION} but docs/reference/run-file.md documents {first!r}: "
+        f"eos_probe.reading.SCHEMA_VERSION is {SCHEMA_VERSION} but docs/reference/run-file.md documents {first!r}: "
         "document the new layout (and keep the old one) before bumping the version")
 
 

@@ -57,7 +57,7 @@ def test_probe_metric_measures_the_law_on_a_small_network(tmp_path, one_thread) 
     from eos_probe.config import TrainConfig
     from eos_probe.probe import build_probe
     from eos_probe.probe.metrics.systems import probe_batch_indices
-    from eos_probe.train import build
+    from eos_probe.build import build
 
     cfg = TrainConfig(model="mlp", model_args={"hidden": [8]}, n_per_class=10, optimizer="zo-gd", lr=1e-3,
                       dtype="float64", probe=["entk_fidelity:m=6:pool=4096"])

@@ -1,8 +1,7 @@
 """Refactoring guard: a fixed-seed run of every preset (and a stacked sweep, CoCD, resume) writes bitwise the same
 HDF5 datasets as the recorded digests in tests/data/golden_runs.json.
 
-The digests were recorded before the architecture refactor (issue 10); a change of any number a run writes
-fails here. Timing columns (`wall_time`, `seconds`) are excluded. Bitwise float results depend on the torch
+A change of any number a run writes fails here: refactoring must leave every digest as recorded. Timing columns (`wall_time`, `seconds`) are excluded. Bitwise float results depend on the torch
 build and the CPU's vector unit, so the file records both and the test skips (saying why) on another platform.
 
 The file holds one record per platform (torch build × CPU vector unit); `--regen` replaces this platform's.

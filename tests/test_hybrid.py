@@ -16,7 +16,8 @@ from eos_probe.config import TrainConfig, group_tables
 from eos_probe.data.quadratic import QuadraticObjective
 from eos_probe.errors import InvalidValueError
 from eos_probe.optim.hybrid import GroupSpec
-from eos_probe.train import checkpoint_path, train
+from eos_probe.checkpoint import checkpoint_path
+from eos_probe.train import train
 
 D = 10
 ZO = torch.tensor([0, 1, 2, 3])
@@ -147,8 +148,8 @@ def test_new_presets_resume_bitwise(name, tmp_path, monkeypatch) -> None:
     hybrid's heads freeze at step 4 of 8 (until 0.5), inside the resumed part."""
     import h5py
 
-    from eos_probe import train as train_mod
     from eos_probe.interrupt import RunInterrupted
+    from eos_probe.trainer import checkpointing
 
     plugin = tmp_path / "net.py"
     plugin.write_text(PLUGIN)
@@ -157,18 +158,18 @@ def test_new_presets_resume_bitwise(name, tmp_path, monkeypatch) -> None:
     base.update({"hybrid": {"groups": HYBRID_GROUPS}, "rise": {"rise_blocks": 40, "queries": 2},
                  "zo-gd-nm": {"lr": 0.01}}.get(name, {}))
     full = train(TrainConfig(**base, out=str(tmp_path / "full.h5")), progress=False)
-    real = train_mod.save_checkpoint
+    real = checkpointing.save_checkpoint
 
     def save_then_interrupt(path, step, *a):
         real(path, step, *a)
         if step == 3:
             os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_interrupt)
+    monkeypatch.setattr(checkpointing, "save_checkpoint", save_then_interrupt)
     cut = tmp_path / "cut.h5"
     with pytest.raises(RunInterrupted):
         train(TrainConfig(**base, out=str(cut)), progress=False)
-    monkeypatch.setattr(train_mod, "save_checkpoint", real)
+    monkeypatch.setattr(checkpointing, "save_checkpoint", real)
     assert int(_checkpoint(cut)["step"]) < 8
     train(None, resume=cut, progress=False)
     a, b = _checkpoint(full.path), _checkpoint(cut)
@@ -218,7 +219,7 @@ def test_bad_groups_are_one_line_exit_2(case, tmp_path, capsys) -> None:
     (["--optimizer", "gd", "--norm-match"], "norm_match applies to the two-point ZO optimizers only"),
     (["--optimizer", "rise", "--rise-blocks", "layer"], "rise blocks must be 'tensor' or a positive integer"),
     (["--optimizer", "rise", "--rise-blocks", "0"], "rise blocks must be 'tensor' or a positive integer"),
-    (["--optimizer", "zo-gd", "--rise-blocks", "8"], "rise_blocks applies to the rise optimizer only"),
+    (["--optimizer", "zo-gd", "--rise-blocks", "8"], "rise_blocks applies to the RISE optimizers only (rise)"),
     (["--optimizer", "zo-fc"], "group 'adapter' matches no parameter"),
     (["--optimizer", "zo-fc", "--momentum", "0.5"], "optimizer zo-fc takes no momentum (got 0.5)"),
 ])

@@ -8,7 +8,8 @@ import torch
 
 from eos_probe.data.quadratic import QuadraticObjective
 from eos_probe.errors import UserError
-from eos_probe.optim import TwoPointSource, make_optimizer, stream_seed
+from eos_probe.optim import make_optimizer
+from eos_probe.optim.sources import TwoPointSource, stream_seed
 
 
 def _quadratic(d: int = 5, seed: int = 0) -> tuple[QuadraticObjective, torch.Tensor]:

@@ -261,7 +261,7 @@ def test_log_axes_have_enough_distinct_labels_and_integer_steps(lo, hi) -> None:
     """A newcomer saw log loss axes with three labels, repeated labels on flat losses and 0.5-step ticks."""
     import matplotlib.pyplot as plt
 
-    from eos_probe.plot.figures import _integer_steps, _log_ticks
+    from eos_probe.plot.style import _integer_steps, _log_ticks
 
     fig, ax = plt.subplots()
     ax.plot([0, 1, 2, 3], np.geomspace(hi, lo, 4))

@@ -89,7 +89,8 @@ def test_plugin_model_and_npz_train_probe_resume_plot(plugin_files, data, loss, 
 def test_module_factory_and_entry_points(plugin_files, monkeypatch, one_thread) -> None:
     from importlib.metadata import EntryPoint
 
-    from eos_probe.plugins import load_data_plugin, model_factory
+    from eos_probe.data.plugins import load_data_plugin
+    from eos_probe.models.plugins import model_factory
 
     d = plugin_files
     monkeypatch.syspath_prepend(str(d))
@@ -130,7 +131,7 @@ def test_plugin_mistakes_are_one_line(plugin_files, args, message, capsys) -> No
 
 
 def test_npz_loader_rules(tmp_path) -> None:
-    from eos_probe.plugins import load_npz
+    from eos_probe.data.plugins import load_npz
 
     np.savez(tmp_path / "a.npz", x=np.zeros((4, 3)), y=np.array([0.5, 1.0, 2.0, 3.0]))
     ds = load_npz(tmp_path / "a.npz")

@@ -18,7 +18,9 @@ from eos_probe.curvature.deflated import rest_quadrature, split_trace
 from eos_probe.errors import UserError
 from eos_probe.optim.sources import PURPOSE_PROBE, stream_seed
 from eos_probe.probe import METRICS, Probe, build_probe, default_metrics, parse_spec
-from eos_probe.train import build, checkpoint_path, train
+from eos_probe.build import build
+from eos_probe.checkpoint import checkpoint_path
+from eos_probe.train import train
 
 # 466 parameters in float64: dense Hessians are cheap and comparisons exact
 TINY = dict(model="cnn", model_args={"widths": [2, 2], "hidden": 4}, n_per_class=5, device="cpu", dtype="float64",

@@ -9,13 +9,15 @@ import math
 import pytest
 import torch
 
-from eos_probe.budget import DEFAULT_PROBE_MEMORY, measure_probe, parse_bytes
+from eos_probe.bench_probe import measure_probe
+from eos_probe.budget import DEFAULT_PROBE_MEMORY, parse_bytes
 from eos_probe.cli import main
 from eos_probe.config import TrainConfig
 from eos_probe.curvature.ggn import _trace_jacobians, ggn_quadratic
 from eos_probe.errors import UserError
 from eos_probe.objective import MEMORY_FACTORS
-from eos_probe.train import build, train
+from eos_probe.build import build
+from eos_probe.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -15,7 +15,7 @@ import torch
 
 import eos_probe
 from eos_probe.errors import CorruptFileError, UserError
-from eos_probe.train import checkpoint_path
+from eos_probe.checkpoint import checkpoint_path
 
 ARGS = ["--model", "cnn", "--model-arg", "widths=[4,8]", "--model-arg", "hidden=16", "--n-per-class", "20",
         "--optimizer", "zo-gdm", "--lr", "0.002", "--steps", "60", "--checkpoint-every", "7", "--log-every", "1",
@@ -216,7 +216,8 @@ def test_the_probe_back_end_does_not_depend_on_timing(monkeypatch) -> None:
 
     import eos_probe.probe.runner as probe_mod
     from eos_probe.config import TrainConfig
-    from eos_probe.train import _default_probe, build
+    from eos_probe.build import build
+    from eos_probe.train import _default_probe
 
     cfg = TrainConfig(model="cnn", model_args={"widths": [2, 2], "hidden": 4}, n_per_class=5, dtype="float64",
                       device="cpu", probe=["lambda_max"])
@@ -231,17 +232,18 @@ def test_checkpoints_follow_every_probe_and_the_clock(tmp_path: Path, monkeypatc
     """Default checkpointing: at step 0, at the step after each probe (a probe is never lost), at the end;
     and at every step boundary once CHECKPOINT_SECONDS have passed since the last one."""
     import eos_probe.train as train_mod
+    import eos_probe.trainer.checkpointing as checkpointing
     from eos_probe.config import TrainConfig
 
     saved: list[int] = []
-    real = train_mod.save_checkpoint
-    monkeypatch.setattr(train_mod, "save_checkpoint", lambda path, step, *a: (saved.append(step), real(path, step, *a)))
+    real = checkpointing.save_checkpoint
+    monkeypatch.setattr(checkpointing, "save_checkpoint", lambda path, step, *a: (saved.append(step), real(path, step, *a)))
     cfg = TrainConfig(model="cnn", model_args={"widths": [2, 2], "hidden": 4}, n_per_class=5, dtype="float64",
                       optimizer="zo-gd", lr=0.02, steps=7, probe_every=3, probe=["lambda_max"], device="cpu",
                       out=str(tmp_path / "a.h5"))
     train_mod.train(cfg, progress=False)
     assert saved == [0, 1, 4, 7, 7]  # probes at 0, 3, 6 and the final 7 (step 7 is also the end)
     saved.clear()
-    monkeypatch.setattr(train_mod, "CHECKPOINT_SECONDS", 0.0)
+    monkeypatch.setattr(checkpointing, "CHECKPOINT_SECONDS", 0.0)
     train_mod.train(TrainConfig(**{**cfg.to_dict(), "out": str(tmp_path / "b.h5"), "probe": []}), progress=False)
     assert saved == list(range(8)) + [7]

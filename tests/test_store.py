@@ -15,7 +15,8 @@ import eos_probe
 from eos_probe.config import TrainConfig
 from eos_probe.errors import CorruptFileError, UserError
 from eos_probe.run import band_for
-from eos_probe.store import SCHEMA_VERSION, RunWriter
+from eos_probe.reading import SCHEMA_VERSION
+from eos_probe.store import RunWriter
 from eos_probe.theory import band
 
 
@@ -34,7 +35,7 @@ def _write(path, cfg: TrainConfig, n_probe: int = 5, k: int = 3, finish: bool = 
         w.declare("spectra/density", name, "i8" if name == "step" else "f8", shape)
     w.set_attrs("probe", {"metrics": ["lambda_max", "trace", "top_k"]})
     w.set_attrs("bands", band_for(cfg.to_dict(), 1234).as_dict())
-    w.start_swmr()
+    w.start()
     train = {"step": np.arange(10 * n_probe), "loss": rng.random(10 * n_probe), "accuracy": rng.random(10 * n_probe),
              "wall_time": np.arange(10 * n_probe) * 0.1}
     probe = {"step": np.arange(n_probe) * 10, "lambda_max": rng.random(n_probe) * 10,

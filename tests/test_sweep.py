@@ -11,8 +11,10 @@ import torch
 from eos_probe.cli import main
 from eos_probe.config import TrainConfig
 from eos_probe.objective import AUTO_CHUNK_BYTES, Objective, activation_bytes, auto_microbatch
-from eos_probe.optim import TwoPointSource
-from eos_probe.train import build, checkpoint_path, sweep_configs, train, train_sweep
+from eos_probe.optim.sources import TwoPointSource
+from eos_probe.build import build
+from eos_probe.checkpoint import checkpoint_path
+from eos_probe.train import sweep_configs, train, train_sweep
 
 #: 8 x 28 x 28 float32 = 25 KB per example: above VMAP_MAX_ACTIVATION, so on CPU stacked rows are looped
 TINY_CNN = {"widths": [8, 8], "hidden": 16}

@@ -39,12 +39,12 @@ def _losses(path: Path) -> np.ndarray:
 
 
 def _ray_task_pids() -> list[int]:
-    """Processes executing run_task (Ray titles a busy worker `ray::run_task`)."""
+    """Processes executing run_job (Ray titles a busy worker `ray::run_job`)."""
     pids = []
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
-                if (d / "cmdline").read_bytes().startswith(b"ray::run_task"):
+                if (d / "cmdline").read_bytes().startswith(b"ray::run_job"):
                     pids.append(int(d.name))
             except OSError:
                 pass

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 import eos_probe
 import eos_probe.train as train_mod
+from eos_probe.build import build
 from eos_probe.cli import main
 from eos_probe.config import TrainConfig, validate
 from eos_probe.data import load_dataset
@@ -163,7 +164,7 @@ def test_old_class_logits_are_out_of_the_loss_and_the_gradient(tmp_path: Path) -
 
 
 def test_retention_and_task_follow_the_data_swap(tmp_path: Path) -> None:
-    setup = train_mod.build(_cfg(tmp_path))
+    setup = build(_cfg(tmp_path))
     obj, data = setup.objective, setup.tasks
     data.apply(obj, 0)
     assert obj.task == 0 and obj.retention is None and obj.output_mask.tolist() == [True, True, False, False]
@@ -223,7 +224,7 @@ def test_init_from_continues_a_sequence_another_run_began(tmp_path: Path) -> Non
     assert second.attrs["init_from"]["step"] == 4
     assert second.tasks.attrs["forgetting"] == pytest.approx(whole.tasks.attrs["forgetting"], abs=1e-6)
     with pytest.raises(UserError, match="parameters"):
-        train_mod.build(_cfg(tmp_path, model_args={"hidden": [9]}, init_from=str(tmp_path / "first.h5")))
+        build(_cfg(tmp_path, model_args={"hidden": [9]}, init_from=str(tmp_path / "first.h5")))
 
 
 def test_resume_refuses_new_steps_for_a_task_run(tmp_path: Path) -> None:

@@ -9,7 +9,8 @@ import torch
 
 from eos_probe.cli import main
 from eos_probe.config import TrainConfig
-from eos_probe.train import checkpoint_path, train
+from eos_probe.checkpoint import checkpoint_path
+from eos_probe.train import train
 
 TINY_CNN = {"widths": [4, 8], "hidden": 16}
 

@@ -268,7 +268,7 @@ def _write(path, cfg: TrainConfig, probe: dict[str, list[float]], zo_trace: list
         w.declare("probe", name, "f8")
     w.set_attrs("probe", {"metrics": [k for k in probe if not k.endswith(("_err", "_neg"))]})
     w.set_attrs("bands", th.band_for(cfg.to_dict(), 1000).as_dict())
-    w.start_swmr()
+    w.start()
     n = len(next(iter(probe.values())))
     for i in range(n):
         row = {"step": i * 10, "loss": 1.0 - 0.01 * i, "accuracy": 0.5, "wall_time": float(i)}

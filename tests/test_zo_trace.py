@@ -16,9 +16,11 @@ import eos_probe
 from eos_probe.config import TrainConfig
 from eos_probe.curvature import HessianOperator, trace
 from eos_probe.data.quadratic import QuadraticObjective
-from eos_probe.optim import TwoPointSource, make_optimizer
+from eos_probe.optim import make_optimizer
+from eos_probe.optim.sources import TwoPointSource
 from eos_probe.optim.sources import PURPOSE_DIRECTIONS, stream_seed
-from eos_probe.train import build, sweep_configs, train, train_sweep
+from eos_probe.build import build
+from eos_probe.train import sweep_configs, train, train_sweep
 from eos_probe.zo_monitor import ZOTraceMonitor
 
 TINY_CNN = {"widths": [4, 8], "hidden": 16}
