@@ -294,7 +294,8 @@ def _preset(name: str, source: str, rule: str, lr: float, description: str, *, f
     momentum = DEFAULT_MOMENTUM if "momentum" in RULES[rule].options else 0.0
     style = {"momentum": "heavy_ball", "adam": "ema"}.get(rule)
     family = family or name.removeprefix("zo-")
-    fo_twin = fo_twin or (family if source != "cocd" else "gd")
+    # a preset the band theory does not cover is drawn against the classical GD line
+    fo_twin = fo_twin or (family if SOURCES[source].band and RULES[rule].band else "gd")
     return Preset(name, source, rule, lr, momentum, style, family, fo_twin, description=description, **kw)
 
 

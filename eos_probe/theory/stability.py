@@ -330,9 +330,10 @@ def verdict(trace: float, lambda_max: float, lr: float, optimizer: str, queries:
 #: presets without a spectral band: their exact edge needs H's eigenvectors (probe metric cocd_edge)
 COCD_BANDLESS = tuple(n for n, p in PRESETS.items() if p.source == "cocd")
 #: other presets without a spectral band (RISE, grouped): the classical GD line stands in, with this warning
-SHAPED_BAND_WARNING = ("{name}: no single spectral band (docs/theory.md section 5a-5b: RISE shapes each block "
-                       "differently; grouped optimizers have one band per group, see the probe metric "
-                       "hybrid_bands); the line drawn is the classical GD line lambda_max(H) < 2/lr")
+SHAPED_BAND_WARNING = ("{name}: no single spectral band (the band theory of docs/theory.md sections 2-3 covers "
+                       "plain, momentum and Adam steps on exact or two-point gradients; RISE shapes each block "
+                       "differently and grouped optimizers have one band per group, see the probe metric "
+                       "hybrid_bands, section 5a-5b); the line drawn is the classical GD line lambda_max(H) < 2/lr")
 COCD_BAND_WARNING = ("CoCD/BCCD: the line lambda_max(H) < 2/lr drawn here is exact only for B = d (finite-difference "
                      "GD); the exact edge lr*(H, B, gamma) depends on H's eigenvectors (docs/theory.md section 5d) - "
                      "see the probe series cocd_edge")
