@@ -1,4 +1,4 @@
-"""The interfaces an optimizer is built from (DESIGN.md, "source × rule"), as `typing.Protocol`s.
+"""The interfaces an optimizer is built from (docs/design.md, "Optimizers"), as `typing.Protocol`s.
 
 They document what `eos_probe.optim.Optimizer` and the trainer call; the built-in objective, sources
 and rules satisfy them structurally (no inheritance needed).
