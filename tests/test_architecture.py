@@ -25,6 +25,28 @@ SIZE_EXEMPT = {
 #: import edges a cycle may use, each with why it is not a layering mistake (none today)
 CYCLE_ALLOWED: dict[tuple[str, str], str] = {}
 
+#: docs/design.md's layers, bottom-up: a module may import its own layer or the ones before it
+LAYERS = (
+    ("errors", "_util", "_version", "budget", "loss_names", "provenance", "interrupt", "zo_monitor", "reading",
+     "bench_items"),
+    ("presets", "tasks", "config"),
+    ("data", "models", "losses", "groups", "hvp", "objective"),
+    ("curvature", "theory"),
+    ("optim", "reference"),
+    ("probe",),
+    ("store", "checkpoint", "run"),
+    ("trainer",),
+    ("build", "train", "api", "calibration", "bench", "bench_loop", "bench_probe", "sweep"),
+    ("commands", "cli", "plot", "gallery", "__init__"),
+)
+#: upward imports, each with why it is one
+UPWARD_ALLOWED = {
+    ("theory.simulate", "optim"): "the Monte-Carlo check of the theory runs the project's own optimizers",
+    ("theory.simulate", "data"): "... on the quadratic objective",
+    ("theory.cocd_simulate", "optim"): "the Monte-Carlo check of the CoCD theory runs the cocd source",
+    ("theory.cocd_simulate", "data"): "... on the quadratic objective",
+}
+
 
 def _module(path: Path) -> str:
     parts = path.relative_to(PKG.parent).with_suffix("").parts
@@ -92,6 +114,22 @@ def test_no_import_cycle_even_inside_functions() -> None:
 
     for m in sorted(graph):
         visit(m, [])
+
+
+def _top(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def test_nothing_imports_upward_not_even_inside_a_function() -> None:
+    rank = {name: i for i, layer in enumerate(LAYERS) for name in layer}
+    assert {_top(m) for m in MODULES} <= rank.keys(), sorted({_top(m) for m in MODULES} - rank.keys())
+    upward = []
+    for m, p in MODULES.items():
+        for d in _imports(m, p):
+            if rank[_top(d)] > rank[_top(m)] and (m.removeprefix("eos_probe."), _top(d)) not in UPWARD_ALLOWED:
+                upward.append(f"{m} -> {d}")
+    assert not upward, upward
 
 
 def test_the_checker_sees_a_cycle_through_a_function_level_import(tmp_path) -> None:
