@@ -235,7 +235,7 @@ def test_bands_transcripts_are_what_the_command_prints(tmp_path):
 
 def test_adam_warning_has_one_source():
     """The ZO-Adam caveat is quoted from the code (COMMUTING_WARNING), not retyped with other numbers."""
-    from eos_probe.theory.stability import COMMUTING_WARNING
+    from eos_probe.theory.setting import COMMUTING_WARNING
 
     assert f"warning: {COMMUTING_WARNING}" in THEORY.read_text()
     for page in [*DOCS.rglob("*.md"), ROOT / "README.md"]:
