@@ -34,7 +34,7 @@ LAYERS = (
     ("curvature", "theory"),
     ("optim", "reference"),
     ("probe",),
-    ("store", "checkpoint", "run"),
+    ("store", "checkpoint", "run", "events"),
     ("trainer",),
     ("build", "train", "api", "calibration", "bench", "bench_loop", "bench_probe", "sweep"),
     ("commands", "cli", "plot", "gallery", "__init__"),
