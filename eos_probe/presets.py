@@ -16,7 +16,7 @@ Pure Python, no torch: the numpy-only theory and the CLI's help read it too.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .errors import InvalidValueError, did_you_mean

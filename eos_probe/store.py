@@ -24,7 +24,6 @@ import io
 import json
 import os
 import re
-import shutil
 import signal
 import threading
 import time

@@ -145,7 +145,7 @@ def metrics_markdown() -> str:
 def presets_markdown() -> str:
     """The optimizer table, generated from ``eos_probe.presets`` (registration order): each preset's source and
     rule by their registered titles, its default step size and momentum."""
-    from eos_probe.presets import PRESETS, RULES, SOURCES
+    from eos_probe.presets import PRESETS, SOURCES
 
     lines = [
         "| `--optimizer` | gradient | update rule | default `--lr` | default `--momentum` | what |",

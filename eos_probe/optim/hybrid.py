@@ -11,7 +11,6 @@ rule to its slice. One copy only (θ of shape (d,)): sweeps of stacked copies ar
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
