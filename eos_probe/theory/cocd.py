@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InvalidValueError
+from ..presets import OPTIONS
 
 #: above this d the monodromy is applied matrix-free and ρ(Φ) comes from ARPACK instead of a dense eig
 DENSE_EIG_MAX = 400
@@ -65,20 +66,16 @@ def schedule(dim: int, block: int, gamma: float, memory: int | None = None,
     """Validate CoCD hyper-parameters against d (one :class:`InvalidValueError` line per mistake)."""
     if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
         raise InvalidValueError(f"dimension must be a positive integer, got {dim!r}")
-    if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
-        raise InvalidValueError(f"CoCD block size B must be a positive integer, got {block!r}")
+    OPTIONS["cocd_block"].check(int(block) if isinstance(block, np.integer) else block)
     if block > dim:
         raise InvalidValueError(f"CoCD block size B = {block} exceeds the number of parameters d = {dim}")
-    if not (isinstance(gamma, (int, float, np.floating)) and 0.0 <= float(gamma) <= 1.0):
-        raise InvalidValueError(f"CoCD decay gamma must lie in [0, 1], got {gamma!r}")
+    OPTIONS["cocd_gamma"].check(float(gamma) if isinstance(gamma, np.floating) else gamma)
     if memory is not None:
-        if isinstance(memory, bool) or not isinstance(memory, (int, np.integer)):
-            raise InvalidValueError(f"CoCD memory budget must be an integer, got {memory!r}")
+        OPTIONS["cocd_memory"].check(int(memory) if isinstance(memory, np.integer) else memory)
         if not (block <= memory < dim):
             raise InvalidValueError(f"CoCD memory budget m = {memory} must satisfy B = {block} <= m < d = {dim} "
                             "(omit it to keep every estimate)")
-    if not (math.isfinite(weight_decay) and weight_decay >= 0):
-        raise InvalidValueError(f"weight decay must be a non-negative finite number, got {weight_decay!r}")
+    OPTIONS["weight_decay"].check(weight_decay)
     return CoCDSchedule(int(dim), int(block), float(gamma), None if memory is None else int(memory),
                         float(weight_decay))
 
