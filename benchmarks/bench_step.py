@@ -21,14 +21,15 @@ from pathlib import Path
 import torch
 
 from eos_probe.bench import format_table, run_bench
-from eos_probe.config import DEFAULT_LR, TrainConfig
+from eos_probe.config import TrainConfig
+from eos_probe.presets import preset
 from eos_probe.train import sweep_configs, train, train_sweep
 
 
 def trainer_sweep_speedup(model: str, device: str, steps: int, copies: int = 3, rounds: int = 1,
                           optimizer: str = "zo-gd") -> dict:
     """Wall time of K sequential `train` runs over that of one K-copy `train_sweep` (whole trainer)."""
-    lrs = [DEFAULT_LR[optimizer] * (k + 1) / copies for k in range(copies)]  # at or below the stable default
+    lrs = [preset(optimizer).lr * (k + 1) / copies for k in range(copies)]  # at or below the stable default
     ratios, seq_s, sweep_s = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(rounds):

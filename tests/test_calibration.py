@@ -15,7 +15,7 @@ from eos_probe.curvature import DenseOperator, top_k, trace
 from eos_probe.curvature.deflated import rest_quadrature, split_trace, split_trace_fn
 from eos_probe.curvature.trace import t_factor
 from eos_probe.theory import moment_operator, ms_sum
-from eos_probe.theory.stability import spectral_radius
+from eos_probe.theory.moments import spectral_radius
 
 
 def _rotated(eigs: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,7 @@ import click
 from ..bench_items import ITEMS
 from ..budget import DEFAULT_PROBE_MEMORY
 from ..config import DEVICES, DTYPES
-from ._options import GeneratedHelp, models_help, parse_kv
+from ._options import GeneratedHelp, parse_kv
 
 
 def _positive(ctx, param, value):
@@ -27,13 +27,20 @@ def _default(name: str) -> str:
     return "automatic" if value is None else str(value)
 
 
+def _models() -> dict:
+    """The model registry, imported when help is shown (it imports torch)."""
+    from ..models import MODELS
+
+    return MODELS
+
+
 def _help(text: str, name: str) -> Callable[[], str]:
     return lambda: f"{text} (default {_default(name)})."
 
 
 @click.command("bench")
 @click.option("--model", cls=GeneratedHelp, help_from=lambda: f"Model to time (default {_default('model')}): "
-              + models_help())
+              + " | ".join(_models()) + ", or a plug-in path/to/file.py:factory.")
 @click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE", help="Model size override (repeatable).")
 @click.option("--n-per-class", type=int, callback=_positive, help="Training examples per class (default: the full default data).")
 @click.option("--device", type=click.Choice(list(DEVICES)), cls=GeneratedHelp, help_from=_help("Device", "device"))
