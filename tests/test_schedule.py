@@ -124,7 +124,7 @@ def test_tracking_step_brackets_the_dense_truth_on_a_small_float64_model() -> No
     from eos_probe.probe import build_probe
     from eos_probe.probe.context import ProbeContext
     from eos_probe.probe.track import track_row
-    from eos_probe.train import build
+    from eos_probe.build import build
 
     base = TrainConfig(model="lstm", model_args={"embed": 4, "hidden": 4, "layers": 1}, data_args={"n_train": 16},
                        optimizer="zo-gd", lr=1.0, dtype="float64", probe_budget=0.2)
