@@ -30,6 +30,9 @@ from .stability import (
     spectral_radius,
 )
 
+#: second moments simulate_growth can follow: E‖θ‖², E[θᵀHθ], E[θᵀH₊θ]
+MOMENTS = ("norm", "loss", "positive")
+
 #: largest d for which the dense moment operator ((2d)² × (2d)²) gives the prediction
 DENSE_MAX_DIM = 12
 
@@ -127,7 +130,9 @@ def simulate_growth(eigenvalues: Sequence[float] | np.ndarray, lrs: Sequence[flo
 
     ``moment="loss"`` measures the growth of ``E[θᵀHθ]`` (twice the loss) instead of ``E‖θ‖²``: the same
     stability boundary for λ > 0, but near-zero eigenvalues (modes with ρ ≈ 1 at every η, whose slow
-    transients bias a finite-horizon ``E‖θ‖²`` rate) drop out.
+    transients bias a finite-horizon ``E‖θ‖²`` rate) drop out. ``moment="positive"`` measures
+    ``E[θᵀH₊θ]`` (weights max(λ, 0)): the positive-curvature second moment of an indefinite H, whose
+    negative modes then enter only through the noise they feed into the positive block.
 
     Theory: [docs/theory.md#ms-sum][ms-sum].
     """
@@ -161,8 +166,8 @@ def _check_growth_inputs(eigs, lrs, optimizer, queries, momentum, momentum_style
         raise InvalidValueError("lrs must be a non-empty list of positive finite step sizes")
     if seeds < 2 * groups or seeds % groups:
         raise InvalidValueError(f"seeds ({seeds}) must be a multiple of groups ({groups}) and at least 2·groups")
-    if moment not in ("norm", "loss"):
-        raise InvalidValueError(f"moment must be 'norm' or 'loss', got {moment!r}")
+    if moment not in MOMENTS:
+        raise InvalidValueError(f"moment must be one of {', '.join(MOMENTS)}, got {moment!r}")
     if start not in ("isotropic", "stationary"):
         raise InvalidValueError(f"start must be 'isotropic' or 'stationary', got {start!r}")
     if start == "stationary" and d > DENSE_MAX_DIM:
@@ -203,7 +208,8 @@ def _simulate_log_moments(eigs, lrs, s, P, Q, *, seeds, steps, groups, seed, mu,
         torch.set_num_threads(threads)
     try:
         objective = QuadraticObjective(eigs, Q, dtype=torch.float64)
-        w_moment = torch.as_tensor(eigs if moment == "loss" else np.ones(d), dtype=torch.float64)
+        weights = {"loss": eigs, "positive": np.maximum(eigs, 0.0), "norm": np.ones(d)}[moment]
+        w_moment = torch.as_tensor(weights, dtype=torch.float64)
         lr_rows = torch.as_tensor(np.repeat(lrs, S), dtype=torch.float64)[:, None]
         opt = make_optimizer(s.optimizer, lr=lr_rows, **kw)
         gen = torch.Generator().manual_seed(int(seed) + 7919)
