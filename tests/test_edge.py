@@ -231,3 +231,13 @@ def test_edge_end_to_end_on_a_tiny_network(run, tmp_path):
     s = res["surrogates"][0]
     assert s["probes"][0]["step"] == 0 and s["probes"][0]["eta_star"] == pytest.approx(p["eta"], rel=1e-9)
     json.dumps(res)
+
+
+def test_continuation_outcomes_are_classified_from_the_loss():
+    from eos_probe.sweep.edge_network import classify
+
+    assert classify([1.0, 1.5, 1.1], 1.0, False) == "self-stabilises"
+    assert classify([1.0, 5.0, 1.1], 1.0, False) == "catapult"
+    assert classify([1.0, 5.0, 4.0], 1.0, False) == "unresolved"
+    assert classify([1.0, 1.0, float("inf")], 1.0, False) == "diverges"
+    assert classify([1.0, 1.0], 1.0, True) == "diverges"

@@ -99,6 +99,30 @@ def prediction_block(run_path: Path, step: int, cfg: dict[str, Any], *, k: int, 
     return spec, pred, {"checkpoint": ck["path"]}
 
 
+def run_lr_block(spec: Spectrum, cfg: dict[str, Any]) -> dict[str, Any]:
+    """At the run's own η: the exact S (dense) or its SLQ estimate, against the band's necessary bound Tr/T and
+    sufficient bound (Tr + cλ_max)/T (docs/theory.md §2), and Tr H₊/T."""
+    from ..theory import band_for, ms_sum
+    from .edge_predict import slq_sum
+
+    b = band_for(cfg, spec.dim)
+    if spec.method == "dense":
+        S, err = ms_sum(spec.top, cfg["lr"], **_theory_kw(cfg, spec.dim), negative="ignore"), 0.0
+    else:
+        S, err = slq_sum(spec, float(cfg["lr"]), cfg)
+    lam = spec.top[0]
+    c = b.c if b.c is not None else 0.0
+    return {"lr": cfg["lr"], "S": S, "S_err": err, "T": b.threshold, "tr_over_T": spec.trace / b.threshold,
+            "tr_pos_over_T": spec.trace_pos / b.threshold, "upper_over_T": (spec.trace + c * lam) / b.threshold}
+
+
+def _theory_kw(cfg: dict[str, Any], dim: int) -> dict[str, Any]:
+    from ..theory import Setting
+
+    s = Setting.from_config(cfg, dim)
+    return {"optimizer": s.optimizer, **s.kwargs()}
+
+
 def model_block(spec: Spectrum, pred: Prediction, cfg: dict[str, Any], *, seeds: int, steps: int, rounds: int,
                 taylor: bool, echo: Callable[[str], None]) -> dict[str, Any]:
     """Growth-rate edges of the positive-part model and (optionally) the indefinite Taylor model."""
@@ -160,7 +184,7 @@ def edge_experiment(run_path: str | Path, step: int, *, network: bool = True, su
     torch.set_num_threads(max(1, torch.get_num_threads()))
     result: dict[str, Any] = {
         "run": str(run_path), "step": step, **where, "optimizer": cfg["optimizer"], "run_lr": cfg.get("lr"),
-        "dim": spec.dim, "spectrum": spec.as_dict(), "predicted": pred.as_dict(),
+        "dim": spec.dim, "spectrum": spec.as_dict(), "predicted": pred.as_dict(), "at_run_lr": run_lr_block(spec, cfg),
         "models": model_block(spec, pred, cfg, seeds=quad_seeds, steps=quad_steps, rounds=quad_rounds,
                               taylor=taylor, echo=echo)}
     if network:

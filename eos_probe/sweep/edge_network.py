@@ -150,3 +150,26 @@ def half_time(taus: np.ndarray) -> np.ndarray:
     inf when that many never do): the protocol's verdict at horizon h is "unstable" iff half_time ≤ h."""
     taus = np.asarray(taus, dtype=float)
     return np.sort(taus, axis=1)[:, taus.shape[1] // 2]
+
+
+def classify(losses: list[float], loss0: float, blown: bool, spike: float = 2.0, back: float = 1.2) -> str:
+    """One continuation's outcome: "diverges" (blew up at the largest factor), "catapult" (loss above spike × L0,
+    then back below back × L0), "self-stabilises" (never above spike × L0), else "unresolved" (still up)."""
+    x = np.asarray(losses, dtype=float)
+    if blown or not np.all(np.isfinite(x)):
+        return "diverges"
+    if x.max() < spike * loss0:
+        return "self-stabilises"
+    return "catapult" if x[-1] <= back * loss0 else "unresolved"
+
+
+def outcomes(res: dict[str, Any], model: str = "network") -> dict[str, int]:
+    """Counts of :func:`classify` over the seeds of a continuation or surrogate result."""
+    losses = res["losses"][model] if isinstance(res["losses"], dict) else res["losses"]
+    taus = res["tau"][model] if model in res["tau"] else res["tau"]
+    top = taus[max(taus, key=float)]
+    counts: dict[str, int] = {}
+    for s in range(res["seeds"]):
+        c = classify([row[s] for row in losses], res["loss0"], top[s] is not None)
+        counts[c] = counts.get(c, 0) + 1
+    return counts

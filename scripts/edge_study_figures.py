@@ -1,0 +1,184 @@
+"""Figures and tables of docs/edge.md from docs/edge-study.json (called by scripts/edge_study.py).
+
+The tables replace the text between ``<!-- edge-study:begin -->`` and ``<!-- edge-study:end -->`` in docs/edge.md;
+figures are docs/edge-horizon.png, docs/edge-blowup-law.png and docs/edge-surrogate.png.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+BEGIN, END = "<!-- edge-study:begin -->", "<!-- edge-study:end -->"
+FACTOR = "10"
+
+
+def _g(x, fmt: str = ".3g") -> str:
+    return "–" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, fmt)
+
+
+def experiments(study: dict) -> list[tuple[str, dict]]:
+    """(label, edge-experiment result) of every checkpoint studied, headline first."""
+    out = [("CNN 1,694 (issue run), step 40", study["headline"]["experiment"])] if "headline" in study else []
+    for name, fam in study.get("families", {}).items():
+        for which in ("early", "edge"):
+            r = fam.get(which, {})
+            if "predicted" in r:
+                out.append((f"{name.upper()} {r['dim']:,}, step {r['step']} ({which})", r))
+    return out
+
+
+def _network_cells(r: dict) -> tuple[str, str, str]:
+    b = r["network"]["by_factor"][FACTOR]
+    curve = {c["horizon"]: c for c in b["edge_vs_horizon"]}
+    cells = []
+    for h in (20, 640):
+        c = curve.get(h)
+        cells.append(f"{_g(c['over_predicted'])} [{_g(c['lo'] / r['predicted']['eta'] if c['lo'] else None)}, "
+                     f"{_g(c['hi'] / r['predicted']['eta'] if c['hi'] else None)}]" if c and c.get("edge") else
+                     (c or {}).get("note", "–"))
+    ans = b["horizon_independent_edge"]
+    law = b["law"]
+    if "fits" in law:
+        f = law["fits"][law["best"]]
+        par = {"power": f"p = {_g(f.get('p'))} {_ci(f.get('p_ci'))}",
+               "arrhenius": f"B = {_g(f.get('B'))} {_ci(f.get('B_ci'))}",
+               "threshold": f"η_c = {_g(f.get('eta_c'))} {_ci(f.get('eta_c_ci'))}"}[law["best"]]
+        cells.append(f"{ans['answer']}: best law {law['best']} ({par}); η_c {_ci(ans.get('eta_c_ci'))}")
+    else:
+        cells.append(f"{ans['answer']} ({law.get('note', '')})")
+    return cells[0], cells[1], cells[2]
+
+
+def _ci(ci) -> str:
+    return "–" if not ci else f"[{_g(ci[0])}, {_g(ci[1])}]"
+
+
+def headline_table(study: dict) -> str:
+    rows = ["| checkpoint | d (negative) | run η | η* predicted (path) | S(run η) | H₊ model: growth-rate edge / η* "
+            "[interval] | Taylor model (H) | network edge / η*, horizon 20 | horizon 640 | horizon-independent edge? |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for label, r in experiments(study):
+        p, m = r["predicted"], r["models"]["positive"]
+        t = r["models"].get("taylor")
+        tay = ("no edge (exact rate > 0 at every η)" if t and t.get("exact_rate_positive_everywhere") else
+               (f"edge {_g(t['edge_over_predicted'])}" if t and t["has_edge"] else "no edge")) if t else "–"
+        net = _network_cells(r) if "network" in r else ("–", "–", "–")
+        pe = p["eta"]
+        rows.append(f"| {label} | {r['dim']:,} ({int(r['spectrum']['n_negative'])}) | {_g(r['run_lr'])} | {pe:.4g} "
+                    f"({p['method']}) | {_g(r['at_run_lr']['S'])} | {_g(m['edge_over_predicted'], '.3f')} "
+                    f"[{m['lo'] / pe:.3f}, {m['hi'] / pe:.3f}] | {tay} | {net[0]} | {net[1]} | {net[2]} |")
+    return "\n".join(rows)
+
+
+def prediction_table(study: dict) -> str:
+    h = study["headline"]["predictions"]
+    d, it, old = h["dense"], h["iterative"], h["old_trace_tail"]
+    sp = d["spectrum"]
+    return "\n".join([
+        "| path | η* | interval | what it rests on |", "| --- | --- | --- | --- |",
+        f"| dense (exact) | {d['eta']:.4g} | – | {d['path']} |",
+        f"| top-20 Ritz + SLQ, positive part (new) | {it['eta']:.4g} | [{it['lo']:.4g}, {it['hi']:.4g}]; "
+        f"convexity bounds [{it['bound_lo']:.4g}, {it['bound_hi']:.4g}] | {it['path']} |",
+        f"| top-20 Ritz + Tr H tail (old) | {old['eta']:.4g} | – | Tr H = {old['trace']:.3g} (dense "
+        f"{sp['trace']:.3g}) < top-20 sum {old['top20_sum']:.3g}: tail {old['tail']:.3g}, the positive tail "
+        f"(dense Tr H₊ = {sp['trace_pos']:.3g}) dropped; {old['eta'] / d['eta'] - 1:+.0%} against dense |"])
+
+
+def horizon_table(r: dict) -> str:
+    by = r["network"]["by_factor"]
+    hs = [c["horizon"] for c in next(iter(by.values()))["edge_vs_horizon"]]
+    rows = ["| blow-up factor | " + " | ".join(f"h = {h}" for h in hs) + " |", "|---" * (len(hs) + 1) + "|"]
+    pe = r["predicted"]["eta"]
+    for f, b in by.items():
+        cells = [f"{_g(c['edge'])} = {_g(c['edge'] / pe)} η* [{_g(c['lo'])}, {_g(c['hi'])}]" if c.get("edge")
+                 else c.get("note", "–") for c in b["edge_vs_horizon"]]
+        rows.append(f"| {f} × L(θ_N) | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def law_table(study: dict) -> str:
+    rows = ["| checkpoint | η with > half blown by 640 | power p [95 %] (AIC) | threshold η_c/η* [95 %], ν (AIC) | "
+            "Arrhenius B/η* (AIC) | best | censored η the law calls blown |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for label, r in experiments(study):
+        law = r["network"]["by_factor"][FACTOR]["law"]
+        if "fits" not in law:
+            rows.append(f"| {label} | {law['n_points']} | {law.get('note', '')} | | | | |")
+            continue
+        pe = r["predicted"]["eta"]
+        fp, ft, fa = law["fits"]["power"], law["fits"]["threshold"], law["fits"]["arrhenius"]
+        ci = ft.get("eta_c_ci") or [math.nan, math.nan]
+        viol = ", ".join(f"{k} {law['fits'][k]['censored_violations']}" for k in ("power", "threshold", "arrhenius"))
+        rows.append(f"| {label} | {law['n_points']} | {fp['p']:.2f} {_ci(fp.get('p_ci'))} ({fp['aic']:.1f}) | "
+                    f"{ft['eta_c'] / pe:.3f} [{ci[0] / pe:.3f}, {ci[1] / pe:.3f}], {ft['nu']:.2f} ({ft['aic']:.1f}) | "
+                    f"{fa['B'] / pe:.3g} ({fa['aic']:.1f}) | {law['best']} | {viol} |")
+    return "\n".join(rows)
+
+
+def _median(xs):
+    v = [x for x in xs if x is not None]
+    return float(np.median(v)) if 2 * len(v) > len(xs) else None
+
+
+def surrogate_rows(label: str, s: dict, pe: float) -> str:
+    tau = {m: _median(v[FACTOR]) for m, v in s["tau"].items()}
+    leave = {m: _median(v) for m, v in s["leave"].items()}
+    below = [p["step"] for p in s["probes"] if p["eta_star"] < s["lr"]]
+    pre = s.get("pre_blowup_probe") or {}
+    d = pre.get("displacement", {})
+    out = s.get("outcomes")
+    outs = ", ".join(f"{k} {v}" for k, v in sorted(out.items())) if out else "–"
+    return (f"| {label} | {s['lr'] / pe:.2f} | {_g(tau['network'], '.0f')} / {_g(tau['taylor'], '.0f')} / "
+            f"{_g(tau['taylor_pos'], '.0f')} | {_g(leave['taylor'], '.0f')} / {_g(leave['taylor_pos'], '.0f')} | "
+            + ", ".join(f"{p['step']}: {p['eta_star'] / s['lr']:.2f}" for p in s["probes"]) +
+            f" | {below[0] if below else 'never'} | "
+            + (f"t = {pre['step']} (τ = {pre['tau']}): η*/η {pre['eta_star'] / s['lr']:.2f}, λ_max {pre['lambda_max']:.3g}, "
+               f"Tr H {pre['trace']:.3g}; ‖Δ‖ {d['norm']:.3g}: + {d['positive']:.2f} / − {d['negative']:.2f} / "
+               f"flat {d['flat']:.2f}" if pre else "no blow-up") + f" | {outs} |")
+
+
+def surrogate_table(study: dict) -> str:
+    rows = ["| checkpoint | η / η* | median blow-up step (×10): network / Taylor H / Taylor H₊ | leaves Taylor H / H₊ "
+            "at step | local η*/η at probe steps (seed 0) | local η* < η first at | last probe before seed 0 blew up "
+            "(Δ shares on H(θ_N)'s +/−/flat directions) | outcomes (8 seeds) |", "|---" * 8 + "|"]
+    for label, r in experiments(study):
+        for s in r.get("surrogates", []):
+            rows.append(surrogate_rows(label, s, r["predicted"]["eta"]))
+    for name, fam in study.get("families", {}).items():
+        for s in fam.get("above", []):
+            rows.append(surrogate_rows(f"{name.upper()} edge checkpoint, {s['frac_of_run_lr']} × run η",
+                                       s, fam["edge"]["predicted"]["eta"]))
+    return "\n".join(rows)
+
+
+def bounds_table(study: dict) -> str:
+    rows = ["| checkpoint | run η | S(run η) exact | Tr/T (necessary) | Tr H₊/T | (Tr + cλ_max)/T (sufficient) | "
+            "S / (Tr/T) | ((Tr + cλ_max)/T) / S |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for label, r in experiments(study):
+        a = r["at_run_lr"]
+        S = a["S"]
+        rows.append(f"| {label} | {_g(r['run_lr'])} | {S:.3f} | {a['tr_over_T']:.3f} | {a['tr_pos_over_T']:.3f} | "
+                    f"{a['upper_over_T']:.3f} | {S / a['tr_over_T']:.2f} | {a['upper_over_T'] / S:.2f} |")
+    rows += ["", "| training run | probes | probes with S > 1 | largest probed S | steps with S > 1 |",
+             "| --- | --- | --- | --- | --- |"]
+    for name, fam in study.get("families", {}).items():
+        t = fam["training_S"]
+        rows.append(f"| {name.upper()} η = {fam['config']['lr']} | {t['n_probes']} | {t['n_above_1']} | "
+                    f"{_g(t['max'])} | {', '.join(map(str, t['steps_above_1'][:12]))}"
+                    f"{' …' if len(t['steps_above_1']) > 12 else ''} |")
+    return "\n".join(rows)
+
+
+def dense_cost_table(root: Path) -> str:
+    p = root / "benchmarks" / "results_edge_dense_cost.json"
+    if not p.exists():
+        return "(benchmarks/results_edge_dense_cost.json missing: run benchmarks/edge_dense_cost.py)"
+    b = json.loads(p.read_text())
+    rows = ["| d | dense (s) | iterative (s) | dense / iterative | η* dense | η* iterative [interval] |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for r in b["rows"]:
+        rows.append(f"| {r['dim']:,} | {r['dense_seconds']:.1f} | {r['iterative_seconds']:.1f} | {r['ratio']:.2f} | "
+                    f"{r['eta_dense']:.4g} | {r['eta_iterative']:.4g} [{r['iterative_lo']:.4g}, {r['iterative_hi']:.4g}] |")
+    return "\n".join(rows) + f"\n\n({b['machine']}; load average {' '.join(b['load_average_at_end'])} at the end.)"
