@@ -34,14 +34,14 @@ RUNS = ROOT / "runs" / "edge-study"
 OUT = ROOT / "docs" / "edge-study.json"
 COMMON = dict(device="cpu", dtype="float64", optimizer="zo-gd", checkpoint_every=10**9)
 HEADLINE = dict(model="cnn", model_args={"widths": [2, 4], "hidden": 8}, n_per_class=10, lr=0.02, steps=40)
-FAMILIES = {  # η_run: a step size at which the run climbs to S ≈ 1 (pilot runs, docs/edge.md)
-    "cnn": dict(model="cnn", model_args={"widths": [2, 4], "hidden": 8}, n_per_class=10, lr=0.05, steps=1500),
+FAMILIES = {  # η_run: a step size at which the run climbs to S ≈ 1 and stays near it (pilot runs, docs/edge.md)
+    "cnn": dict(model="cnn", model_args={"widths": [2, 4], "hidden": 8}, n_per_class=10, lr=0.01, steps=2500),
     "lstm": dict(model="lstm", model_args={"embed": 8, "hidden": 8, "layers": 1}, data_args={"n_train": 100},
-                 lr=0.1, steps=1500),
+                 lr=0.12, steps=2000),
     "vit": dict(model="vit", model_args={"patch": 7, "dim": 8, "depth": 1, "heads": 2, "mlp_dim": 16},
-                n_per_class=10, lr=0.03, steps=1500),
+                n_per_class=10, lr=0.012, steps=1500),
 }
-EXPERIMENT = dict(quad_seeds=512, quad_steps=200, quad_rounds=4, seeds=8, horizon=640, eta_grid=(0.1, 1.6, 11),
+EXPERIMENT = dict(quad_seeds=256, quad_steps=200, quad_rounds=3, seeds=8, horizon=640, eta_grid=(0.1, 1.6, 11),
                   surrogate_at=(0.5,))
 KEEP_EVERY = 50
 
@@ -102,19 +102,22 @@ def predictions_three_ways(run: Path, step: int) -> dict:
 
 
 def experiment(run: Path, step: int, **over) -> dict:
+    """`eos-probe edge` at one checkpoint with the study's settings."""
     from eos_probe.sweep.edge import edge_experiment
 
     return edge_experiment(run, step, **{**EXPERIMENT, **over}, echo=lambda s: print("  " + s, flush=True))
 
 
 def pick_checkpoints(run: Path) -> dict:
-    """Early: the first kept checkpoint after step 0 with probed S < 0.5; edge: the first with S ≥ 0.95."""
+    """Edge: the first kept checkpoint with probed S ≥ 0.95 (after step 0: the initial point is not trained);
+    early: the one with the smallest probed S before it (the run furthest from its edge)."""
     from eos_probe.run import load
 
     p = load(run).probe
     steps, S = p["step"].to_numpy(), p["ms_margin"].to_numpy()
-    early = next((int(s) for s, v in zip(steps, S) if s > 0 and v < 0.5), int(steps[1]))
-    edge = next((int(s) for s, v in zip(steps, S) if v >= 0.95), None)
+    edge = next((int(s) for s, v in zip(steps, S) if s > 0 and v >= 0.95), None)
+    before = [(v, int(s)) for s, v in zip(steps, S) if 0 < s < (edge if edge is not None else math.inf)]
+    early = min(before)[1] if before else None
     return {"early": early, "edge": edge, "probe_steps": steps.tolist(),
             "probe_S": [float(v) if math.isfinite(v) else None for v in S]}
 
@@ -147,7 +150,7 @@ def family(name: str) -> dict:
         if step is None:
             res[which] = {"note": "the run never reached S >= 0.95 at a probe"}
             continue
-        res[which] = cached(f"{name}-{which}-{step}", lambda: experiment(run, step))
+        res[which] = cached(f"{name}-{which}-{step}", lambda: experiment(run, step, probe_steps=(0, 20, 80, 320)))
     if picks["edge"] is not None:
         res["above"] = cached(f"{name}-above-{picks['edge']}", lambda: {"runs": above_edge(run, picks["edge"],
                                                                                           spec["lr"])})["runs"]

@@ -56,6 +56,14 @@ def _ci(ci) -> str:
     return "–" if not ci else f"[{_g(ci[0])}, {_g(ci[1])}]"
 
 
+def _taylor_cell(t: dict | None) -> str:
+    if not t:
+        return "–"
+    rates = ", ".join(f"{x['rate']:+.3g}" for x in t["tested"])
+    return (f"rate of E[ΔᵀH₊Δ] at {', '.join(f'{f:g}' for f in t['fractions_of_predicted'])} η*: {rates} /step; "
+            + ("exact rate > 0 at every η: no edge" if t["exact_rate_positive_everywhere"] else "exact rate ≤ 0 somewhere"))
+
+
 def headline_table(study: dict) -> str:
     rows = ["| checkpoint | d (negative) | run η | η* predicted (path) | S(run η) | H₊ model: growth-rate edge / η* "
             "[interval] | Taylor model (H) | network edge / η*, horizon 20 | horizon 640 | horizon-independent edge? |",
@@ -63,8 +71,7 @@ def headline_table(study: dict) -> str:
     for label, r in experiments(study):
         p, m = r["predicted"], r["models"]["positive"]
         t = r["models"].get("taylor")
-        tay = ("no edge (exact rate > 0 at every η)" if t and t.get("exact_rate_positive_everywhere") else
-               (f"edge {_g(t['edge_over_predicted'])}" if t and t["has_edge"] else "no edge")) if t else "–"
+        tay = _taylor_cell(t)
         net = _network_cells(r) if "network" in r else ("–", "–", "–")
         pe = p["eta"]
         rows.append(f"| {label} | {r['dim']:,} ({int(r['spectrum']['n_negative'])}) | {_g(r['run_lr'])} | {pe:.4g} "
@@ -182,3 +189,100 @@ def dense_cost_table(root: Path) -> str:
         rows.append(f"| {r['dim']:,} | {r['dense_seconds']:.1f} | {r['iterative_seconds']:.1f} | {r['ratio']:.2f} | "
                     f"{r['eta_dense']:.4g} | {r['eta_iterative']:.4g} [{r['iterative_lo']:.4g}, {r['iterative_hi']:.4g}] |")
     return "\n".join(rows) + f"\n\n({b['machine']}; load average {' '.join(b['load_average_at_end'])} at the end.)"
+
+
+def fig_horizon(study: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    for label, r in experiments(study):
+        pe = r["predicted"]["eta"]
+        c = [x for x in r["network"]["by_factor"][FACTOR]["edge_vs_horizon"] if x.get("edge")]
+        if c:
+            ax.plot([x["horizon"] for x in c], [x["edge"] / pe for x in c], "o-", ms=3, label=label)
+    h = study.get("headline", {}).get("experiment")
+    if h:
+        pe = h["predicted"]["eta"]
+        for f, style in (("3", ":"), ("100", "--")):
+            c = [x for x in h["network"]["by_factor"][f]["edge_vs_horizon"] if x.get("edge")]
+            ax.plot([x["horizon"] for x in c], [x["edge"] / pe for x in c], style, color="C0", lw=1,
+                    label=f"issue run, blow-up ×{f}")
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set(xscale="log", yscale="log", xlabel="horizon (steps)", ylabel="network edge / predicted η*",
+           title=f"Blow-up protocol's edge against the horizon (×{FACTOR}, 8 seeds)")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def fig_law(study: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from eos_probe.sweep.edge_laws import predicted_tau
+
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    for i, (label, r) in enumerate(experiments(study)):
+        law = r["network"]["by_factor"][FACTOR]["law"]
+        if "fits" not in law:
+            continue
+        pe = r["predicted"]["eta"]
+        e = np.asarray(law["etas"])
+        ax.plot(e / pe, law["half_time"], "o", ms=3, color=f"C{i}", label=label)
+        grid = np.geomspace(e.min(), e.max(), 50)
+        ax.plot(grid / pe, predicted_tau(law["best"], law["fits"][law["best"]], grid), "-", lw=0.8, color=f"C{i}")
+    ax.set(xscale="log", yscale="log", xlabel="η / predicted η*", ylabel="steps until > half of the seeds blew up",
+           title=f"Blow-up time against η (×{FACTOR}); lines: best law")
+    ax.axvline(1.0, color="k", lw=0.8)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def fig_surrogate(study: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    h = study["headline"]["experiment"]
+    s = h["surrogates"][0]
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(5.2, 4.6), sharex=True)
+    for m, style in (("network", "-"), ("taylor", "--"), ("taylor_pos", ":")):
+        L = np.asarray(s["losses"][m], dtype=float) / s["loss0"]
+        t = np.arange(L.shape[0]) * s["record_every"]
+        with np.errstate(invalid="ignore"):
+            a1.plot(t, np.nanmedian(np.where(np.isfinite(L), L, np.nan), axis=1), style, label=m.replace("_pos", " H+"))
+    a1.set(yscale="log", ylabel="median loss / L(θ_N)", title=f"issue run, η = {s['lr'] / h['predicted']['eta']:.2f} η*")
+    a1.legend(fontsize=7)
+    pr = s["probes"] + ([s["pre_blowup_probe"]] if s.get("pre_blowup_probe") else [])
+    a2.plot([p["step"] for p in pr], [p["eta_star"] / s["lr"] for p in pr], "o-", ms=3, label="local η* / η")
+    a2.plot([p["step"] for p in pr], [p["lambda_max"] / pr[0]["lambda_max"] for p in pr], "s--", ms=3,
+            label="λ_max / λ_max(θ_N)")
+    a2.axhline(1.0, color="k", lw=0.8)
+    a2.set(xlabel="continuation step", yscale="log")
+    a2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def write_all(study: dict, root: Path) -> None:
+    """Figures into docs/, tables into docs/edge.md between the markers."""
+    docs = root / "docs"
+    if "headline" in study:
+        fig_surrogate(study, docs / "edge-surrogate.png")
+    fig_horizon(study, docs / "edge-horizon.png")
+    fig_law(study, docs / "edge-blowup-law.png")
+    parts = [f"Measured by `python scripts/edge_study.py` ({study.get('machine', '')}); raw numbers in "
+             "[edge-study.json](edge-study.json).", "", "### Headline", "", headline_table(study)]
+    if "headline" in study:
+        parts += ["", "### The prediction on the issue's run (step 40)", "", prediction_table(study), "",
+                  "### The issue run's network edge against the horizon and the blow-up factor", "",
+                  horizon_table(study["headline"]["experiment"])]
+    parts += ["", "### Law of the blow-up time (factor 10)", "", law_table(study), "",
+              "### The network beside its Taylor surrogates, and continuations above the training η", "",
+              surrogate_table(study), "", "### Bounds against the exact S", "", bounds_table(study), "",
+              "### Which path: dense against top-k Ritz + SLQ", "", dense_cost_table(root)]
+    page = docs / "edge.md"
+    text = page.read_text()
+    i, j = text.index(BEGIN) + len(BEGIN), text.index(END)
+    page.write_text(text[:i] + "\n" + "\n".join(parts) + "\n" + text[j:])

@@ -226,7 +226,7 @@ def test_edge_end_to_end_on_a_tiny_network(run, tmp_path):
     p, m, n = res["predicted"], res["models"]["positive"], res["network"]
     assert p["lo"] == p["eta"] == p["hi"] > 0
     assert m["eta_model"] == pytest.approx(p["eta"], rel=1e-9) and m["agrees"]
-    assert res["models"]["taylor"]["exact_rate_positive_everywhere"]
+    assert res["models"]["taylor"]["exact_rate_positive_everywhere"] and len(res["models"]["taylor"]["tested"]) == 3
     assert len(n["runs"]) == 6 and set(n["by_factor"]) == {"3", "10", "100"}
     s = res["surrogates"][0]
     assert s["probes"][0]["step"] == 0 and s["probes"][0]["eta_star"] == pytest.approx(p["eta"], rel=1e-9)

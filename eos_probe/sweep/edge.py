@@ -27,11 +27,14 @@ import numpy as np
 
 from ..errors import UserError
 from .edge_laws import blowup_law, edge_vs_horizon, has_horizon_independent_edge
-from .edge_models import EdgeMeasurement, model_edge, model_summary, quadratic_edge  # noqa: F401 - public
+from .edge_models import EdgeMeasurement, model_edge, model_rates, model_summary, quadratic_edge  # noqa: F401
 from .edge_network import FACTORS, HORIZONS, continuation_task, half_time, run_grid, tau_matrix  # noqa: F401
+from .edge_taylor import PROBE_STEPS
 from .edge_predict import DENSE_MAX, Prediction, Spectrum, measure_spectrum, predict  # noqa: F401 - public
 
 EDGE_OPTIMIZERS = ("zo-gd", "zo-gdm", "gd", "gdm")
+#: step sizes (fractions of the predicted η*) at which the indefinite Taylor model's rates are measured
+TAYLOR_AT = (0.1, 0.3, 1.0)
 
 
 def kept_checkpoint_path(run_path: str | Path, step: int) -> Path:
@@ -132,10 +135,14 @@ def model_block(spec: Spectrum, pred: Prediction, cfg: dict[str, Any], *, seeds:
     eta_m, m = model_edge(pos, cfg, pred.eta, dim=spec.dim, seeds=seeds, steps=steps, rounds=rounds, seed=seed)
     out = {"positive": model_summary(eta_m, m, pred.eta, modes=int(pos.size), seeds=seeds, steps=steps)}
     if taylor and spec.method == "dense":
-        echo("Taylor model (negative modes kept) ...")
-        eta_t, t = model_edge(np.asarray(spec.top), cfg, pred.eta, dim=spec.dim, seeds=seeds, steps=steps,
-                              rounds=rounds, seed=seed + 1)
-        out["taylor"] = model_summary(eta_t, t, pred.eta, modes=spec.dim, seeds=seeds, steps=steps)
+        echo("Taylor model (negative modes kept): rates at fixed eta ...")
+        etas = [f * pred.eta for f in TAYLOR_AT]
+        rates = model_rates(np.asarray(spec.top), cfg, etas, dim=spec.dim, seeds=seeds, steps=steps, seed=seed + 1)
+        out["taylor"] = {"tested": rates, "has_edge": False, "fractions_of_predicted": list(TAYLOR_AT),
+                         "exact_rate_positive_everywhere": all(r["predicted_rate"] is not None and
+                                                               r["predicted_rate"] > 1e-9 for r in rates),
+                         "measured_rate_positive_everywhere": all(r["verdict"] > 0 for r in rates),
+                         "seeds": seeds, "steps": steps}
     return out
 
 
@@ -168,7 +175,7 @@ def edge_experiment(run_path: str | Path, step: int, *, network: bool = True, su
                     quad_steps: int = 200, quad_rounds: int = 4, taylor: bool = True, seeds: int = 8,
                     horizon: int = 640, horizons: tuple[int, ...] = HORIZONS, factors: tuple[float, ...] = FACTORS,
                     eta_grid: tuple[float, float, int] = (0.1, 1.6, 11), surrogate_at: tuple[float, ...] = (0.5,),
-                    echo: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+                    probe_steps: tuple[int, ...] = PROBE_STEPS, echo: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Run the whole experiment; returns the JSON-able result (see the module docstring)."""
     import torch
 
@@ -197,6 +204,6 @@ def edge_experiment(run_path: str | Path, step: int, *, network: bool = True, su
             echo(f"network beside its Taylor surrogates at eta = {frac:g} eta* ...")
             result["surrogates"].append(surrogate_task(str(run_path), where["checkpoint"], frac * pred.eta,
                                                        seeds=seeds, horizon=horizon, factors=factors,
-                                                       dense_max=dense_max))
+                                                       dense_max=dense_max, probe_steps=probe_steps))
     result["seconds"] = time.perf_counter() - t0
     return result

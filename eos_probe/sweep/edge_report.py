@@ -13,16 +13,18 @@ def _g(x: Any, fmt: str = ".4g") -> str:
 
 
 def _model_line(name: str, m: dict[str, Any]) -> str:
+    if "measured_edge" not in m:  # rates at fixed η (the indefinite Taylor model)
+        rates = ", ".join(f"{t['lr']:.3g}: {t['rate']:.3g} +- {t['stderr']:.1g} (exact {_g(t['predicted_rate'], '.3g')})"
+                          for t in m["tested"])
+        verdict = ("no edge: the exact rate is > 0 at every eta (negative modes)" if m["exact_rate_positive_everywhere"]
+                   else "exact rate not > 0 everywhere")
+        return f"{name}: growth rate of E[D'H+D] per step at eta = {rates}; {verdict}"
     if not m["has_edge"]:
         return (f"{name}: no edge - E[D'H+D] grows at every eta tried (smallest tested "
                 f"{_g(min(t['lr'] for t in m['tested']))}, rate there {_g(m['tested'][0]['rate'], '.3g')}/step)")
-    line = (f"{name}: growth-rate edge {_g(m['measured_edge'])} [{_g(m['lo'])}, {_g(m['hi'])}] = "
+    return (f"{name}: growth-rate edge {_g(m['measured_edge'])} [{_g(m['lo'])}, {_g(m['hi'])}] = "
             f"{_g(m['edge_over_predicted'], '.3f')} x predicted (eta* of its positive part {_g(m['eta_model'])}, "
             f"{'inside' if m['agrees'] else 'OUTSIDE'} the bracket)")
-    if m.get("exact_rate_positive_everywhere"):
-        line += ("; the exact asymptotic rate is > 0 at every tested eta (negative modes), so this sign change "
-                 f"is a {m.get('steps', '')}-step transient, not an edge")
-    return line
 
 
 def _median(xs: list) -> float | None:
