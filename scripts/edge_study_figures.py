@@ -161,13 +161,19 @@ def surrogate_table(study: dict) -> str:
 
 
 def bounds_table(study: dict) -> str:
-    rows = ["| checkpoint | run η | S(run η) exact | Tr/T (necessary) | Tr H₊/T | (Tr + cλ_max)/T (sufficient) | "
-            "S / (Tr/T) | ((Tr + cλ_max)/T) / S |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    from eos_probe.sweep.edge import s_bounds
+
+    rows = ["| checkpoint | run η | S(run η) exact | lower Tr H₊/T | upper Tr H₊·f(λ_max)/λ_max | S / lower | upper / S "
+            "| band with Tr H: Tr/T, (Tr + cλ_max)/T | band says |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for label, r in experiments(study):
-        a = r["at_run_lr"]
+        a, sp = r["at_run_lr"], r["spectrum"]
         S = a["S"]
-        rows.append(f"| {label} | {_g(r['run_lr'])} | {S:.3f} | {a['tr_over_T']:.3f} | {a['tr_pos_over_T']:.3f} | "
-                    f"{a['upper_over_T']:.3f} | {S / a['tr_over_T']:.2f} | {a['upper_over_T'] / S:.2f} |")
+        cfg = {"optimizer": r["optimizer"], "lr": r["run_lr"]}
+        lo, hi = s_bounds(sp["trace_pos"], sp["lambda_max"], cfg, r["dim"])
+        says = ("stable" if a["upper_over_T"] < 1 else "unstable" if a["tr_over_T"] >= 1 else "band")
+        wrong = " (S ≥ 1: wrong)" if says == "stable" and S >= 1 else ""
+        rows.append(f"| {label} | {_g(r['run_lr'])} | {S:.3f} | {lo:.3f} | {hi:.3f} | {S / lo:.2f} | {hi / S:.2f} | "
+                    f"{a['tr_over_T']:.3f}, {a['upper_over_T']:.3f} | {says}{wrong} |")
     rows += ["", "| training run | probes | probes with S > 1 | largest probed S | steps with S > 1 |",
              "| --- | --- | --- | --- | --- |"]
     for name, fam in study.get("families", {}).items():

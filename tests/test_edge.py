@@ -209,13 +209,16 @@ def test_displacement_shares_split_the_norm_by_curvature_sign():
     assert s["energy_neg"] == pytest.approx(0.5) and s["norm"] == pytest.approx(math.sqrt(6))
 
 
-def test_bad_edge_options(run):
+def test_bad_edge_options(run, capsys):
+    from eos_probe.cli import main
+
     for args, msg in ((["--factors", "1"], "--factors must be greater than 1"),
                       (["--eta-grid", "1,0.5,3"], "--eta-grid must be LOW,HIGH,N"),
                       (["--horizons", "a,b"], "--horizons must be comma-separated numbers")):
-        r = subprocess.run([sys.executable, "-m", "eos_probe.cli", "edge", str(run), "--step", "10", *args],
-                           capture_output=True, text=True, timeout=120)
-        assert r.returncode == 2 and msg in r.stderr, r.stderr
+        with pytest.raises(SystemExit) as e:
+            main(["edge", str(run), "--step", "10", *args])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and msg in err and err.count("\n") == 1, err
 
 
 @pytest.mark.slow
@@ -241,3 +244,22 @@ def test_continuation_outcomes_are_classified_from_the_loss():
     assert classify([1.0, 5.0, 4.0], 1.0, False) == "unresolved"
     assert classify([1.0, 1.0, float("inf")], 1.0, False) == "diverges"
     assert classify([1.0, 1.0], 1.0, True) == "diverges"
+
+
+def test_s_bounds_hold_with_the_positive_trace_and_fail_with_the_full_trace():
+    """Tr H₊/T ≤ S ≤ Tr H₊·f(λ_max)/λ_max on the exact sum; with Tr H (negative mass subtracted) the upper one
+    drops below S on an indefinite spectrum: the band's sufficient test would call an unstable point stable."""
+    from eos_probe.sweep.edge import s_bounds
+    from eos_probe.theory import ms_sum
+
+    rng = np.random.default_rng(4)
+    for cfg in ({"optimizer": "zo-gd", "lr": 0.3}, {"optimizer": "zo-gdm", "lr": 0.05, "momentum": 0.9, "queries": 2}):
+        lam = np.concatenate([rng.gamma(0.5, 0.2, size=200), -rng.gamma(0.5, 0.2, size=150)])
+        lam *= 0.9 * critical_lr(lam, cfg["optimizer"], negative="ignore", queries=cfg.get("queries", 1),
+                                 momentum=cfg.get("momentum")) / cfg["lr"]
+        S = ms_sum(lam, cfg["lr"], cfg["optimizer"], queries=cfg.get("queries", 1), momentum=cfg.get("momentum"),
+                   negative="ignore")
+        pos = lam[lam > 0]
+        lo, hi = s_bounds(pos.sum(), pos.max(), cfg, lam.size)
+        assert lo <= S <= hi and hi / lo < 2
+        assert s_bounds(lam.sum(), pos.max(), cfg, lam.size)[1] < S

@@ -102,9 +102,24 @@ def prediction_block(run_path: Path, step: int, cfg: dict[str, Any], *, k: int, 
     return spec, pred, {"checkpoint": ck["path"]}
 
 
+def s_bounds(trace_pos: float, lambda_max: float, cfg: dict[str, Any], dim: int) -> tuple[float, float]:
+    """Bounds on S(η) from Tr H₊ and λ_max alone: f(λ)/λ increases from 1/T (λ → 0) to f(λ_max)/λ_max, so
+    Tr H₊/T ≤ S ≤ Tr H₊·f(λ_max)/λ_max. Tr H in place of Tr H₊ (the band of docs/theory.md §2 on an indefinite
+    Hessian) bounds nothing: it is smaller by the negative mass."""
+    from ..theory import ms_terms
+
+    kw = _theory_kw(cfg, dim)
+    opt = kw.pop("optimizer")
+    lr = float(cfg["lr"])
+    eps = 1e-9 * max(lambda_max, 1e-300)
+    slope0 = float(ms_terms(eps, lr, opt, **kw)) / eps
+    top = float(ms_terms(lambda_max, lr, opt, **kw)) / lambda_max if lambda_max > 0 else slope0
+    return trace_pos * slope0, trace_pos * top
+
+
 def run_lr_block(spec: Spectrum, cfg: dict[str, Any]) -> dict[str, Any]:
-    """At the run's own η: the exact S (dense) or its SLQ estimate, against the band's necessary bound Tr/T and
-    sufficient bound (Tr + cλ_max)/T (docs/theory.md §2), and Tr H₊/T."""
+    """At the run's own η: the exact S (dense) or its SLQ estimate, its bounds from Tr H₊ and λ_max, and the band's
+    necessary Tr/T and sufficient (Tr + cλ_max)/T with the full Tr H (docs/theory.md §2)."""
     from ..theory import band_for, ms_sum
     from .edge_predict import slq_sum
 
@@ -115,8 +130,10 @@ def run_lr_block(spec: Spectrum, cfg: dict[str, Any]) -> dict[str, Any]:
         S, err = slq_sum(spec, float(cfg["lr"]), cfg)
     lam = spec.top[0]
     c = b.c if b.c is not None else 0.0
-    return {"lr": cfg["lr"], "S": S, "S_err": err, "T": b.threshold, "tr_over_T": spec.trace / b.threshold,
-            "tr_pos_over_T": spec.trace_pos / b.threshold, "upper_over_T": (spec.trace + c * lam) / b.threshold}
+    lo, hi = s_bounds(spec.trace_pos, lam, cfg, spec.dim)
+    return {"lr": cfg["lr"], "S": S, "S_err": err, "T": b.threshold, "S_lower": lo, "S_upper": hi,
+            "tr_over_T": spec.trace / b.threshold, "tr_pos_over_T": spec.trace_pos / b.threshold,
+            "upper_over_T": (spec.trace + c * lam) / b.threshold}
 
 
 def _theory_kw(cfg: dict[str, Any], dim: int) -> dict[str, Any]:
@@ -133,7 +150,8 @@ def model_block(spec: Spectrum, pred: Prediction, cfg: dict[str, Any], *, seeds:
     pos = spec.positive_model()
     echo(f"positive-part model ({pos.size} modes): growth rate of E[D'H+D] ...")
     eta_m, m = model_edge(pos, cfg, pred.eta, dim=spec.dim, seeds=seeds, steps=steps, rounds=rounds, seed=seed)
-    out = {"positive": model_summary(eta_m, m, pred.eta, modes=int(pos.size), seeds=seeds, steps=steps)}
+    out = {"positive": model_summary(eta_m, m, pred.eta, modes=int(pos.size), seeds=seeds, steps=steps,
+                                     estimator="resampled")}
     if taylor and spec.method == "dense":
         echo("Taylor model (negative modes kept): rates at fixed eta ...")
         etas = [f * pred.eta for f in TAYLOR_AT]
@@ -142,7 +160,7 @@ def model_block(spec: Spectrum, pred: Prediction, cfg: dict[str, Any], *, seeds:
                          "exact_rate_positive_everywhere": all(r["predicted_rate"] is not None and
                                                                r["predicted_rate"] > 1e-9 for r in rates),
                          "measured_rate_positive_everywhere": all(r["verdict"] > 0 for r in rates),
-                         "seeds": seeds, "steps": steps}
+                         "seeds": seeds, "steps": steps, "estimator": "resampled"}
     return out
 
 
@@ -172,7 +190,7 @@ def network_block(run_path: Path, ckpt: str, pred: Prediction, *, etas: list[flo
 def edge_experiment(run_path: str | Path, step: int, *, network: bool = True, surrogate: bool = True,
                     engine: str = "local", workers: int | None = 1, address: str | None = None, k: int = 20,
                     n_probes: int = 10, n_steps: int = 60, dense_max: int = DENSE_MAX, quad_seeds: int = 512,
-                    quad_steps: int = 200, quad_rounds: int = 4, taylor: bool = True, seeds: int = 8,
+                    quad_steps: int = 200, quad_rounds: int = 1, taylor: bool = True, seeds: int = 8,
                     horizon: int = 640, horizons: tuple[int, ...] = HORIZONS, factors: tuple[float, ...] = FACTORS,
                     eta_grid: tuple[float, float, int] = (0.1, 1.6, 11), surrogate_at: tuple[float, ...] = (0.5,),
                     probe_steps: tuple[int, ...] = PROBE_STEPS, echo: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
