@@ -41,7 +41,7 @@ FAMILIES = {  # η_run: a step size at which the run climbs to S ≈ 1 and stays
     "vit": dict(model="vit", model_args={"patch": 7, "dim": 8, "depth": 1, "heads": 2, "mlp_dim": 16},
                 n_per_class=10, lr=0.012, steps=1500),
 }
-EXPERIMENT = dict(quad_seeds=512, quad_steps=200, quad_rounds=1, seeds=8, horizon=640, eta_grid=(0.1, 1.6, 11),
+EXPERIMENT = dict(quad_seeds=512, quad_steps=150, quad_rounds=1, seeds=8, horizon=640, eta_grid=(0.1, 1.6, 11),
                   surrogate_at=(0.5,))
 KEEP_EVERY = 50
 
@@ -83,12 +83,32 @@ def refresh_models(key: str, res: dict) -> dict:
     return res
 
 
+def refine_network(key: str, res: dict) -> dict:
+    """Add the refinement step sizes (inside the longest horizon's bracket, or below the grid) to a cached network
+    block made before `eos-probe edge` refined it, and re-analyse it with the current analysis."""
+    from eos_probe.sweep.edge import analyse_network, refine_etas
+    from eos_probe.sweep.edge_network import run_grid
+
+    net = res.get("network")
+    if not net:
+        return res
+    extra = [] if net.get("refined") else refine_etas(net, 3)
+    kw = dict(seeds=net["seeds"], horizon=net["horizon"], factors=tuple(float(f) for f in net["factors"]))
+    runs = net["runs"] + (run_grid(res["run"], res["checkpoint"], extra, **kw) if extra else [])
+    res["network"] = {**analyse_network(runs, res["predicted"]["eta"], tuple(c["horizon"] for c in
+                      net["by_factor"]["10"]["edge_vs_horizon"]), kw["factors"]), "refined": net.get("refined") or extra}
+    (RUNS / f"{key}.json").write_text(json.dumps(res, default=float))
+    if extra:
+        print(f"[{key}] network refined with {len(extra)} step sizes", flush=True)
+    return res
+
+
 def cached(key: str, fn):
     """fn() once; its JSON result is kept in runs/edge-study/<key>.json."""
     path = RUNS / f"{key}.json"
     if path.exists():
         res = json.loads(path.read_text())
-        return refresh_models(key, res) if "predicted" in res else res
+        return refine_network(key, refresh_models(key, res)) if "predicted" in res else res
     t0 = time.perf_counter()
     res = fn()
     res["wall_seconds"] = time.perf_counter() - t0
@@ -206,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--figures-only", action="store_true", help="redraw from docs/edge-study.json")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
-    study = json.loads(OUT.read_text()) if OUT.exists() else {}
+    full = RUNS / "edge-study-full.json"
+    study = json.loads((full if full.exists() else OUT).read_text()) if (full.exists() or OUT.exists()) else {}
     if not a.figures_only:
         blocks = a.only or ["headline", *FAMILIES]
         if "headline" in blocks:
@@ -215,11 +236,28 @@ def main(argv: list[str] | None = None) -> int:
             if name in blocks:
                 study.setdefault("families", {})[name] = family(name) | {"training_S": training_S(name)}
         study["machine"] = _machine()
-        OUT.write_text(json.dumps(study, indent=1, default=float))
+        full.write_text(json.dumps(study, default=float))
+        OUT.write_text(json.dumps(slim(study), indent=1, default=float))
     from edge_study_figures import write_all  # noqa: E402 - sibling script
 
     write_all(study, ROOT)
     return 0
+
+
+def slim(study: dict) -> dict:
+    """The committed JSON: everything but the per-step loss trajectories (kept for the figure's surrogate run)."""
+    out = json.loads(json.dumps(study, default=float))
+    for name, r in [("headline", out.get("headline", {}).get("experiment", {}))] + [
+            (n, f.get(w, {})) for n, f in out.get("families", {}).items() for w in ("early", "edge")]:
+        for run in r.get("network", {}).get("runs", []):
+            run.pop("losses", None)
+        for i, s in enumerate(r.get("surrogates", [])):
+            if not (name == "headline" and i == 0):
+                s.pop("losses", None)
+    for f in out.get("families", {}).values():
+        for s in f.get("above", []):
+            s.pop("losses", None)
+    return out
 
 
 def _machine() -> str:

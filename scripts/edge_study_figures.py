@@ -41,14 +41,21 @@ def _network_cells(r: dict) -> tuple[str, str, str]:
                      (c or {}).get("note", "–"))
     ans = b["horizon_independent_edge"]
     law = b["law"]
-    if "fits" in law:
+    pe = r["predicted"]["eta"]
+    if ans.get("how") == "flat":
+        cells.append(f"yes, within 640 steps: bracket [{ans['lo'] / pe:.3f}, {ans['hi'] / pe:.3f}] η* unchanged over "
+                     "the last doubling of the horizon")
+    elif ans.get("how") == "law":
         f = law["fits"][law["best"]]
-        par = {"power": f"p = {_g(f.get('p'))} {_ci(f.get('p_ci'))}",
-               "arrhenius": f"B = {_g(f.get('B'))} {_ci(f.get('B_ci'))}",
-               "threshold": f"η_c = {_g(f.get('eta_c'))} {_ci(f.get('eta_c_ci'))}"}[law["best"]]
-        cells.append(f"{ans['answer']}: best law {law['best']} ({par}); η_c {_ci(ans.get('eta_c_ci'))}")
+        if law["best"] == "power":
+            par = f"p = {_g(f.get('p'))} {_ci(f.get('p_ci'))}"
+        elif law["best"] == "arrhenius":
+            par = f"B = {_g(f.get('B'))} {_ci(f.get('B_ci'))}"
+        else:
+            par = f"η_c/η* = {f['eta_c'] / pe:.3f} {_ci([x / pe for x in f['eta_c_ci']] if f.get('eta_c_ci') else None)}"
+        cells.append(f"{ans['answer']}: best law {law['best']} ({par}), {law['n_points']} step sizes blew up")
     else:
-        cells.append(f"{ans['answer']} ({law.get('note', '')})")
+        cells.append(f"{ans['answer']}: {ans['why']}")
     return cells[0], cells[1], cells[2]
 
 
@@ -64,10 +71,16 @@ def _taylor_cell(t: dict | None) -> str:
             + ("exact rate > 0 at every η: no edge" if t["exact_rate_positive_everywhere"] else "exact rate ≤ 0 somewhere"))
 
 
+def _quiet(r: dict) -> str:
+    q = r["network"]["by_factor"][FACTOR].get("largest_quiet_eta")
+    return "none (the smallest η blew up)" if q is None else f"{q / r['predicted']['eta']:.3f}"
+
+
 def headline_table(study: dict) -> str:
     rows = ["| checkpoint | d (negative) | run η | η* predicted (path) | S(run η) | H₊ model: growth-rate edge / η* "
-            "[interval] | Taylor model (H) | network edge / η*, horizon 20 | horizon 640 | horizon-independent edge? |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            "[interval] | Taylor model (H) | network edge / η*, horizon 20 | horizon 640 | largest η / η* with no seed "
+            "blown in 640 steps | horizon-independent edge? |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for label, r in experiments(study):
         p, m = r["predicted"], r["models"]["positive"]
         t = r["models"].get("taylor")
@@ -76,7 +89,7 @@ def headline_table(study: dict) -> str:
         pe = p["eta"]
         rows.append(f"| {label} | {r['dim']:,} ({int(r['spectrum']['n_negative'])}) | {_g(r['run_lr'])} | {pe:.4g} "
                     f"({p['method']}) | {_g(r['at_run_lr']['S'])} | {_g(m['edge_over_predicted'], '.3f')} "
-                    f"[{m['lo'] / pe:.3f}, {m['hi'] / pe:.3f}] | {tay} | {net[0]} | {net[1]} | {net[2]} |")
+                    f"[{m['lo'] / pe:.3f}, {m['hi'] / pe:.3f}] | {tay} | {net[0]} | {net[1]} | {_quiet(r)} | {net[2]} |")
     return "\n".join(rows)
 
 
@@ -215,11 +228,21 @@ def fig_horizon(study: dict, path: Path) -> None:
                     label=f"issue run, blow-up ×{f}")
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set(xscale="log", yscale="log", xlabel="horizon (steps)", ylabel="network edge / predicted η*",
-           title=f"Blow-up protocol's edge against the horizon (×{FACTOR}, 8 seeds)")
+           title=f"Protocol's edge against the horizon (×{FACTOR})")
+    _plain_ticks(ax.xaxis, [20, 40, 80, 160, 320, 640])
     ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=150)
     plt.close(fig)
+
+
+def _plain_ticks(axis, ticks) -> None:
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter
+
+    axis.set_major_locator(FixedLocator(ticks))
+    axis.set_major_formatter(ScalarFormatter())
+    axis.set_minor_locator(NullLocator())
+    axis.set_minor_formatter(NullFormatter())
 
 
 def fig_law(study: dict, path: Path) -> None:
@@ -237,8 +260,9 @@ def fig_law(study: dict, path: Path) -> None:
         ax.plot(e / pe, law["half_time"], "o", ms=3, color=f"C{i}", label=label)
         grid = np.geomspace(e.min(), e.max(), 50)
         ax.plot(grid / pe, predicted_tau(law["best"], law["fits"][law["best"]], grid), "-", lw=0.8, color=f"C{i}")
-    ax.set(xscale="log", yscale="log", xlabel="η / predicted η*", ylabel="steps until > half of the seeds blew up",
+    ax.set(xscale="log", yscale="log", xlabel="η / predicted η*", ylabel="steps until > half blew up",
            title=f"Blow-up time against η (×{FACTOR}); lines: best law")
+    _plain_ticks(ax.xaxis, [0.05, 0.1, 0.2, 0.5, 1.0, 1.5])
     ax.axvline(1.0, color="k", lw=0.8)
     ax.legend(fontsize=6)
     fig.tight_layout()
@@ -252,12 +276,14 @@ def fig_surrogate(study: dict, path: Path) -> None:
     h = study["headline"]["experiment"]
     s = h["surrogates"][0]
     fig, (a1, a2) = plt.subplots(2, 1, figsize=(5.2, 4.6), sharex=True)
+    labels = {"network": "network", "taylor": "Taylor H (hidden where ≤ 0: unbounded below)", "taylor_pos": "Taylor H₊"}
     for m, style in (("network", "-"), ("taylor", "--"), ("taylor_pos", ":")):
         L = np.asarray(s["losses"][m], dtype=float) / s["loss0"]
         t = np.arange(L.shape[0]) * s["record_every"]
         with np.errstate(invalid="ignore"):
-            a1.plot(t, np.nanmedian(np.where(np.isfinite(L), L, np.nan), axis=1), style, label=m.replace("_pos", " H+"))
-    a1.set(yscale="log", ylabel="median loss / L(θ_N)", title=f"issue run, η = {s['lr'] / h['predicted']['eta']:.2f} η*")
+            a1.plot(t, np.nanmedian(np.where(np.isfinite(L), L, np.nan), axis=1), style, label=labels[m])
+    a1.set(yscale="log", ylim=(1e-2, 1e4), xlim=(0, 300), ylabel="median loss / L(θ_N) (8 seeds)",
+           title=f"issue run, η = {s['lr'] / h['predicted']['eta']:.2f} η*")
     a1.legend(fontsize=7)
     pr = s["probes"] + ([s["pre_blowup_probe"]] if s.get("pre_blowup_probe") else [])
     a2.plot([p["step"] for p in pr], [p["eta_star"] / s["lr"] for p in pr], "o-", ms=3, label="local η* / η")
@@ -279,16 +305,52 @@ def write_all(study: dict, root: Path) -> None:
     fig_horizon(study, docs / "edge-horizon.png")
     fig_law(study, docs / "edge-blowup-law.png")
     parts = [f"Measured by `python scripts/edge_study.py` ({study.get('machine', '')}); raw numbers in "
-             "[edge-study.json](edge-study.json).", "", "### Headline", "", headline_table(study)]
+             "[edge-study.json](edge-study.json).", "", "### Answers", "", summary(study), "", "### Headline", "",
+             headline_table(study)]
     if "headline" in study:
         parts += ["", "### The prediction on the issue's run (step 40)", "", prediction_table(study), "",
                   "### The issue run's network edge against the horizon and the blow-up factor", "",
                   horizon_table(study["headline"]["experiment"])]
-    parts += ["", "### Law of the blow-up time (factor 10)", "", law_table(study), "",
+    parts += ["", "![The protocol's edge against the horizon](edge-horizon.png)", "",
+              "### Law of the blow-up time (factor 10)", "", "![Blow-up time against η](edge-blowup-law.png)", "",
+              law_table(study), "",
               "### The network beside its Taylor surrogates, and continuations above the training η", "",
-              surrogate_table(study), "", "### Bounds against the exact S", "", bounds_table(study), "",
+              "![The issue run beside its Taylor surrogates](edge-surrogate.png)", "", surrogate_table(study), "",
+              "### Bounds against the exact S", "", bounds_table(study), "",
               "### Which path: dense against top-k Ritz + SLQ", "", dense_cost_table(root)]
     page = docs / "edge.md"
     text = page.read_text()
     i, j = text.index(BEGIN) + len(BEGIN), text.index(END)
     page.write_text(text[:i] + "\n" + "\n".join(parts) + "\n" + text[j:])
+
+
+def summary(study: dict) -> str:
+    """The measured answers as bullet points (numbers from the study, nothing typed by hand)."""
+    exps = experiments(study)
+    out = []
+    if "headline" in study:
+        p = study["headline"]["predictions"]
+        d, it, old = p["dense"]["eta"], p["iterative"], p["old_trace_tail"]["eta"]
+        out.append(f"- **Prediction.** On the issue's run η* = {d:.4g} (dense); the iterative positive-part path gives "
+                   f"{it['eta']:.4g} [{it['lo']:.4g}, {it['hi']:.4g}], the old trace tail {old:.4g} "
+                   f"({old / d - 1:+.0%}).")
+    pos = [(lab, r["models"]["positive"]) for lab, r in exps]
+    ratios = [m["edge_over_predicted"] for _, m in pos if m["has_edge"]]
+    inside = sum(m["agrees"] for _, m in pos)
+    out.append(f"- **Positive-part model (H₊).** Growth-rate edge / η* from {min(ratios):.3f} to {max(ratios):.3f} over "
+               f"{len(pos)} checkpoints of 3 families; η* inside the measured bracket at {inside} of {len(pos)}.")
+    tay = [r["models"]["taylor"]["exact_rate_positive_everywhere"] for _, r in exps if "taylor" in r["models"]]
+    out.append(f"- **Taylor model (H, negative modes kept).** Exact asymptotic rate > 0 at every tested η at "
+               f"{sum(tay)} of {len(tay)} checkpoints: no edge.")
+    for lab, r in exps:
+        b = r["network"]["by_factor"][FACTOR]
+        ans, curve = b["horizon_independent_edge"], b["edge_vs_horizon"]
+        pe = r["predicted"]["eta"]
+        pts = ", ".join(f"{c['horizon']}: {c['edge'] / pe:.2f}" for c in curve if c.get("edge"))
+        q = b.get("largest_quiet_eta")
+        out.append(f"- **Network, {lab}** (run η = {r['run_lr']:.3g} = {r['run_lr'] / pe:.2f} η*): edge / η* by horizon "
+                   f"{{{pts}}}; "
+                   + (f"no seed blew up in 640 steps up to η = {q / pe:.3g} η*; " if q else
+                      "at every tested η some seed blew up within 640 steps; ")
+                   + f"horizon-independent edge: **{ans['answer']}** ({ans['why']}).")
+    return "\n".join(out)

@@ -186,7 +186,7 @@ def test_blowup_law_recovers_a_power_law_and_finds_no_edge():
     law = blowup_law(etas, taus, 640, n_boot=100)
     p_ci = law["fits"]["power"]["p_ci"]
     assert p_ci[0] <= 2.5 <= p_ci[1] and p_ci[1] - p_ci[0] < 0.6
-    assert has_horizon_independent_edge(law)["answer"] == "no"
+    assert has_horizon_independent_edge(law, edge_vs_horizon(etas, taus, [320, 640]))["answer"] == "no"
     for c in edge_vs_horizon(etas, taus, [40, 160]):  # the protocol's edge is where 2η^-2.5 = h
         true = (c["horizon"] / 2.0) ** (-1 / 2.5)
         # the grid bracket holds the sample's crossing; 16 seeds move it by a few % from the population's
@@ -198,6 +198,32 @@ def test_blowup_law_finds_a_threshold_when_there_is_one():
     taus = _synthetic_taus(etas, lambda e: 3.0 * (e - 0.08) ** -1.0, n=16, horizon=10_000)
     ans = has_horizon_independent_edge(blowup_law(etas, taus, 10_000, n_boot=100))
     assert ans["answer"] == "yes" and ans["eta_c_ci"][0] <= 0.08 <= ans["eta_c_ci"][1]
+
+
+def test_an_edge_that_stops_moving_with_the_horizon_is_found():
+    """Below η_c nothing blows up, above it everything within a few dozen steps: the bracket stops moving, even
+    though too few η blew up to fit a law."""
+    etas = np.geomspace(0.01, 0.16, 11)
+    taus = _synthetic_taus(etas, lambda e: 30.0 if e > 0.1 else 1e9)
+    curve = edge_vs_horizon(etas, taus, [160, 320, 640])
+    ans = has_horizon_independent_edge(blowup_law(etas, taus, 640, n_boot=50), curve)
+    assert ans["answer"] == "yes" and ans["how"] == "flat" and ans["lo"] < 0.1 < ans["hi"]
+    etas = 0.3 * np.geomspace(0.1, 1.6, 12)
+    moving = _synthetic_taus(etas, lambda e: 2.0 * e ** -2.5)  # the edge keeps falling: no
+    assert has_horizon_independent_edge(blowup_law(etas, moving, 640, n_boot=50),
+                                        edge_vs_horizon(etas, moving, [320, 640]))["answer"] == "no"
+
+
+def test_refinement_goes_inside_the_bracket_or_below_the_grid():
+    from eos_probe.sweep.edge import refine_etas
+
+    def net(c):
+        return {"etas": [0.1, 0.2, 0.4], "by_factor": {"10": {"edge_vs_horizon": [c]}}}
+
+    inside = refine_etas(net({"lo": 0.1, "hi": 0.2}), 3)
+    assert len(inside) == 3 and all(0.1 < e < 0.2 for e in inside)
+    assert refine_etas(net({"lo": None, "hi": 0.1}), 2) == pytest.approx([0.05, 0.025])
+    assert refine_etas(net({"lo": 0.1, "hi": 0.105}), 3) == [] and refine_etas(net({"lo": 0.4, "hi": None}), 3) == []
 
 
 def test_displacement_shares_split_the_norm_by_curvature_sign():
@@ -230,7 +256,9 @@ def test_edge_end_to_end_on_a_tiny_network(run, tmp_path):
     assert p["lo"] == p["eta"] == p["hi"] > 0
     assert m["eta_model"] == pytest.approx(p["eta"], rel=1e-9) and m["agrees"]
     assert res["models"]["taylor"]["exact_rate_positive_everywhere"] and len(res["models"]["taylor"]["tested"]) == 3
-    assert len(n["runs"]) == 6 and set(n["by_factor"]) == {"3", "10", "100"}
+    grid = np.geomspace(0.2, 2.0, 6) * p["eta"]
+    extra = sorted(r["lr"] for r in n["runs"] if not np.isclose(grid, r["lr"]).any())
+    assert len(n["runs"]) == 6 + len(extra) and len(extra) in (0, 3) and set(n["by_factor"]) == {"3", "10", "100"}
     s = res["surrogates"][0]
     assert s["probes"][0]["step"] == 0 and s["probes"][0]["eta_star"] == pytest.approx(p["eta"], rel=1e-9)
     json.dumps(res)

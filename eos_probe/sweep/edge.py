@@ -155,23 +155,22 @@ def model_block(spec: Spectrum, pred: Prediction, cfg: dict[str, Any], *, seeds:
     if taylor and spec.method == "dense":
         echo("Taylor model (negative modes kept): rates at fixed eta ...")
         etas = [f * pred.eta for f in TAYLOR_AT]
-        rates = model_rates(np.asarray(spec.top), cfg, etas, dim=spec.dim, seeds=seeds, steps=steps, seed=seed + 1)
+        # the Taylor model only has to show the sign of its rate (the exact rate is beside it): half the seeds
+        rates = model_rates(np.asarray(spec.top), cfg, etas, dim=spec.dim, seeds=max(16, seeds // 2), steps=steps,
+                            seed=seed + 1)
         out["taylor"] = {"tested": rates, "has_edge": False, "fractions_of_predicted": list(TAYLOR_AT),
                          "exact_rate_positive_everywhere": all(r["predicted_rate"] is not None and
                                                                r["predicted_rate"] > 1e-9 for r in rates),
                          "measured_rate_positive_everywhere": all(r["verdict"] > 0 for r in rates),
-                         "seeds": seeds, "steps": steps, "estimator": "resampled"}
+                         "seeds": max(16, seeds // 2), "steps": steps, "estimator": "resampled"}
     return out
 
 
-def network_block(run_path: Path, ckpt: str, pred: Prediction, *, etas: list[float], seeds: int, horizon: int,
-                  horizons: tuple[int, ...], factors: tuple[float, ...], engine: str, workers: int | None,
-                  address: str | None, echo: Callable[[str], None]) -> dict[str, Any]:
-    """Continuations on the η grid → edge against the horizon per factor, blow-up law, the stated answer."""
-    t0 = time.perf_counter()
-    echo(f"network: {len(etas)} step sizes x {seeds} seeds, up to {horizon} steps ({engine}) ...")
-    runs = run_grid(run_path, ckpt, etas, seeds=seeds, horizon=horizon, factors=factors, engine=engine,
-                    workers=workers, address=address)
+def analyse_network(runs: list[dict[str, Any]], eta_pred: float, horizons: tuple[int, ...],
+                    factors: tuple[float, ...]) -> dict[str, Any]:
+    """Per blow-up factor: the edge against the horizon, the blow-up law and the stated answer."""
+    runs = sorted(runs, key=lambda r: r["lr"])
+    horizon = min(r["horizon"] for r in runs)
     hs = [h for h in horizons if h <= horizon]
     per_factor = {}
     for f in factors:
@@ -179,12 +178,45 @@ def network_block(run_path: Path, ckpt: str, pred: Prediction, *, etas: list[flo
         law = blowup_law(e, taus, hz)
         curve = edge_vs_horizon(e, taus, hs)
         for c in curve:
-            c["over_predicted"] = c["edge"] / pred.eta if c["edge"] else None
-        per_factor[f"{f:g}"] = {"edge_vs_horizon": curve, "law": law,
-                                "horizon_independent_edge": has_horizon_independent_edge(law),
+            c["over_predicted"] = c["edge"] / eta_pred if c["edge"] else None
+        blown = np.isfinite(taus).sum(axis=1)
+        first = next((i for i, n in enumerate(blown) if n > 0), len(e))  # the smallest η where any seed blew up
+        per_factor[f"{f:g}"] = {"edge_vs_horizon": curve, "law": law, "blown_at_horizon": blown.tolist(),
+                                "largest_quiet_eta": float(e[first - 1]) if first > 0 else None,
+                                "horizon_independent_edge": has_horizon_independent_edge(law, curve),
                                 "half_time": [None if not math.isfinite(x) else float(x) for x in half_time(taus)]}
-    return {"etas": etas, "seeds": seeds, "horizon": horizon, "factors": list(factors), "by_factor": per_factor,
-            "runs": runs, "seconds": time.perf_counter() - t0}
+    return {"etas": [r["lr"] for r in runs], "seeds": runs[0]["seeds"], "horizon": horizon,
+            "factors": list(factors), "by_factor": per_factor, "runs": runs}
+
+
+def refine_etas(net: dict[str, Any], points: int, factor: str = "10") -> list[float]:
+    """More step sizes for the longest horizon: inside its bracket (geometric) when that is wider than 10 %, or
+    below the grid, at its own spacing, when every η blew up."""
+    c = net["by_factor"][factor]["edge_vs_horizon"][-1]
+    etas = sorted(net["etas"])
+    if c.get("hi") and not c.get("lo") and len(etas) > 1:
+        r = etas[1] / etas[0]
+        return [float(etas[0] / r ** (k + 1)) for k in range(points)]
+    if not (c.get("lo") and c.get("hi")) or c["hi"] / c["lo"] < 1.1:
+        return []
+    return [float(x) for x in np.geomspace(c["lo"], c["hi"], points + 2)[1:-1]]
+
+
+def network_block(run_path: Path, ckpt: str, pred: Prediction, *, etas: list[float], seeds: int, horizon: int,
+                  horizons: tuple[int, ...], factors: tuple[float, ...], engine: str, workers: int | None,
+                  address: str | None, echo: Callable[[str], None], refine: int = 3) -> dict[str, Any]:
+    """Continuations on the η grid, then `refine` more inside the bracket of the longest horizon (factor 10, or
+    the first factor) → edge against the horizon per factor, blow-up law, the stated answer."""
+    t0 = time.perf_counter()
+    echo(f"network: {len(etas)} step sizes x {seeds} seeds, up to {horizon} steps ({engine}) ...")
+    kw = dict(seeds=seeds, horizon=horizon, factors=factors, engine=engine, workers=workers, address=address)
+    runs = run_grid(run_path, ckpt, etas, **kw)
+    net = analyse_network(runs, pred.eta, horizons, factors)
+    extra = refine_etas(net, refine, "10" if "10" in net["by_factor"] else next(iter(net["by_factor"])))
+    if extra:
+        echo(f"network: {len(extra)} more step sizes inside the bracket ...")
+        net = analyse_network(runs + run_grid(run_path, ckpt, extra, **kw), pred.eta, horizons, factors)
+    return {**net, "seconds": time.perf_counter() - t0}
 
 
 def edge_experiment(run_path: str | Path, step: int, *, network: bool = True, surrogate: bool = True,

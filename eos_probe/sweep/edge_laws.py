@@ -128,18 +128,31 @@ def blowup_law(etas: np.ndarray, taus: np.ndarray, horizon: int, *, n_boot: int 
             "best": best, "n_boot": len(boot["p"]), "censored_etas": censored.tolist()}
 
 
-def has_horizon_independent_edge(law: dict[str, Any]) -> dict[str, Any]:
-    """The stated answer: an edge that does not move with the horizon needs the threshold law to win (lowest AIC)
-    with a threshold whose bootstrap interval excludes 0; otherwise the blow-up time is a first-passage time
-    with no threshold in the measured range."""
-    if "fits" not in law:
-        return {"answer": "undetermined", "why": law.get("note", "")}
-    thr = law["fits"]["threshold"]
+MIN_LAW_POINTS = 5
+
+
+def has_horizon_independent_edge(law: dict[str, Any], curve: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The stated answer, from the law when at least MIN_LAW_POINTS step sizes blew up: "yes" when the threshold
+    law wins (lowest AIC) with an η_c interval that excludes 0, "no" when a law without threshold wins (a
+    first-passage time with no threshold in the measured range), "undetermined" when the threshold law wins but
+    its interval includes 0. With fewer points: "yes" when the protocol's bracket did not move over the last
+    doubling of the horizon (every grid η got the same verdict at h/2 and h), else "undetermined"."""
+    thr = law.get("fits", {}).get("threshold", {})
     ci = thr.get("eta_c_ci")
     resolved = ci is not None and ci[0] > 0
-    if law["best"] == "threshold" and resolved:
-        return {"answer": "yes", "eta_c": thr["eta_c"], "eta_c_ci": ci,
-                "why": "threshold law has the lowest AIC and its eta_c interval excludes 0"}
-    return {"answer": "no", "eta_c": thr["eta_c"], "eta_c_ci": ci, "best": law["best"],
-            "why": (f"best law: {law['best']}; threshold eta_c interval "
-                    f"{'excludes' if resolved else 'includes'} 0")}
+    if "fits" in law and law["n_points"] >= MIN_LAW_POINTS:
+        base = {"eta_c": thr["eta_c"], "eta_c_ci": ci, "best": law["best"], "how": "law"}
+        if law["best"] == "threshold":
+            return {**base, "answer": "yes" if resolved else "undetermined",
+                    "why": f"threshold law has the lowest AIC, eta_c interval {'excludes' if resolved else 'includes'} 0"}
+        return {**base, "answer": "no", "why": f"best law: {law['best']} (no threshold); threshold eta_c interval "
+                                                 f"{'excludes' if resolved else 'includes'} 0"}
+    if curve and len(curve) >= 2:
+        a, b = curve[-2], curve[-1]
+        if a.get("lo") and b.get("lo") and a.get("hi") and b.get("hi") and (a["lo"], a["hi"]) == (b["lo"], b["hi"]):
+            return {"answer": "yes", "edge": b.get("edge"), "lo": b["lo"], "hi": b["hi"], "how": "flat",
+                    "why": f"the bracket [{b['lo']:.4g}, {b['hi']:.4g}] did not move from horizon {a['horizon']} "
+                           f"to {b['horizon']}"}
+    return {"answer": "undetermined", "how": "none",
+            "why": f"{law.get('n_points', 0)} step sizes blew up (a law needs {MIN_LAW_POINTS}) and the bracket "
+                   "still moved over the last doubling of the horizon"}
