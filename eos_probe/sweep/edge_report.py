@@ -12,6 +12,10 @@ def _g(x: Any, fmt: str = ".4g") -> str:
     return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, fmt)
 
 
+def _ci(ci: list[float] | None) -> str:
+    return "[-]" if not ci else f"[{ci[0]:.3g}, {ci[1]:.3g}]"
+
+
 def _model_line(name: str, m: dict[str, Any]) -> str:
     if "measured_edge" not in m:  # rates at fixed η (the indefinite Taylor model)
         rates = ", ".join(f"{t['lr']:.3g}: {t['rate']:.3g} +- {t['stderr']:.1g} (exact {_g(t['predicted_rate'], '.3g')})"
@@ -71,8 +75,9 @@ def report(res: dict[str, Any], factor: str = "10") -> str:
         law = b["law"]
         if "fits" in law:
             fp, ft, fa = law["fits"]["power"], law["fits"]["threshold"], law["fits"]["arrhenius"]
-            lines.append(f"  blow-up time: power tau ~ eta^-{fp['p']:.2f} {fp.get('p_ci')}, AIC {fp['aic']:.1f}; "
-                         f"threshold eta_c {ft['eta_c']:.3g} {ft.get('eta_c_ci')}, nu {ft['nu']:.2f}, AIC {ft['aic']:.1f}; "
+            lines.append(f"  blow-up time ({law['n_points']} step sizes): power tau ~ eta^-{fp['p']:.2f} {_ci(fp.get('p_ci'))}, "
+                         f"AIC {fp['aic']:.1f}; threshold eta_c {ft['eta_c']:.3g} {_ci(ft.get('eta_c_ci'))}, "
+                         f"nu {ft['nu']:.2f}, AIC {ft['aic']:.1f}; "
                          f"Arrhenius B {fa['B']:.3g}, AIC {fa['aic']:.1f}; best: {law['best']}")
         ans = b["horizon_independent_edge"]
         lines.append(f"  horizon-independent edge: {ans['answer']} ({ans['why']})")
