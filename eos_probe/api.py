@@ -152,9 +152,9 @@ def ms_margin(op: CurvatureOperator, *, optimizer: str, lr: float, queries: int 
     from .curvature import lambda_max as _lmax
     from .curvature import top_k as _top_k
     from .curvature import trace as _trace
-    from .curvature.deflated import rest_quadrature, split_trace_fn
+    from .curvature.deflated import negative_mass, rest_quadrature, split_trace_fn
     from .presets import preset
-    from .probe.shared import ritz_block
+    from .probe.shared import control_pairs, ritz_block
     from .theory import band_for, ms_term_function
 
     op = _check_op(op)
@@ -183,10 +183,11 @@ def ms_margin(op: CurvatureOperator, *, optimizer: str, lr: float, queries: int 
     # (Gauss–Newton + residual where the loss allows it) as a control variate for the linear part of f
     top = _top_k(op, min(n_top, op.dim), generator=gen)
     theta, V, err = ritz_block(top)
-    rest = rest_quadrature(op, V, n_probes, n_steps, generator=gen)
+    rest = rest_quadrature(op, V, n_probes, n_steps, generator=gen, control=control_pairs(top))
     tr = _trace(op, method=_default_trace_method(op), n_matvec=n_matvec, rtol=None, generator=gen)
     f = ms_term_function(config, op.dim)
-    est = split_trace_fn(f, theta, err, rest, linear=(1.0 / T, float(tr.value), float(tr.error)))
+    est = split_trace_fn(f, theta, err, rest, linear=(1.0 / T, float(tr.value), float(tr.error)),
+                         negative=negative_mass(top, op.dim))
     return Estimate(value=float(est.value), error=float(est.error), n_hvp=op.n_hvp - n0,
                     converged=bool(top.converged and tr.converged),
                     extra={"threshold": T, "band": band, "trace": tr, "top_k": top, "rest": rest})

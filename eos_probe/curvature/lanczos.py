@@ -75,11 +75,13 @@ class _Basis:
         return w
 
 
-def _start_vector(op: CurvatureOperator, v0, gen: torch.Generator) -> tuple[Tensor, bool]:
+def _start_vector(op: CurvatureOperator, v0, gen: torch.Generator) -> tuple[Tensor, bool, float]:
+    """(q, warm, random_share): the unit start vector, whether it is warm, and the squared length of its
+    Gaussian part (q = (warm + WARM_NOISE·r)/‖…‖, r a uniformly random unit vector; 1 for a cold start)."""
     r = gaussian(1, op.dim, gen, op.dtype, op.device)[0]
     r = r / r.norm()
     if v0 is None:
-        return r, False
+        return r, False, 1.0
     if isinstance(v0, Estimate):
         v0 = v0.extra.get("vectors", v0.extra.get("vector"))
         if v0 is None:
@@ -91,9 +93,10 @@ def _start_vector(op: CurvatureOperator, v0, gen: torch.Generator) -> tuple[Tens
         raise UserError(f"warm-start vector has shape {tuple(v.shape)}, expected ({op.dim},)")
     nv = v.norm()
     if not torch.isfinite(nv) or nv == 0:
-        return r, False
+        return r, False, 1.0
     v = v / nv + WARM_NOISE * r
-    return v / v.norm(), True
+    nv = float(v.norm())
+    return v / nv, True, (WARM_NOISE / nv) ** 2
 
 
 def _ritz_errors(theta: np.ndarray, res: np.ndarray) -> np.ndarray:
@@ -156,7 +159,7 @@ def _lanczos_top(op: CurvatureOperator, k: int, tol: float, v0, max_iter: int,
     _check_top_args(op, k, tol, bound)
     gen = default_generator(generator)
     max_iter = int(min(max(max_iter, k), op.dim))
-    q, warm = _start_vector(op, v0, gen)
+    q, warm, random_share = _start_vector(op, v0, gen)
     basis = _Basis(op.dim, op.dtype, op.device)
     alphas: list[float] = []
     betas: list[float] = []
@@ -212,11 +215,28 @@ def _lanczos_top(op: CurvatureOperator, k: int, tol: float, v0, max_iter: int,
     coeff = torch.as_tensor(np.ascontiguousarray(S[:, :m].T), dtype=op.dtype, device=op.device)
     Y = coeff @ basis.Q[: S.shape[0]]
     Y = Y / Y.norm(dim=1, keepdim=True)
+    tail = _tail_pairs(theta, res, m)
+    coeff = torch.as_tensor(np.ascontiguousarray(S[:, tail].T), dtype=op.dtype, device=op.device)
+    Yt = coeff @ basis.Q[: S.shape[0]]
     extra = {"vectors": Y, "ritz_residual": res[:m].copy(), "gap_error": gap_err[:m].copy(),
              "bound": bound, "n_iter": len(alphas),
-             "ritz_values": theta.copy(), "warm_start": warm, "restarts": restarts}
+             "ritz_values": theta.copy(), "warm_start": warm, "restarts": restarts,
+             "alphas": np.array(alphas), "betas": np.array(betas[: len(alphas) - 1]), "random_share": random_share,
+             "restarted": restarts > 0, "tail_values": theta[tail].copy(), "tail_vectors": Yt / Yt.norm(dim=1, keepdim=True).clamp_min(1e-300)}
     return Estimate(value=theta[:m].copy(), error=err[:m].copy(), n_hvp=op.n_hvp - n0,
                     converged=converged, extra=extra)
+
+
+#: Ritz pairs beyond the top k kept as control variates of the deflated probes (``deflated.rest_quadrature``)
+N_TAIL = 16
+
+
+def _tail_pairs(theta: np.ndarray, res: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the Ritz pairs after the top k worth a control variate: the N_TAIL largest |θ| among those
+    whose residual is below |θ| (a pair with a larger residual is no approximate eigenpair)."""
+    idx = np.arange(k, theta.shape[0])
+    idx = idx[res[idx] < np.abs(theta[idx])]
+    return idx[np.argsort(-np.abs(theta[idx]), kind="stable")[:N_TAIL]]
 
 
 def _check_top_args(op: CurvatureOperator, k: int, tol: float, bound: str) -> None:

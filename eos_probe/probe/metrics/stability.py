@@ -72,7 +72,7 @@ class MSMargin(Metric):
             Column(f"{self.name}_neg_err", attrs={"description": f"standard error of {self.name}_neg"})]
 
     def compute(self, ctx: ProbeContext) -> dict[str, Any]:
-        from ...curvature.deflated import split_trace_fn
+        from ...curvature.deflated import negative_mass, split_trace_fn
 
         band = self.run["band"]
         which = self.operator
@@ -93,8 +93,7 @@ class MSMargin(Metric):
             spent += tr.n_hvp if new_tr else 0
             linear = (1.0 / T, float(tr.value), float(tr.error))
         f = ms_term_function(self.run["config"], self.run["dim"])
-        est = split_trace_fn(f, theta, err, rest, linear=linear)
-        neg = split_trace_fn(lambda lam: np.maximum(-np.asarray(lam, dtype=float), 0.0) / T, theta,
-                             np.zeros_like(theta), rest)
+        n_neg, n_neg_err = negative_mass(lz, rest.dim)
+        est = split_trace_fn(f, theta, err, rest, linear=linear, negative=(n_neg, n_neg_err))
         return {self.name: float(est.value), f"{self.name}_err": float(est.error), f"{self.name}_nhvp": spent,
-                f"{self.name}_neg": float(neg.value), f"{self.name}_neg_err": float(neg.error)}
+                f"{self.name}_neg": n_neg / T, f"{self.name}_neg_err": n_neg_err / T}
