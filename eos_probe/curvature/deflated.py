@@ -166,6 +166,8 @@ def negative_mass(lanczos: Estimate, dim: int) -> tuple[float, float]:
     it one Gaussian probe: N = (d / share)·Σ_k w_k max(−θ_k, 0). Error: the probe's variance 2·Tr H₋² (same
     rule) and the quadrature error |rule(m) − rule(m − 1)| of the kink, in quadrature. (nan, nan) when the
     run kept no tridiagonal.
+
+    Theory: [docs/theory.md#metric-ms_margin][metric-ms_margin].
     """
     a, b, share = (lanczos.extra.get(k) for k in ("alphas", "betas", "random_share"))
     if a is None or b is None or not share or len(a) < 1:
@@ -229,16 +231,16 @@ def split_trace_fn(f: Callable[[np.ndarray], np.ndarray], ritz_values: np.ndarra
     """
     theta = np.asarray(ritz_values, dtype=float)
     top = np.asarray(f(theta), dtype=float)
-    kink_value, kink_err = 0.0, 0.0
-    fc = f
+    kink_value, kink_err, slope0 = 0.0, 0.0, None
     if negative is not None and math.isfinite(negative[0]):
-        scale = float(np.max(np.abs(rest.nodes))) if rest.nodes.size else 1.0
-        slope0 = _kink_slope(f, scale)
+        slope0 = _kink_slope(f, float(np.max(np.abs(rest.nodes))) if rest.nodes.size else 1.0)
         kink_value, kink_err = slope0 * negative[0], slope0 * negative[1]
 
-        def fc(x: np.ndarray) -> np.ndarray:
-            x = np.asarray(x, dtype=float)
-            return np.where(x > 0, f(x), slope0 * x)
+    def fc(x: np.ndarray) -> np.ndarray:
+        if slope0 is None:
+            return f(x)
+        x = np.asarray(x, dtype=float)
+        return np.where(x > 0, f(x), slope0 * x)
 
     if linear is None:
         g = fc

@@ -5,8 +5,6 @@ import math
 import warnings
 from typing import Any, Callable
 
-import numpy as np
-
 from ...errors import UserError
 from ..context import ProbeContext
 from ..registry import Column, Metric, positive_int
@@ -40,7 +38,8 @@ class MSMargin(Metric):
     name = "ms_margin"
     description = ("exact mean-square stability sum S(lr) = sum over positive eigenvalues of f(lambda), docs/theory.md "
                    "section 2 (stable iff S < 1): top Ritz pairs of the shared Lanczos run exactly + stochastic "
-                   "Lanczos quadrature of the deflated rest; err = standard error (t-corrected)")
+                   "Lanczos quadrature of the deflated rest (f continued linearly below 0, f'(0)*negative mass added "
+                   "back); err = standard error (Gaussian-probe variance) + quadrature and negative-mass terms")
     defaults = {"n_top": 3, "n_probes": 6, "n_steps": 4, "trace_method": "krylov", "n_matvec": 6, "rtol": None}
 
     def check(self) -> None:
@@ -68,7 +67,8 @@ class MSMargin(Metric):
     def columns(self) -> list[Column]:
         return super().columns() + [
             Column(f"{self.name}_neg", attrs={"description": "negative-curvature mass sum over negative eigenvalues "
-                                                             "of |lambda| / T, excluded from S (escape directions)"}),
+                                                             "of |lambda| / T, excluded from S (escape directions), "
+                                                             "from the Gauss rule of the shared Lanczos run"}),
             Column(f"{self.name}_neg_err", attrs={"description": f"standard error of {self.name}_neg"})]
 
     def compute(self, ctx: ProbeContext) -> dict[str, Any]:
