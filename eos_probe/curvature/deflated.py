@@ -155,16 +155,29 @@ def prior_se(rest: RestQuadrature, g: Callable[[np.ndarray], np.ndarray]) -> flo
     return math.sqrt(2.0 * max(m2, 0.0) / p)
 
 
+#: a negative Ritz pair of the shared Lanczos run counts as an eigenvalue, exactly, when its residual is
+#: below this share of |θ| (then some eigenvalue lies within 1 % of it)
+EXACT_NEGATIVE_RTOL = 1e-2
+
+
 def negative_mass(lanczos: Estimate, dim: int) -> tuple[float, float]:
     """Σ_{λ<0} |λ| of the operator and its error, from the Gauss rule of the shared Lanczos run's tridiagonal.
 
     The deflated probes' short rules cannot see the negative spectrum when it is a narrow band of tiny
     eigenvalues inside the bulk: a 4-node rule lumps the bulk into one node just above 0, so any f with a
     kink at 0 (S(η) excludes λ ≤ 0) is off by f'(0⁺)·Σ_{λ<0}|λ| (1–2 % of S, always low). The Lanczos run
-    that certifies the top pairs resolves the lower edge far better (many more steps); its start vector's
-    random part (``random_share`` of its squared length, the rest is the warm start's top directions) makes
-    it one Gaussian probe: N = (d / share)·Σ_k w_k max(−θ_k, 0). Error: the probe's variance 2·Tr H₋² (same
-    rule) and the quadrature error |rule(m) − rule(m − 1)| of the kink, in quadrature. (nan, nan) when the
+    that certifies the top pairs resolves the lower edge far better (many more steps):
+
+    * its converged negative Ritz values (residual ≤ EXACT_NEGATIVE_RTOL·|θ|) count exactly;
+    * for the other nodes its start vector's random part is one Gaussian probe: N_rest = (d / share)·
+      Σ_k w_k max(−θ_k, 0), ``share`` the squared length of that part (1 cold, about ½ warm) and w_k the
+      squared component of that part alone on the k-th Ritz vector — the warm part's components
+      (``warm_coefficients``, the stale top vectors in the Lanczos basis) are subtracted, since after a
+      catapult a stale top vector can lie half in the negative eigenspace and would count d-fold.
+
+    Error, in quadrature: the probe's variance 2·Σ_rest λ² (same rule, at least 2·Σθ² of the inexact negative
+    Ritz values, a lower bound by interlacing that does not shrink with the sample) and the kink's quadrature
+    error, the difference of the m- and (m − 1)-node rules above the exact eigenvalues. (nan, nan) when the
     run kept no tridiagonal.
 
     Theory: [docs/theory.md#metric-ms_margin][metric-ms_margin].
@@ -173,21 +186,40 @@ def negative_mass(lanczos: Estimate, dim: int) -> tuple[float, float]:
     if a is None or b is None or not share or len(a) < 1:
         return math.nan, math.nan
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    b_last = float(lanczos.extra.get("beta_last", math.inf))
 
-    def rule(m: int) -> tuple[float, float]:
+    cw = lanczos.extra.get("warm_coefficients")
+
+    def rule(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Nodes, weights of the start vector's random part, |last components| of the m-step rule."""
         if m == 1:
-            theta, w = a[:1], np.ones(1)
-        else:
-            theta, S = eigh_tridiagonal(a[:m], b[: m - 1])
-            w = S[0] ** 2
-        neg = np.maximum(-theta, 0.0)
-        return float(np.sum(w * neg)), float(np.sum(w * neg**2))
+            return a[:1], np.ones(1) * float(share), np.ones(1)
+        theta, S = eigh_tridiagonal(a[:m], b[: m - 1])
+        # y_kᵀq = S[0, k]; minus the warm part's y_kᵀ(αŵ) = S[:, k]·(Qᵀαŵ) leaves y_kᵀ(random part)
+        first = S[0] if cw is None else S[0] - cw[:m] @ S
+        return theta, first**2, np.abs(S[-1])
 
-    c = dim / float(share)
     m = a.shape[0]
-    g1, g2 = rule(m)
-    quad = abs(g1 - rule(m - 1)[0]) if m > 1 else g1
-    return c * g1, math.sqrt(2.0 * c * g2 + (c * quad) ** 2)
+    theta, w, last = rule(m)
+    neg = np.maximum(-theta, 0.0)
+    exact = (theta < 0) & (b_last * last <= EXACT_NEGATIVE_RTOL * np.abs(theta))
+    c = dim / float(share)
+    value = float(np.sum(neg[exact])) + c * float(np.sum(w[~exact] * neg[~exact]))
+    # the probe's variance 2·Σλ², from its own rule, but at least from the Ritz values themselves (interlacing:
+    # the bottom Ritz values are above the bottom eigenvalues, so Σθ² of the inexact ones bounds Σλ² below),
+    # which does not shrink with the sample when the probe happened to miss the larger negative eigenvalues
+    samp2 = 2.0 * max(c * float(np.sum(w[~exact] * neg[~exact] ** 2)), float(np.sum(neg[~exact] ** 2)))
+    # the kink's quadrature error: both rules above the exact eigenvalues (which both rules hold alike)
+    above = float(np.max(theta[exact])) if np.any(exact) else -math.inf
+    nodes_above = theta[theta > above]
+    cut = 0.5 * (above + float(nodes_above.min())) if np.any(exact) and nodes_above.size else above
+    if m > 1:
+        t1, w1, _ = rule(m - 1)
+        quad = c * abs(float(np.sum(np.where(theta > cut, w * neg, 0.0)))
+                       - float(np.sum(np.where(t1 > cut, w1 * np.maximum(-t1, 0.0), 0.0))))
+    else:
+        quad = value
+    return value, math.sqrt(samp2 + quad**2)
 
 
 def split_trace(ritz_values: np.ndarray, rest: RestQuadrature, n_hvp: int | None = None) -> Estimate:

@@ -75,13 +75,14 @@ class _Basis:
         return w
 
 
-def _start_vector(op: CurvatureOperator, v0, gen: torch.Generator) -> tuple[Tensor, bool, float]:
-    """(q, warm, random_share): the unit start vector, whether it is warm, and the squared length of its
-    Gaussian part (q = (warm + WARM_NOISE·r)/‖…‖, r a uniformly random unit vector; 1 for a cold start)."""
+def _start_vector(op: CurvatureOperator, v0, gen: torch.Generator) -> tuple[Tensor, bool, float, Tensor | None]:
+    """(q, warm, random_share, warm_part): the unit start vector q = (ŵ + WARM_NOISE·r)/‖…‖ (r a uniformly
+    random unit vector, ŵ the unit warm vector), whether it is warm, the squared length of its random part
+    (1 for a cold start) and its warm part ŵ/‖…‖ (None for a cold start)."""
     r = gaussian(1, op.dim, gen, op.dtype, op.device)[0]
     r = r / r.norm()
     if v0 is None:
-        return r, False, 1.0
+        return r, False, 1.0, None
     if isinstance(v0, Estimate):
         v0 = v0.extra.get("vectors", v0.extra.get("vector"))
         if v0 is None:
@@ -93,10 +94,11 @@ def _start_vector(op: CurvatureOperator, v0, gen: torch.Generator) -> tuple[Tens
         raise UserError(f"warm-start vector has shape {tuple(v.shape)}, expected ({op.dim},)")
     nv = v.norm()
     if not torch.isfinite(nv) or nv == 0:
-        return r, False, 1.0
-    v = v / nv + WARM_NOISE * r
+        return r, False, 1.0, None
+    w = v / nv
+    v = w + WARM_NOISE * r
     nv = float(v.norm())
-    return v / nv, True, (WARM_NOISE / nv) ** 2
+    return v / nv, True, (WARM_NOISE / nv) ** 2, w / nv
 
 
 def _ritz_errors(theta: np.ndarray, res: np.ndarray) -> np.ndarray:
@@ -159,7 +161,7 @@ def _lanczos_top(op: CurvatureOperator, k: int, tol: float, v0, max_iter: int,
     _check_top_args(op, k, tol, bound)
     gen = default_generator(generator)
     max_iter = int(min(max(max_iter, k), op.dim))
-    q, warm, random_share = _start_vector(op, v0, gen)
+    q, warm, random_share, warm_part = _start_vector(op, v0, gen)
     basis = _Basis(op.dim, op.dtype, op.device)
     alphas: list[float] = []
     betas: list[float] = []
@@ -221,8 +223,11 @@ def _lanczos_top(op: CurvatureOperator, k: int, tol: float, v0, max_iter: int,
     extra = {"vectors": Y, "ritz_residual": res[:m].copy(), "gap_error": gap_err[:m].copy(),
              "bound": bound, "n_iter": len(alphas),
              "ritz_values": theta.copy(), "warm_start": warm, "restarts": restarts,
-             "alphas": np.array(alphas), "betas": np.array(betas[: len(alphas) - 1]), "random_share": random_share,
-             "restarted": restarts > 0, "tail_values": theta[tail].copy(), "tail_vectors": Yt / Yt.norm(dim=1, keepdim=True).clamp_min(1e-300)}
+             "alphas": np.array(alphas), "betas": np.array(betas[: len(alphas) - 1]), "beta_last": float(b),
+             "random_share": random_share, "tail_values": theta[tail].copy(),
+             "warm_coefficients": None if warm_part is None else
+             (basis.Q[: len(alphas)] @ warm_part).double().cpu().numpy(),
+             "tail_vectors": Yt / Yt.norm(dim=1, keepdim=True).clamp_min(1e-300)}
     return Estimate(value=theta[:m].copy(), error=err[:m].copy(), n_hvp=op.n_hvp - n0,
                     converged=converged, extra=extra)
 
