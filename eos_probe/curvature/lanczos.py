@@ -294,6 +294,10 @@ def top_k(op: CurvatureOperator, k: int, tol: float = 1e-3, v0=None, max_iter: i
     """The k algebraically largest eigenvalues (descending) with error bounds; ``extra["vectors"]`` (k, d).
 
     ``v0``: warm start — a flat vector, a (k', d) stack of previous eigenvectors, or a previous Estimate.
+    ``extra`` also keeps what the deflated probes reuse at no cost: the tridiagonal ("alphas", "betas",
+    "beta_last"), the start vector's random share and warm part in the Lanczos basis ("random_share",
+    "warm_coefficients"; ``deflated.negative_mass``), and up to N_TAIL further Ritz pairs ("tail_values",
+    "tail_vectors"; control variates in ``deflated.rest_quadrature``).
 
     Theory: [docs/theory.md#metric-top_k][metric-top_k].
     """
