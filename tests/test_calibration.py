@@ -199,3 +199,7 @@ def test_prior_se_matches_the_gaussian_probe_variance() -> None:
     fro = float(rest.samples(lambda x: x**2).mean())
     assert prior_se(rest, lambda x: x) == pytest.approx(math.sqrt(2 * fro / 8), rel=1e-12)
     assert fro == pytest.approx(float(np.sum(eigs**2)), rel=0.5)
+    # the trace alone runs one-step rules, which cannot integrate λ²: ‖Az‖² comes from α₁, β₁ instead
+    one = rest_quadrature(op, None, 8, 1, generator=_gen(1))
+    np.testing.assert_allclose(one.az2, rest.samples(lambda x: x**2), rtol=1e-10)
+    assert prior_se(one, lambda x: x, linear=True) == pytest.approx(prior_se(rest, lambda x: x), rel=1e-10)

@@ -34,6 +34,7 @@ from .lanczos import lanczos_tridiagonal
 from .quadrature import probe_sums
 from .slq import gauss_rules
 from .operators import CurvatureOperator
+from .trace import t_factor
 
 __all__ = ["DeflatedOperator", "RestQuadrature", "negative_mass", "prior_se", "rest_quadrature", "split_trace",
            "split_trace_fn"]
@@ -79,6 +80,7 @@ class RestQuadrature:
     half_weights: np.ndarray | None = None
     cv_values: np.ndarray | None = None     # (J,) Ritz values θ_j of approximate eigenpairs (y_j, θ_j) of A
     cv: np.ndarray | None = None            # (p, J) (y_jᵀz_i)² − ‖P⊥y_j‖²: zero mean over the probes
+    az2: np.ndarray | None = None           # (p,) ‖Az_i‖², exact (from α₁, β₁) even with one step
 
     def samples(self, f: Callable[[np.ndarray], np.ndarray], half: bool = False, control: bool = True) -> np.ndarray:
         """Per-probe estimates of Tr f(A); f vectorised over numpy arrays. `half`: from the nested rule of
@@ -116,7 +118,9 @@ def rest_quadrature(op: CurvatureOperator, V: Tensor | None, n_probes: int, n_st
     n0 = op.n_hvp
     Z = A.project(rademacher(n_probes, op.dim, gen, op.dtype, op.device))
     norms = (Z * Z).sum(1).double().cpu().numpy()
-    runs = lanczos_tridiagonal(A, Z, n_steps)
+    beta1: list[float] = []
+    runs = lanczos_tridiagonal(A, Z, n_steps, first_beta=beta1)
+    az2 = norms * np.array([a[0] ** 2 + b1**2 for (a, _), b1 in zip(runs, beta1)])
     width = min(n_steps, op.dim)
     nodes, weights = gauss_rules(runs, width)
     half = max(1, (width + 1) // 2)
@@ -128,10 +132,10 @@ def rest_quadrature(op: CurvatureOperator, V: Tensor | None, n_probes: int, n_st
         PY = A.project(Y)
         cv = ((Z @ PY.T) ** 2 - (PY * PY).sum(1)[None]).double().cpu().numpy()
         cv_values = np.asarray(control[0], dtype=float)
-    return RestQuadrature(nodes, weights, norms, op.n_hvp - n0, op.dim, k, h_nodes, h_weights, cv_values, cv)
+    return RestQuadrature(nodes, weights, norms, op.n_hvp - n0, op.dim, k, h_nodes, h_weights, cv_values, cv, az2)
 
 
-def prior_se(rest: RestQuadrature, g: Callable[[np.ndarray], np.ndarray]) -> float:
+def prior_se(rest: RestQuadrature, g: Callable[[np.ndarray], np.ndarray], linear: bool = False) -> float:
     """Standard error of mean_i rest.samples(g) from the Gaussian-probe variance 2‖B‖_F², not from the
     spread of the few samples themselves.
 
@@ -140,12 +144,23 @@ def prior_se(rest: RestQuadrature, g: Callable[[np.ndarray], np.ndarray]) -> flo
     for g = λ), controlled by the same pairs. A Rademacher probe's variance is 2(‖B‖_F² − Σ B_ii²) ≤ 2‖B‖_F².
     The sample standard deviation of 6 skewed samples is small exactly when their mean is low (measured:
     all misses below the truth); ‖B‖_F² is a sum of squares over the whole spectrum, estimated with far
-    more effective degrees of freedom and only weakly tied to the sampled mean.
+    more effective degrees of freedom and only weakly tied to the sampled mean. ``linear``: g is λ itself
+    (then Tr A² comes from the exact ‖Az‖², which one-step rules also have).
     """
     p = rest.norms.shape[0]
     if p < 1:
         return math.inf
-    m2 = float(rest.samples(lambda x: np.asarray(g(x), dtype=float) ** 2).mean())
+    if linear and rest.az2 is not None:
+        # g(λ) = λ: Tr A² from ‖Az‖² itself (exact, also for one-step rules, which cannot integrate λ²)
+        m2 = float(rest.az2.mean())
+        if rest.cv is not None and rest.cv.shape[1]:
+            m2 -= float((rest.cv @ rest.cv_values**2).mean())
+    elif rest.nodes.shape[1] < 2:
+        # a one-node rule does not integrate g²: the t-corrected spread of the samples is all there is
+        x = rest.samples(g)
+        return float(x.std(ddof=1)) / math.sqrt(p) * t_factor(p - 1) if p > 1 else math.inf
+    else:
+        m2 = float(rest.samples(lambda x: np.asarray(g(x), dtype=float) ** 2).mean())
     if rest.cv is not None and rest.cv.shape[1]:
         with np.errstate(invalid="ignore", over="ignore"):
             c = np.asarray(g(rest.cv_values), dtype=float)
@@ -231,7 +246,7 @@ def split_trace(ritz_values: np.ndarray, rest: RestQuadrature, n_hvp: int | None
     exact = float(np.sum(ritz_values))
     samples = rest.hutchinson()
     mean = float(samples.mean())
-    se = prior_se(rest, lambda x: x)
+    se = prior_se(rest, lambda x: x, linear=True)
     return Estimate(value=exact + mean, error=se, n_hvp=rest.n_hvp if n_hvp is None else n_hvp,
                     extra={"method": "krylov", "exact_part": exact, "samples": samples,
                            "n_probes": int(samples.shape[0]), "n_deflated": rest.n_deflated,

@@ -318,11 +318,14 @@ def lambda_max(op: CurvatureOperator, tol: float = 1e-3, v0=None, max_iter: int 
 
 
 def lanczos_tridiagonal(op: CurvatureOperator, V0: Tensor, n_steps: int,
-                        reorthogonalize: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
+                        reorthogonalize: bool = True,
+                        first_beta: list[float] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Run n_steps of Lanczos from each row of V0 in lockstep (one batched product per step).
 
     Returns, per start vector, the (alphas, betas) of its tridiagonal; a run whose Krylov space closes
     early (breakdown) stops there, so its tridiagonal is shorter. Used by stochastic Lanczos quadrature.
+    ``first_beta``: a list that receives each run's β₁ = ‖Aq₁ − α₁q₁‖, also when n_steps = 1 (then the
+    tridiagonal has no β): with α₁ it gives ‖Aq₁‖² = α₁² + β₁².
     """
     p, d = V0.shape
     n_steps = int(min(n_steps, d))
@@ -347,6 +350,8 @@ def lanczos_tridiagonal(op: CurvatureOperator, V0: Tensor, n_steps: int,
                 W = W - torch.einsum("pjd,pj->pd", Qa, torch.einsum("pjd,pd->pj", Qa, W))
         b = W.norm(dim=1)
         a_np, b_np = a.double().cpu().numpy(), b.double().cpu().numpy()
+        if j == 0 and first_beta is not None:
+            first_beta.extend(float(x) for x in b_np)
         bp_np = b_prev.double().cpu().numpy()
         still = []
         for r, i in enumerate(active):
