@@ -147,7 +147,9 @@ def ms_margin(op: CurvatureOperator, *, optimizer: str, lr: float, queries: int 
 
     Adam-type optimizers read the eigenvalues of P⁻¹H: pass ``preconditioner=p`` (P = diag(p)) or an
     operator that is already preconditioned. ``extra``: "threshold" T, "band" (the theory's Band),
-    "trace", "top_k" and "rest" (what was used); "lambda_max" for first-order optimizers.
+    "verdict" (the one stability verdict, :class:`eos_probe.theory.StabilityVerdict`: the same words as
+    ``eos-probe inspect`` and the figures), "trace", "top_k", "rest" and "negative" (S_neg = Σ_{λ<0}|λ|/T
+    and its standard error, the probe's ``ms_margin_neg``); "lambda_max" for first-order optimizers.
     """
     from .curvature import lambda_max as _lmax
     from .curvature import top_k as _top_k
@@ -156,6 +158,7 @@ def ms_margin(op: CurvatureOperator, *, optimizer: str, lr: float, queries: int 
     from .presets import preset
     from .probe.shared import control_pairs, ritz_block
     from .theory import band_for, ms_term_function
+    from .theory.states import classify
 
     op = _check_op(op)
     if preconditioner is not None:
@@ -177,8 +180,11 @@ def ms_margin(op: CurvatureOperator, *, optimizer: str, lr: float, queries: int 
     n0 = op.n_hvp
     if band.kind == "classical":
         est = _lmax(op, generator=gen)
-        return Estimate(value=float(est.value) / T, error=float(est.error) / T, n_hvp=op.n_hvp - n0,
-                        converged=est.converged, extra={"threshold": T, "band": band, "lambda_max": est})
+        s, se = float(est.value) / T, float(est.error) / T
+        return Estimate(value=s, error=se, n_hvp=op.n_hvp - n0, converged=est.converged,
+                        extra={"threshold": T, "band": band, "lambda_max": est,
+                               "verdict": classify(band, s=s, s_err=se, lambda_max=float(est.value),
+                                                   lambda_max_err=float(est.error))})
     # the probe metric's estimator: the top Ritz pairs exactly, SLQ on the deflated rest, and the trace
     # (Gauss–Newton + residual where the loss allows it) as a control variate for the linear part of f
     top = _top_k(op, min(n_top, op.dim), generator=gen)
@@ -186,8 +192,16 @@ def ms_margin(op: CurvatureOperator, *, optimizer: str, lr: float, queries: int 
     rest = rest_quadrature(op, V, n_probes, n_steps, generator=gen, control=control_pairs(top))
     tr = _trace(op, method=_default_trace_method(op), n_matvec=n_matvec, rtol=None, generator=gen)
     f = ms_term_function(config, op.dim)
+    n_neg, n_neg_err = negative_mass(top, op.dim)
     est = split_trace_fn(f, theta, err, rest, linear=(1.0 / T, float(tr.value), float(tr.error)),
-                         negative=negative_mass(top, op.dim))
+                         negative=(n_neg, n_neg_err))
+    # the negative-curvature mass as the probe logs it (ms_margin_neg = N / T)
+    neg_value, neg_err = n_neg / T, n_neg_err / T
+    one = classify(band, s=float(est.value), s_err=float(est.error), s_neg=neg_value,
+                   s_neg_err=neg_err, trace=float(tr.value), trace_err=float(tr.error),
+                   lambda_max=float(np.atleast_1d(top.value)[0]),
+                   lambda_max_err=float(np.atleast_1d(top.error)[0]))
     return Estimate(value=float(est.value), error=float(est.error), n_hvp=op.n_hvp - n0,
                     converged=bool(top.converged and tr.converged),
-                    extra={"threshold": T, "band": band, "trace": tr, "top_k": top, "rest": rest})
+                    extra={"threshold": T, "band": band, "trace": tr, "top_k": top, "rest": rest,
+                           "negative": (neg_value, neg_err), "verdict": one})

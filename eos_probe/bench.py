@@ -13,6 +13,8 @@ parameters under `inference_mode`, or `loss.backward()`), so a ratio shows what 
   sweep_speedup_fo            the same for GD
   hvp_over_grad               one Hessian-vector product (back end chosen as the probe does) / one gradient
   microbatch_speedup          full-batch forward / forward in the automatic micro-batches
+  loop_over_plain_gd, loop_over_plain_zo_gd   the trainer's step (no probe) / a plain PyTorch loop doing the
+                              same work (`eos_probe.bench_loop`; goal ≤ 1.3)
   cocd_step_over_2b_forwards  one CoCD step (B coordinates, 2B perturbed losses) / 2B plain forwards, for the
                               loop and the batched evaluation; `cocd_auto` says which the automatic rule picks
                               (goal ≤ 1.2 where batched)
@@ -36,7 +38,7 @@ from .errors import InvalidValueError
 #: keys of `run_bench`'s result that are ratios (the test checks they are finite and positive)
 RATIO_KEYS = ("zo_step_over_two_forwards", "fo_step_over_forward_backward", "batched_q_speedup",
               "batched_q_auto_speedup", "sweep_speedup", "sweep_speedup_fo", "hvp_over_grad",
-              "microbatch_speedup", "cocd_step_over_2b_forwards")
+              "microbatch_speedup", "cocd_step_over_2b_forwards", "loop_over_plain_gd", "loop_over_plain_zo_gd")
 
 
 def interleaved(fns: dict[str, Callable[[], Any]], rounds: int, device: torch.device,
@@ -65,8 +67,7 @@ def device_name(device: torch.device) -> str:
     return f"cpu: {platform.machine()} {platform.processor() or ''} ({torch.get_num_threads()} threads)".replace("  ", " ")
 
 
-#: the bench's items, in the order they run (`eos-probe bench --only ITEM`)
-ITEMS = ("zo", "microbatch", "fo", "queries", "sweep", "hvp", "cocd", "probe")
+from .bench_items import ITEMS  # noqa: E402  (the bench's items, in the order they run)
 
 
 def run_bench(model: str = "cnn", *, model_args: dict | None = None, n_per_class: int | None = None,
@@ -104,7 +105,7 @@ def run_bench(model: str = "cnn", *, model_args: dict | None = None, n_per_class
     steps = {"zo": lambda: _zo_vs_forwards(b, out), "microbatch": lambda: _microbatching(b, out),
              "fo": lambda: _fo_vs_forward_backward(b, out), "queries": lambda: _query_modes(b, out, queries),
              "sweep": lambda: _sweeps(b, out, copies), "hvp": lambda: _hvp_vs_grad(b, out),
-             "cocd": lambda: _cocd(b, out, cocd_block)}
+             "cocd": lambda: _cocd(b, out, cocd_block), "loop": lambda: _loop(cfg, out, say)}
     for name in ITEMS[:-1]:
         if name in items:
             steps[name]()
@@ -282,6 +283,14 @@ def _cocd(b: _Bench, out: dict[str, Any], cocd_block: int | None) -> None:
     out["cocd_step_over_2b_forwards"] = out[f"cocd_step_over_2b_forwards_{out['cocd_auto']}"]
 
 
+def _loop(cfg: TrainConfig, out: dict[str, Any], say: Callable[[str], None]) -> None:
+    """The trainer's step against a plain PyTorch loop (`eos_probe.bench_loop`), GD and ZO-GD."""
+    from .bench_loop import loop_overhead
+
+    say("trainer loop vs a plain PyTorch loop (GD, ZO-GD)")
+    out.update(loop_overhead(cfg))
+
+
 def format_table(res: dict[str, Any]) -> str:
     """The ratios as an aligned text table, with the machine named."""
     rows = []
@@ -298,6 +307,10 @@ def format_table(res: dict[str, Any]) -> str:
     row("sweep_speedup_fo", lambda: f"sweep throughput / sequential, FO (K={res['copies']})", lambda: "")
     row("hvp_over_grad", lambda: "HVP / gradient", lambda: f"back end {res['hvp_backend']}")
     row("microbatch_speedup", lambda: "full batch / micro-batched forward", lambda: f"micro-batch {res['microbatch']}")
+    row("loop_over_plain_gd", lambda: "trainer loop / plain loop, GD",
+        lambda: f"{res['loop_gd_ms']:.2f} vs {res['plain_gd_ms']:.2f} ms/step; goal <= 1.3")
+    row("loop_over_plain_zo_gd", lambda: "trainer loop / plain loop, ZO-GD",
+        lambda: f"{res['loop_zo_gd_ms']:.2f} vs {res['plain_zo_gd_ms']:.2f} ms/step; goal <= 1.3")
     row("cocd_step_over_2b_forwards", lambda: f"CoCD step / {2 * res['cocd_block']} forwards (B={res['cocd_block']})",
         lambda: (f"auto picks {res['cocd_auto']}; loop {res['cocd_step_over_2b_forwards_loop']:.3f}, batched "
                  f"{res['cocd_step_over_2b_forwards_batched']:.3f}; goal <= 1.2"))

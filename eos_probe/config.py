@@ -143,7 +143,7 @@ def _positive(name: str, value: float | int | None, allow_none: bool = False) ->
 
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Check every field that can be checked without loading data or models (those check themselves)."""
-    from .objective import LOSSES
+    from .losses import LOSSES
 
     def choice(name: str, value: str, options) -> None:
         if value not in options:

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import UserError
+from .events import DROP, SPIKE, catapults, probe_grid
 from .plot.paper import EDGE_BAND
 
 #: the issue's goal: S(η) inside EDGE_BAND for at least this many consecutive steps without divergence
@@ -125,6 +126,12 @@ def run_numbers(run) -> dict[str, Any]:
     else:
         out["tr_over_T_late"] = _span(tr[late])
         out["upper_over_T_late"] = _span(upper[late])
+    out["grid"] = probe_grid(run)
+    if run.status == "diverged" and run.track is not None and len(run.track):
+        last = out["grid"].get("last_probe_before_divergence") or 0
+        t = run.track[(run.track["step"] > last) & (run.track["s_hi"] > 1)]
+        out["bracket_flag"] = int(t["step"].iloc[0]) if len(t) else None
+    out["spikes"] = [{k: c[k] for k in ("start", "peak", "end", "catapult")} for c in catapults(run)]
     if "commutator_ratio" in run.probe:
         r = run.probe["commutator_ratio"].to_numpy()
         fin = r[np.isfinite(r) & (r > 0)]
@@ -184,12 +191,17 @@ def draw_recipe(recipe: Recipe, runs_dir: Path, out_dir: Path) -> FigureResult:
 
 def make_gallery(recipe_dir: str | Path = "recipes/paper", runs_dir: str | Path = "runs/paper",
                  out_dir: str | Path = "figures", *, only: list[str] | None = None, workers: int | None = None,
-                 train: bool = True, echo: Callable[[str], None] = print) -> list[FigureResult]:
-    """Run (unless `train` is false) and draw every recipe; rewrite figures/README.md and gallery.json."""
+                 train: bool = True, echo: Callable[[str], None] = print,
+                 device: str | None = None) -> list[FigureResult]:
+    """Run (unless `train` is false) and draw every recipe; rewrite figures/README.md and gallery.json.
+    `device` overrides every recipe's device (e.g. "cuda")."""
     from .sweep import run_sweep
 
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
     recipes = load_recipes(recipe_dir, only)
+    if device is not None:
+        for rec in recipes:
+            rec.spec.base["device"] = device
     results = []
     for rec in recipes:
         if train:
@@ -263,14 +275,35 @@ def _run_line(n: dict[str, Any]) -> str:
         parts[0] += f" at step {n['diverged_at']:,}"
     else:
         parts[0] += f", {n['steps']:,} steps"
+    g = n.get("grid", {})
+    k = g.get("probes", 0)
+    grid = ("1 probe" if k == 1 else f"{k} probes, every {g['median_gap']:g} steps" if g.get("max_gap") ==
+            g.get("median_gap") else f"{k} probes, gaps up to {g.get('max_gap', 0):,} steps") + \
+        (f", {g['tracks']} tracking steps" if g.get("tracks") else "")
     if "edge" in n:
         e = n["edge"]
-        parts.append(f"S(η) {_fmt_span(e['S'])} over steps {e['from']:,}–{e['to']:,} ({e['steps']:,} steps"
-                     f"{', at the edge' if n.get('at_edge') else ''}); over it Tr/T {_fmt_span(e['tr_over_T'])}, "
-                     f"(Tr + cλ)/T {_fmt_span(e['upper_over_T'])}")
+        parts.append(f"S(η) {_fmt_span(e['S'])} at every probe from step {e['from']:,} to {e['to']:,} "
+                     f"({e['steps']:,} steps{', at the edge' if n.get('at_edge') else ''}; {grid}); over it Tr/T "
+                     f"{_fmt_span(e['tr_over_T'])}, (Tr + cλ)/T {_fmt_span(e['upper_over_T'])}")
     elif "S_max" in n:
-        parts.append(f"S(η) never in [{EDGE_BAND[0]:g}, {EDGE_BAND[1]:g}] (max {n['S_max']:.2f}); "
+        parts.append(f"S(η) in [{EDGE_BAND[0]:g}, {EDGE_BAND[1]:g}] at none of its {grid} (max {n['S_max']:.2f}); "
                      f"max Tr/T {n['tr_over_T_max']:.2f}")
+    last = g.get("last_probe_before_divergence")
+    if "diverged_at" in n and last is not None and last < n["diverged_at"] - 1:
+        flag = n.get("bracket_flag")
+        parts.append(f"no certified probe between step {last:,} and the divergence at {n['diverged_at']:,}"
+                     + (f" (tracking bracket S_hi > 1 from step {flag:,})" if flag is not None else ""))
+    spikes = n.get("spikes", [])
+    if spikes:
+        cat = [sp for sp in spikes if sp["catapult"]]
+        unseen = [sp for sp in spikes if sp["catapult"] is None and sp["end"] >= 0]
+        at = ", ".join(format(sp["peak"], ",") for sp in cat)
+        words = [f"{len(cat)} catapult{'s' * (len(cat) != 1)} (loss ≥ {100 * SPIKE:.0f} % above its minimum, then "
+                 f"λ_max or Tr ≥ {100 * DROP:.0f} % lower: step {at})" if cat else "no catapult"]
+        if unseen:
+            words.append(f"{len(unseen)} loss spike(s) without curvature measured on both sides (step "
+                         + ", ".join(format(sp["peak"], ",") for sp in unseen) + ")")
+        parts.append("; ".join(words))
     if "tr_over_T_late" in n:
         parts.append(f"second half: {n['quantity']}/T {_fmt_span(n['tr_over_T_late'])}, "
                      f"({n['quantity']} + cλ_max)/T {_fmt_span(n['upper_over_T_late'])} (T = {n['threshold']:.3g})")

@@ -10,20 +10,19 @@ callable), averaged over loss terms; its convention text is recorded in every ru
 """
 from __future__ import annotations
 
+import functools
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.func import functional_call, grad, jvp, vmap
+from torch.func import functional_call, grad, vmap
 
-from ._util import sync as _sync
 from .errors import UserError
-from .losses import LOSS_CONVENTIONS, LOSSES, resolve_loss  # noqa: F401 - re-exported (config, old imports)
+from .hvp import HVP, HVP_BACKENDS, choose_backend, hvp_at
+from .losses import resolve_loss
 
-HVP_BACKENDS = ("auto", "fwd-rev", "double-backward")
 
 #: auto micro-batching (CPU): the largest per-chunk activation is kept under this many bytes. Measured on a
 #: 2-core x86 box (benchmarks/bench_step.py): full-batch forwards of the CNN/ViT/ResNet/Mamba allocate
@@ -59,6 +58,8 @@ class ParamSpace:
     offsets: tuple[int, ...]
     dim: int
 
+    tied: bool = False  # the module shares a parameter under two names (functional_call must tie them)
+
     @classmethod
     def from_module(cls, module: torch.nn.Module) -> "ParamSpace":
         names, shapes, offsets, n = [], [], [], 0
@@ -67,15 +68,19 @@ class ParamSpace:
             shapes.append(p.shape)
             offsets.append(n)
             n += p.numel()
-        return cls(tuple(names), tuple(shapes), tuple(offsets), n)
+        tied = len(list(module.named_parameters(remove_duplicate=False))) > len(names)
+        return cls(tuple(names), tuple(shapes), tuple(offsets), n, tied)
 
     def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
         """Views of the last dimension of θ, one per parameter (no copy)."""
         lead = theta.shape[:-1]
-        return {
-            name: theta[..., o : o + math.prod(s)].view(*lead, *s)
-            for name, s, o in zip(self.names, self.shapes, self.offsets)
-        }
+        parts = theta.split_with_sizes(self.sizes, dim=-1)
+        return {name: t.view(*lead, *s) for name, s, t in zip(self.names, self.shapes, parts)}
+
+    @functools.cached_property
+    def sizes(self) -> list[int]:
+        """Number of entries of each parameter, in order."""
+        return [math.prod(s) for s in self.shapes]
 
     def flatten(self, params: dict[str, Tensor]) -> Tensor:
         return torch.cat([params[n].reshape(-1) for n in self.names])
@@ -129,6 +134,41 @@ class Objective:
     def dim(self) -> int:
         return self.space.dim
 
+    def _call(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        """model(x) with its parameters replaced by `params` for the call.
+
+        What `torch.func.functional_call` does for plain parameters — put each tensor in its module's
+        `_parameters` slot, call, put the originals back — with the slots resolved once: the generic path
+        re-walks the module tree on every call, which cost a tiny model as much as its forward. Models with
+        tied weights or parametrizations take the generic path."""
+        slots = self._slots
+        if slots is None:
+            return functional_call(self.model, params, (x,), tie_weights=self.space.tied)
+        olds = [m._parameters[a] for m, a in slots]
+        try:
+            for (m, a), t in zip(slots, params.values()):
+                m._parameters[a] = t
+            return self.model(x)
+        finally:
+            for (m, a), t in zip(slots, olds):
+                m._parameters[a] = t
+
+    @property
+    def _slots(self) -> list[tuple[torch.nn.Module, str]] | None:
+        """(module, attribute) of each parameter in `space.names` order, or None where the fast path of `_call`
+        does not apply (tied weights, parametrizations)."""
+        if self._slot_cache is None:
+            ok = not self.space.tied and not any(hasattr(m, "parametrizations") for m in self.model.modules())
+            slots = []
+            for name in self.space.names:
+                path, _, attr = name.rpartition(".")
+                mod = self.model.get_submodule(path) if path else self.model
+                slots.append((mod, attr))
+            self._slot_cache = slots if ok else []
+        return self._slot_cache or None
+
+    _slot_cache: list | None = None
+
     def initial_theta(self) -> Tensor:
         """The model's current parameters as a fresh flat vector (the model itself is never mutated)."""
         with torch.no_grad():
@@ -145,7 +185,11 @@ class Objective:
         self.chunks: list[tuple[Tensor, Tensor]] = list(zip(x.split(mb), y.split(mb)))
 
     def _forward(self, theta: Tensor, x: Tensor, masked: bool = True, mask: Tensor | None = None) -> Tensor:
-        out = functional_call(self.model, self.space.unflatten(theta), (x,))
+        return self._output(self.space.unflatten(theta), x, masked, mask)
+
+    def _output(self, params: dict[str, Tensor], x: Tensor, masked: bool = True, mask: Tensor | None = None) -> Tensor:
+        """The model's outputs with `params` (masked outputs filled as in `set_data`)."""
+        out = self._call(params, x)
         mask = self.output_mask if masked and mask is None else mask
         if mask is not None:
             out = out.masked_fill(~mask, float("-inf") if self.loss_name == "ce" else 0.0)
@@ -158,7 +202,7 @@ class Objective:
     def _loss_single(self, theta: Tensor) -> Tensor:
         total = None
         for x, y in self.chunks:
-            s, _ = self._chunk_sum(theta, x, y)
+            s = self.loss_spec.loss_sum(self._forward(theta, x), y)
             total = s if total is None else total + s
         return total / self.n_terms
 
@@ -213,10 +257,22 @@ class Objective:
         return ls / n_terms, cs / n_terms
 
     def value_and_grad(self, theta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(loss, accuracy, ∇L) at a single θ; one forward+backward per chunk."""
+        """(loss, accuracy, ∇L) at a single θ; one forward+backward per chunk.
+
+        Plain reverse-mode autograd on a leaf copy of θ: the same graph as `torch.func.grad` (bitwise the same
+        gradient) without the transform's per-call bookkeeping, which cost a tiny model 2-3x its step."""
         g_total, l_total, c_total = None, 0.0, 0.0
         for x, y in self.chunks:
-            g, (l, c) = grad(self._scaled_chunk, has_aux=True)(theta, x, y)
+            with torch.enable_grad():  # callers may hold no_grad
+                # one leaf per parameter (views of θ): no slice-backward scattering each gradient into a
+                # d-sized buffer per tensor, which a flat leaf would cost
+                leaves = {n: v.requires_grad_(True) for n, v in self.space.unflatten(theta.detach()).items()}
+                out = self._output(leaves, x)
+                s_, c = self.loss_spec.chunk_sum(out, y)
+                loss = s_ / self.n_terms
+                gs = torch.autograd.grad(loss, list(leaves.values()))
+            g = torch.cat([t.reshape(-1) for t in gs])
+            l, c = loss.detach(), c.detach()
             g_total = g if g_total is None else g_total + g
             l_total, c_total = l_total + l, c_total + c
         return l_total, c_total / self.n_terms, g_total
@@ -280,13 +336,9 @@ class Objective:
 
     # ----------------------------------------------------------------- Hessian-vector products
     def hvp_at(self, theta: Tensor, backend: str | None = None) -> "HVP":
-        """A Hessian-vector-product function at a fixed θ (graph/linearisation reused across calls)."""
-        backend = backend or self.hvp_backend
-        if backend == "auto":
-            backend = self.choose_hvp_backend(theta)
-        if backend == "fwd-rev":
-            return _FwdRevHVP(self, theta)
-        return _DoubleBackwardHVP(self, theta)
+        """A Hessian-vector-product function at a fixed θ (graph/linearisation reused across calls;
+        `eos_probe.hvp`)."""
+        return hvp_at(self, theta, backend)
 
     def hvp(self, theta: Tensor, v: Tensor) -> Tensor:
         """H(θ) v for one flat vector v (convenience; use `hvp_at` for many products at one θ)."""
@@ -299,45 +351,8 @@ class Objective:
     _backend_choice: str | None = None
 
     def choose_hvp_backend(self, theta: Tensor, repeats: int = 2, *, timed: bool = True) -> str:
-        """Pick the faster HVP back end on this model and device by timing both once (cached).
-
-        Forward-over-reverse is skipped (double backward used) if some op lacks forward-mode AD.
-        `timed=False` (the probe's rule, reproducible where timing is not): double backward on CPU,
-        forward-over-reverse on CUDA (batched products are one vmapped call), the first that works.
-        """
-        if not timed:
-            th = theta.detach().reshape(-1) if theta.dim() == 1 else theta.detach()[0]
-            order = (("double-backward", _DoubleBackwardHVP), ("fwd-rev", _FwdRevHVP))
-            for name, cls in (order[::-1] if th.device.type == "cuda" else order):
-                try:
-                    cls(self, th).matvec(torch.ones_like(th))  # works on this model? (not timed)
-                    return name
-                except (NotImplementedError, RuntimeError):
-                    continue
-            raise RuntimeError("neither HVP back end works for this model")
-        if self._backend_choice is not None:
-            return self._backend_choice
-        v = torch.randn(theta.shape, generator=torch.Generator(theta.device).manual_seed(0),
-                        device=theta.device, dtype=theta.dtype)
-        times, failures = {}, []
-        for name, cls in (("double-backward", _DoubleBackwardHVP), ("fwd-rev", _FwdRevHVP)):
-            try:
-                op = cls(self, theta)
-                op.matvec(v)  # warm-up (and graph build for double backward)
-                _sync(theta.device)
-                t0 = time.perf_counter()
-                for _ in range(repeats):
-                    op.matvec(v)
-                _sync(theta.device)
-                times[name] = time.perf_counter() - t0
-            except (NotImplementedError, RuntimeError) as e:
-                failures.append(f"{name}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
-                continue
-        if not times:
-            raise UserError("no Hessian-vector product could be computed for this model and loss ("
-                            + "; ".join(failures) + ")")
-        self._backend_choice = min(times, key=times.get)
-        return self._backend_choice
+        """The HVP back end for this model and device (`eos_probe.hvp.choose_backend`)."""
+        return choose_backend(self, theta, repeats, timed=timed)
 
 
 def auto_microbatch(model: torch.nn.Module, x: Tensor, budget: int = AUTO_CHUNK_BYTES,
@@ -380,121 +395,3 @@ def activation_bytes(model: torch.nn.Module, x: Tensor) -> tuple[int, int]:
     with torch.inference_mode(), _Sizes():
         model(sample)
     return -(-max(sizes, default=0) // b), -(-sum(sizes) // b)
-
-
-class HVP:
-    """Hessian-vector products at a fixed θ; counts the products it has computed."""
-
-    def __init__(self, objective: Objective, theta: Tensor) -> None:
-        self.objective = objective
-        self.theta = theta.detach()
-        self.n_hvp = 0
-
-    def matvec(self, v: Tensor) -> Tensor:
-        self.n_hvp += 1
-        return self._matvec(v)
-
-    def matmat(self, V: Tensor) -> Tensor:
-        """Rows of V (m, d) → rows of H Vᵀ; vmapped where the back end allows it."""
-        self.n_hvp += V.shape[0]
-        return self._matmat(V)
-
-    def _matmat(self, V: Tensor) -> Tensor:
-        return torch.stack([self._matvec(v) for v in V])
-
-    def _matvec(self, v: Tensor) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-
-def _row_blocks(V: Tensor, rows: int, fn) -> Tensor:
-    """fn over row blocks of V (at most `rows` rows each), concatenated: bounded memory for vmapped work."""
-    if V.shape[0] <= rows:
-        return fn(V)
-    return torch.cat([fn(B) for B in V.split(rows)])
-
-
-class _FwdRevHVP(HVP):
-    """Forward-over-reverse per chunk; chunks (and vmapped row blocks) sized to the memory budget."""
-
-    name = "fwd-rev"
-
-    def __init__(self, objective: Objective, theta: Tensor) -> None:
-        super().__init__(objective, theta)
-        self.chunks = objective.work_chunks("fwd-rev")
-        self.rows = objective.rows_per_block("fwd-rev", self.chunks)
-
-    def _chunk_hvp(self, v: Tensor) -> Tensor:
-        obj = self.objective
-        total = None
-        for x, y in self.chunks:
-            g = grad(lambda t: obj._chunk_sum(t, x, y)[0] / obj.n_terms)
-            hv = jvp(g, (self.theta,), (v,))[1]
-            total = hv if total is None else total + hv
-        return total
-
-    def _matvec(self, v: Tensor) -> Tensor:
-        return self._chunk_hvp(v)
-
-    def _matmat(self, V: Tensor) -> Tensor:
-        if not self.objective.vectorizes_stacks:
-            return super()._matmat(V)  # CPU conv/attention: batched HVPs measured 7-55% slower per product
-        try:
-            return _row_blocks(V, self.rows, vmap(self._chunk_hvp))
-        except (NotImplementedError, RuntimeError):
-            return super()._matmat(V)
-
-
-class _DoubleBackwardHVP(HVP):
-    """Double backward through a gradient graph built once per θ (one graph per micro-batch).
-
-    The graphs of the whole batch are kept between products only while they fit the memory budget
-    (`Objective.probe_memory`); otherwise ("streaming") each product rebuilds one chunk's graph at a time,
-    which costs one more forward+backward per chunk and product but holds a single chunk's graph.
-    """
-
-    name = "double-backward"
-
-    def __init__(self, objective: Objective, theta: Tensor) -> None:
-        super().__init__(objective, theta)
-        self._leaf = self.theta.clone().requires_grad_(True)
-        n = sum(int(x.shape[0]) for x, _ in objective.chunks)
-        self.streaming = n > objective.max_examples("double-backward")
-        self.chunks = objective.work_chunks("double-backward") if self.streaming else objective.chunks
-        self.rows = objective.rows_per_block("double-backward", self.chunks)
-        self._grads = [] if self.streaming else [self._graph(x, y) for x, y in self.chunks]
-
-    def _graph(self, x: Tensor, y: Tensor) -> Tensor:
-        obj = self.objective
-        with torch.enable_grad():
-            s, _ = obj._chunk_sum(self._leaf, x, y)
-            (g,) = torch.autograd.grad(s / obj.n_terms, self._leaf, create_graph=True)
-        return g
-
-    def _graphs(self):
-        if not self.streaming:
-            yield from self._grads
-        else:
-            for x, y in self.chunks:
-                yield self._graph(x, y)
-
-    def _matvec(self, v: Tensor) -> Tensor:
-        total = None
-        for g in self._graphs():
-            (hv,) = torch.autograd.grad(g, self._leaf, v, retain_graph=not self.streaming)
-            total = hv if total is None else total + hv
-        return total.detach()
-
-    def _matmat(self, V: Tensor) -> Tensor:
-        if not self.objective.vectorizes_stacks:
-            return super()._matmat(V)  # see _FwdRevHVP._matmat
-        if V.shape[0] > self.rows:
-            return torch.cat([self._matmat(B) for B in V.split(self.rows)])
-        total = None
-        for g in self._graphs():
-            try:
-                (hv,) = torch.autograd.grad(g, self._leaf, V, retain_graph=not self.streaming,
-                                            is_grads_batched=True)
-            except (NotImplementedError, RuntimeError):
-                return super()._matmat(V)
-            total = hv if total is None else total + hv
-        return total.detach()

@@ -9,7 +9,7 @@ import json
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -18,7 +18,10 @@ from .errors import CorruptFileError, UserError
 from .presets import PRESETS
 from .reading import open_run
 from .theory.stability import COCD_BAND_WARNING, COCD_BANDLESS  # noqa: F401 - re-exported from their old home
-from .theory.stability import Band, Setting, band_for, verdict
+from .theory.stability import Band, band_for
+
+if TYPE_CHECKING:
+    from .theory.states import StabilityVerdict
 
 
 def _decode(v: Any) -> Any:
@@ -44,7 +47,7 @@ class Run:
 
     `config` (dict), `attrs` (every root attribute, JSON decoded), `train` and `probe` (DataFrames with
     one column per 1-D series; multi-dimensional probe series via `probe_array`), spectra via `spectra`,
-    the stability band via `band()` and the band verdict per probe via `verdicts()`.
+    the stability band via `band()` and the one stability verdict per probe via `verdicts()` (`verdict()`: the last).
     """
 
     path: Path
@@ -57,6 +60,9 @@ class Run:
     _probe_attrs: dict[str, Any] = field(default_factory=dict, repr=False)
     _series_attrs: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
     _tasks: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: the tracking rows between certified probes (`--probe-every auto`: warm λ_max, the monitor's trace and the
+    #: bracket [s_lo, s_hi] on S(η); `eos_probe.probe.track`), None for fixed schedules
+    track: pd.DataFrame | None = None
 
     # ------------------------------------------------------------------ description
     @property
@@ -203,28 +209,41 @@ class Run:
         return out
 
     def verdicts(self) -> pd.DataFrame:
-        """Per probe step: the band verdict ("stable" | "band" | "unstable") and the margins to T.
+        """Per probe step: the one stability verdict (:func:`eos_probe.theory.states.classify`).
 
-        Rows where trace or λ_max was not measured (or is not finite) have verdict "".
+        Columns: ``step``; ``state`` ("stable" | "edge" | "unstable" | "indefinite" | "band", "" where nothing
+        usable was measured); ``basis`` ("S" from ms_margin, "lambda_max" for first-order runs, "bounds" from
+        Tr and λ_max alone); ``verdict``, the words shown ("stable", "at the edge", "stable (sufficient
+        bound)", "band: necessary bound only", "unstable (necessary bound violated)", "indefinite", ...);
+        ``evidence`` and ``note``; ``S``, ``S_err``, ``S_neg``, ``S_neg_err``; and the bounds' margins
+        ``necessary_margin``, ``sufficient_margin`` (T − Tr and T − (Tr + cλ_max); positive: the bound holds).
+
+        Theory: [docs/theory.md#verdicts][verdicts].
         """
-        import warnings
+        from .theory.states import classify_row
 
-        classical = self.band().kind == "classical"
-        cur = self.curvature()
-        s = Setting.from_config(self.config, self.attrs.get("n_params"))
-        lr, opt, kw = s.lr, s.optimizer, s.kwargs()
+        band = self.band()
+        prefix = "precond_" if self.preconditioned else ""
+        cols = ["state", "basis", "verdict", "evidence", "note", "S", "S_err", "S_neg", "S_neg_err",
+                "necessary_margin", "sufficient_margin"]
         rows = []
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # approximation warnings live in band().warnings
-            for tr, lm in zip(cur["trace"], cur["lambda_max"]):
-                if not (math.isfinite(lm) and (math.isfinite(tr) or classical)):
-                    rows.append(("", math.nan, math.nan))
-                    continue
-                v = verdict(tr if math.isfinite(tr) else 0.0, lm, lr, opt, **kw)
-                rows.append((v.verdict, v.necessary_margin, v.sufficient_margin))
-        out = pd.DataFrame(rows, columns=["verdict", "necessary_margin", "sufficient_margin"])
-        out.insert(0, "step", cur["step"].to_numpy())
+        for _, row in self.probe.iterrows():
+            d = classify_row(band, row, prefix).as_dict()
+            rows.append([d[c] for c in cols])
+        out = pd.DataFrame(rows, columns=cols)
+        out.insert(0, "step", self.probe["step"].to_numpy())
         return out
+
+    def verdict(self) -> "StabilityVerdict | None":
+        """The verdict at the last probe that has one (None before the first)."""
+        v = self.verdicts()
+        done = v[v["state"] != ""]
+        if not len(done):
+            return None
+        from .theory.states import classify_row
+
+        i = done.index[-1]
+        return classify_row(self.band(), self.probe.iloc[i], "precond_" if self.preconditioned else "")
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -252,11 +271,12 @@ class Run:
             bands = {k: _decode(v) for k, v in f["bands"].attrs.items()} if "bands" in f else {}
             tasks = ({**{k: ds[()] for k, ds in f["tasks"].items()},
                       "attrs": {k: _decode(v) for k, v in f["tasks"].attrs.items()}} if "tasks" in f else {})
+            track = _frame(f, "track", path) if "track" in f and "step" in f["track"] else None
         except (OSError, KeyError, ValueError, RuntimeError) as e:
             raise CorruptFileError(f"{path}: run file is damaged and cannot be read completely ({e})") from None
         finally:
             f.close()
-        return cls(path, attrs, train, probe, spectra, arrays, bands, probe_attrs, series_attrs, tasks)
+        return cls(path, attrs, train, probe, spectra, arrays, bands, probe_attrs, series_attrs, tasks, track)
 
 
 def _consistent_rows(cols: dict[str, np.ndarray], path: Path, group: str) -> dict[str, np.ndarray]:

@@ -33,7 +33,6 @@ which takes no ZO step, and forward differences, which have no symmetric pair) h
 from __future__ import annotations
 
 import math
-from collections import deque
 
 from typing import TYPE_CHECKING
 
@@ -42,14 +41,17 @@ import numpy as np
 if TYPE_CHECKING:
     from torch import Tensor
 
-#: default largest window, in logged samples (128 samples = 1,280 steps at the ZO default log_every 10)
-DEFAULT_WINDOW = 128
+#: default largest window, in logged samples (96 samples = 960 steps at the ZO default log_every 10)
+DEFAULT_WINDOW = 96
 #: candidate window lengths (samples), each 1.5× the last, up to the largest window
 MIN_WINDOW = 8
 #: half-width of each window's interval in the ICI rule, in standard errors
 ICI_WIDTH = 2.0
 #: samples the noise variance is estimated from (successive differences)
 NOISE_SPAN = 64
+#: significance (in standard errors of a variance estimate) above which residual variance beyond the noise
+#: counts as wander of the true trace and widens the error bar
+EXCESS = 2.0
 #: χ² of a window's four residual quarter-means above which the line does not fit it (99.9 % of χ²₂)
 LACK_OF_FIT = 13.8
 
@@ -138,8 +140,37 @@ def local_estimate(x: np.ndarray, y: np.ndarray, largest: int = DEFAULT_WINDOW) 
             chi2 += (sy - (b - a) * est - slope * sx) ** 2 / ((b - a) * var)
         if best is not None and (lo > hi or chi2 > LACK_OF_FIT):
             break
-        best = (float(est), se, n)
-    return best
+        best = (float(est), se, n, slope)
+    est, se, n, slope = best
+    if n > 2 and EXCESS:
+        # the true trace's own wander about the fitted line: residual variance beyond the sample noise, when
+        # significant against the residuals' own spread (their squares' standard error, which heavy tails of
+        # uᵀHu widen); it is what an instantaneous measurement may differ by, and the line's s.e. omits it
+        r2 = (y[-n:] - est - slope * (x[-n:] - x[-1])) ** 2
+        excess = r2.sum() / (n - 2) - var - EXCESS * r2.std() / math.sqrt(n)
+        se = math.sqrt(se * se + max(0.0, excess))
+    return est, se, n
+
+
+class _Series:
+    """The last `cap` (step, sample) pairs of one copy, in two numpy arrays (appended in place, slid when full)."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap, self.n = cap, 0
+        self.x = np.empty(2 * cap)
+        self.y = np.empty(2 * cap)
+
+    def append(self, step: int, value: float) -> None:
+        if self.n == len(self.x):  # slide the newest `cap` to the front: amortised O(1) per append
+            self.x[: self.cap] = self.x[self.n - self.cap: self.n]
+            self.y[: self.cap] = self.y[self.n - self.cap: self.n]
+            self.n = self.cap
+        self.x[self.n], self.y[self.n] = step, value
+        self.n += 1
+
+    def view(self) -> tuple[np.ndarray, np.ndarray]:
+        lo = max(0, self.n - self.cap)
+        return self.x[lo: self.n], self.y[lo: self.n]
 
 
 class ZOTraceMonitor:
@@ -153,40 +184,37 @@ class ZOTraceMonitor:
 
     def __init__(self, window: int = DEFAULT_WINDOW) -> None:
         self.window = int(window)
-        self._samples: dict[int, deque] = {}
+        self._samples: dict[int, _Series] = {}
 
-    def _series(self, copy: int) -> deque:
-        return self._samples.setdefault(copy, deque(maxlen=max(self.window, NOISE_SPAN)))
+    def _series(self, copy: int) -> _Series:
+        if copy not in self._samples:
+            self._samples[copy] = _Series(max(self.window, NOISE_SPAN + 1))
+        return self._samples[copy]
 
     def restore(self, copy: int, steps: np.ndarray, raw: np.ndarray) -> None:
         """Refill a copy's series from the steps and raw samples already in its file (a resumed run)."""
+        self._samples.pop(copy, None)
         d = self._series(copy)
-        d.clear()
-        for s, x in zip(np.asarray(steps), np.asarray(raw, dtype=np.float64)):
+        for st, x in zip(np.asarray(steps), np.asarray(raw, dtype=np.float64)):
             if math.isfinite(x):
-                d.append((int(s), float(x)))
-
-    def last_samples(self, copy: int, n: int) -> np.ndarray:
-        """The copy's last `n` finite samples (oldest first)."""
-        d = self._samples.get(copy, ())
-        return np.array([v for _, v in list(d)[-n:]], dtype=np.float64)
+                d.append(int(st), float(x))
 
     def noise_sd(self, copy: int) -> float:
         """One sample's noise standard deviation for a copy, from successive differences of the samples before
         the latest (so an outlier does not widen its own yardstick); NaN before 4 samples."""
-        d = self._samples.get(copy, ())
-        return math.sqrt(noise_variance(np.array([v for _, v in d][:-1], dtype=np.float64)))
+        if copy not in self._samples:
+            return math.nan
+        return math.sqrt(noise_variance(self._samples[copy].view()[1][:-1]))
 
     def update(self, copy: int, sample: float, step: int) -> dict[str, float]:
         """Add a copy's sample taken at `step` (NaN = none this step) and return its row:
         zo_trace, zo_trace_err, zo_trace_raw, zo_trace_n."""
         d = self._series(copy)
         if math.isfinite(sample):
-            d.append((int(step), float(sample)))
-        if not d:
+            d.append(int(step), float(sample))
+        if not d.n:
             return {"zo_trace": math.nan, "zo_trace_err": math.nan, "zo_trace_raw": float(sample),
                     "zo_trace_n": 0.0}
-        x = np.fromiter((s for s, _ in d), dtype=np.float64, count=len(d))
-        y = np.fromiter((v for _, v in d), dtype=np.float64, count=len(d))
+        x, y = d.view()
         est, se, n = local_estimate(x, y, self.window)
         return {"zo_trace": est, "zo_trace_err": se, "zo_trace_raw": float(sample), "zo_trace_n": float(n)}

@@ -4,6 +4,7 @@
     python scripts/make_figures.py                      # every recipe; finished run files are skipped
     python scripts/make_figures.py --only zo-gd-cnn     # one figure
     python scripts/make_figures.py --no-train           # redraw from the run files already there
+    python scripts/make_figures.py --device cuda        # on a GPU (each recipe's comments give its paper scale)
 
 Runs go to runs/paper/<recipe>/ (one file per point, the sweep driver's idempotent re-runs: finished and
 diverged files are skipped, killed ones resumed). Numbers in figures/README.md are read from those files.
@@ -29,9 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", action="append", help="recipe name (file stem); repeat for several")
     ap.add_argument("--workers", type=int, default=None, help="parallel sweep workers (default: automatic)")
     ap.add_argument("--no-train", action="store_true", help="only draw from existing run files")
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
+                    help="device of every run (default: the recipes' own, i.e. auto: CUDA when present)")
     a = ap.parse_args(argv)
     try:
-        make_gallery(a.recipe_dir, a.runs, a.out, only=a.only, workers=a.workers, train=not a.no_train)
+        make_gallery(a.recipe_dir, a.runs, a.out, only=a.only, workers=a.workers, train=not a.no_train,
+                     device=a.device)
     except EosProbeError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

@@ -80,6 +80,7 @@ class _FakeRun:
         self.probe = pd.DataFrame({"step": steps, "ms_margin": s, "lambda_max": np.full(n, 10.0),
                                    "trace": np.full(n, 100.0)})
         self.train = pd.DataFrame({"step": steps, "loss": np.linspace(1.0, 0.5, n)})
+        self.track = None
 
     def band(self):
         return self._band
@@ -103,6 +104,20 @@ def test_run_numbers_edge_stretch_and_divergence():
     assert n["edge"]["upper_over_T"] == [0.6, 0.6]  # (Tr + 2·λ_max)/T = 120/200
     d = run_numbers(_FakeRun(s[:-1] + [1.3, 1.2], status="diverged", stop=1100))
     assert d["diverged_at"] == 1100 and d["at_edge"] is False  # the stretch runs into the divergence
+
+
+def test_summary_lines_say_what_the_probe_grid_could_see():
+    """A run probed every 100 steps that diverges at 670: the line names the probes it rests on and the
+    unprobed stretch before the divergence, never 'S never ...'."""
+    from eos_probe.gallery import _run_line
+
+    run = _FakeRun([0.1, 0.12, 0.15, 0.16, 0.14, 0.13, 0.16], status="diverged", stop=670)
+    line = _run_line(run_numbers(run))
+    assert "at none of its 7 probes, every 100 steps (max 0.16)" in line
+    assert "no certified probe between step 600 and the divergence at 670" in line
+    assert "never" not in line
+    ok = _run_line(run_numbers(_FakeRun([0.5] + [1.0] * 12)))
+    assert "at every probe from step 100 to 1,200 (1,100 steps, at the edge; 13 probes, every 100 steps)" in ok
 
 
 def test_figure_table_must_be_a_table(tmp_path):

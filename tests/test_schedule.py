@@ -112,3 +112,42 @@ def test_bracket_contains_s_of_random_positive_spectra_and_is_tight_for_one_mode
     lo, hi = s_bracket(f, 50.0, 50.0, 50.0, 50.0)  # one mode: both bounds are f(λ)
     assert lo == pytest.approx(float(f(np.array([50.0]))[0])) == pytest.approx(hi)
     assert s_bracket(f, 50.0, 250.0, 60.0, 60.0)[1] == math.inf  # λ_hi past the per-mode limit 2/η
+
+
+def test_tracking_step_brackets_the_dense_truth_on_a_small_float64_model() -> None:
+    """A tracking step at a fixed θ of a small float64 model: the warm λ_max is a lower bound of the dense
+    top eigenvalue, and with the exact trace and negative mass as inputs the bracket holds the exact S(η)."""
+    import torch
+
+    from eos_probe.config import TrainConfig
+    from eos_probe.curvature import dense_hessian
+    from eos_probe.probe import build_probe
+    from eos_probe.probe.context import ProbeContext
+    from eos_probe.probe.track import track_row
+    from eos_probe.train import build
+
+    base = TrainConfig(model="lstm", model_args={"embed": 4, "hidden": 4, "layers": 1}, data_args={"n_train": 16},
+                       optimizer="zo-gd", lr=1.0, dtype="float64", probe_budget=0.2)
+    setup = build(base)
+    obj, theta = setup.objective, setup.theta
+    H = dense_hessian(obj, theta).numpy()
+    eig, vecs = np.linalg.eigh(H)
+    cfg = TrainConfig(**{**base.to_dict(), "lr": 0.4 / eig[-1]})  # ηλ_max = 0.4: S finite, its curvature matters
+    probe = build_probe(cfg, setup)
+    T = probe.settings["band"].threshold
+    probe.schedule.last_probe.update(neg=-eig[eig < 0].sum() / T, neg_err=0.0)
+    f = ms_term_function(cfg.to_dict(), obj.dim)
+    exact = float(f(eig).sum())  # f = 0 for λ ≤ 0
+    monitor = {"zo_trace": float(eig.sum()), "zo_trace_err": 0.0}
+    state = setup.optimizer.init(theta)
+    # warm start on the top eigenvector (as after a certified probe): λ_max is pinned, the bracket holds S
+    probe.warm["lanczos/H"] = torch.as_tensor(vecs[:, -1])
+    row = track_row(probe, ProbeContext(probe, 10, theta, state, setup.optimizer, obj, cfg), monitor)
+    assert row["nhvp"] == 4 and row["lambda_max"] <= eig[-1] + 1e-9
+    assert abs(row["lambda_max"] - eig[-1]) <= row["lambda_max_err"] + 1e-9
+    assert row["s_lo"] <= exact <= row["s_hi"] and row["s_hi"] < 10 * exact, (row, exact)
+    # a stale start (a random vector): the Ritz value is still a lower bound, and so is S_lo
+    probe.warm.clear()
+    probe.warm["lanczos/H"] = torch.randn(obj.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    row = track_row(probe, ProbeContext(probe, 20, theta, state, setup.optimizer, obj, cfg), monitor)
+    assert row["lambda_max"] <= eig[-1] + 1e-9 and row["s_lo"] <= exact

@@ -86,8 +86,11 @@ def test_verdicts_follow_the_band(tmp_path) -> None:
         f["probe/trace"][:] = [150.0, 150.0, 210.0]
         f["probe/lambda_max"][:] = [10.0, 40.0, 1.0]
     v = eos_probe.load(tmp_path / "r.h5").verdicts()
-    # 150 + 2·10 < 200: stable; 150 < 200 ≤ 150 + 80: band; 210 ≥ 200: unstable
-    assert list(v["verdict"]) == ["stable", "band", "unstable"]
+    # 150 + 2·10 < 200: stable; 150 < 200 ≤ 150 + 80: band; 210 ≥ 200: unstable — from the bounds alone,
+    # and the words say so
+    assert list(v["state"]) == ["stable", "band", "unstable"] and set(v["basis"]) == {"bounds"}
+    assert list(v["verdict"]) == ["stable (sufficient bound)", "band: necessary bound only",
+                                  "unstable (necessary bound violated)"]
     np.testing.assert_allclose(v["necessary_margin"], [50.0, 50.0, -10.0])
     np.testing.assert_allclose(v["sufficient_margin"], [30.0, -30.0, -12.0])
 

@@ -16,6 +16,7 @@ from ._options import finite
 from ..errors import UserError
 from ..presets import DEFAULT_DIRECTIONS, DEFAULT_MOMENTUM
 from ..theory import stability as st
+from ..theory.states import classify
 
 
 
@@ -68,7 +69,8 @@ def compute(optimizer: str, lr: float, momentum, momentum_style, queries: int, d
         raise UserError("--trace and --lambda-max go together; give both (or --spectrum)")
     if trace is not None and (trace < 0 or lambda_max < 0):
         raise UserError(f"--trace ({trace:g}) and --lambda-max ({lambda_max:g}) must be non-negative: the "
-                        "bands bound the curvature of a minimum")
+                        "bands bound the curvature of a minimum (a negative trace means an indefinite Hessian, "
+                        "where they cannot show stability)")
     if spectrum is not None:
         lam = spectrum[spectrum >= 0] if negative == "ignore" else spectrum
         if lam.size == 0:
@@ -80,27 +82,29 @@ def compute(optimizer: str, lr: float, momentum, momentum_style, queries: int, d
         warnings.simplefilter("ignore", st.ApproximationWarning)
         b = st.band(lr, optimizer, queries, momentum, momentum_style, directions=directions, dim=dim)
         out: dict = {"band": b.as_dict(), "trace": trace, "lambda_max": lambda_max, "ms_sum": None,
-                     "critical_lr": None, "critical_lr_bounds": None, "verdict": None,
-                     "bounds_verdict": None, "margins": None, "warnings": list(b.warnings)}
+                     "critical_lr": None, "critical_lr_bounds": None, "verdict": None, "state": None,
+                     "basis": None, "evidence": None, "note": None, "bounds_verdict": None, "margins": None,
+                     "warnings": list(b.warnings)}
         if trace is None:
             return out
-        if trace < lambda_max:
-            out["warnings"].append("trace < lambda_max: the spectrum has negative eigenvalues or the estimates "
-                                   "are noisy; the bounds assume H is positive semi-definite")
         v = st.verdict(trace, lambda_max, lr, optimizer, queries, momentum, momentum_style,
                        directions=directions, dim=dim)
-        out["bounds_verdict"] = v.verdict
-        out["verdict"] = v.verdict
+        out["bounds_verdict"] = v.label
         out["margins"] = {"necessary": v.necessary_margin, "sufficient": v.sufficient_margin,
                           "lambda_max": v.lambda_max_margin}
         out["critical_lr_bounds"] = list(st.critical_lr_bounds(
             trace, lambda_max, optimizer, queries, momentum, momentum_style, directions=directions, dim=dim))
+        s_val = s_neg = None
         if spectrum is not None:
             kw = dict(directions=directions, dim=dim, negative=negative)
             s_val = st.ms_sum(spectrum, lr, optimizer, queries, momentum, momentum_style, **kw)
             out["ms_sum"] = s_val
             out["critical_lr"] = st.critical_lr(spectrum, optimizer, queries, momentum, momentum_style, **kw)
-            out["verdict"] = "stable" if s_val < 1 else "unstable"
+            if negative == "ignore" and b.kind == "mean-square":
+                s_neg = float(np.sum(np.maximum(-spectrum, 0.0))) / b.threshold
+        # the one verdict (eos_probe.theory.states): the exact S where the spectrum gave it, else the bounds
+        one = classify(b, s=s_val, s_err=0.0, s_neg=s_neg, s_neg_err=0.0, trace=trace, lambda_max=lambda_max)
+        out.update(verdict=one.verdict, state=one.state, basis=one.basis, evidence=one.evidence, note=one.note)
     return out
 
 
@@ -135,13 +139,18 @@ def render(out: dict) -> str:
                      else f"lr·lambda_max / limit = {_fmt(out['ms_sum'])}   (stable iff < 1)")
     if out["critical_lr"] is not None:
         lines.append(f"lr* = {_fmt(out['critical_lr'])}   (largest stable step size for this spectrum)")
+    elif out["state"] == "indefinite":
+        lines.append("lr* bounds: none (Tr and lambda_max bound lr* only for H without negative eigenvalues)")
     elif out["critical_lr_bounds"] is not None:
         lo, hi = out["critical_lr_bounds"]
         lines.append(f"lr* = {_fmt(lo)}   (lambda_max decides)" if lo == hi
                      else f"lr* in [{_fmt(lo)}, {_fmt(hi)}]   (from Tr and lambda_max alone)")
     if out["verdict"] is not None:
-        tail = "" if out["verdict"] == out["bounds_verdict"] else f"   (bounds alone: {out['bounds_verdict']})"
-        lines.append(f"verdict: {out['verdict']}{tail}")
+        lines.append(f"verdict: {out['verdict']} - {out['evidence']}")
+        if out["note"]:
+            lines.append(f"         {out['note']}")
+        if out["basis"] != "bounds" and out["bounds_verdict"] != out["verdict"] and b["kind"] == "mean-square":
+            lines.append(f"         (bounds alone: {out['bounds_verdict']})")
     return "\n".join(lines)
 
 
@@ -168,8 +177,9 @@ def command(optimizer, lr, momentum, momentum_style, queries, directions, dim, t
             spectrum_file, ignore_negative, as_json) -> None:
     """Print the stability threshold T, both bounds, S(η) and η* for one optimizer and step size.
 
-    Without curvature input only the band is printed; with --trace/--lambda-max the bounds decide
-    (stable / band / unstable); with --spectrum the exact S(η) decides.
+    Without curvature input only the band is printed; with --trace/--lambda-max the bounds decide, in their own
+    words (stable (sufficient bound) / band: necessary bound only / unstable (necessary bound violated), or
+    indefinite when Tr < λ_max); with --spectrum the exact S(η) decides.
     """
     spectrum = load_spectrum(spectrum_file) if spectrum_file is not None else None
     out = compute(optimizer, lr, momentum, momentum_style, queries, directions, dim, trace, lambda_max,

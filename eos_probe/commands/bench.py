@@ -5,6 +5,7 @@ import json
 
 import click
 
+from ..bench_items import ITEMS
 from .train import _parse_kv
 
 
@@ -31,7 +32,7 @@ def _positive(ctx, param, value):
               help="Also run one default probe: probe_forward_equivalents and probe_peak_bytes.")
 @click.option("--optimizer", default="zo-gd", show_default=True, help="Whose default probe to measure.")
 @click.option("--probe-memory", help="Probe peak-memory budget, e.g. 2GB (default 2GB).")
-@click.option("--only", multiple=True, type=click.Choice(["zo", "microbatch", "fo", "queries", "sweep", "hvp", "cocd", "probe"]),
+@click.option("--only", multiple=True, type=click.Choice(list(ITEMS)),
               help="Run only this item (repeatable; default: all).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 def command(model, model_args, n_per_class, device, dtype, repeats, queries, copies, microbatch, cocd_block,

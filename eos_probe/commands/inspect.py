@@ -1,4 +1,4 @@
-"""`eos-probe inspect`: a summary of a run file (config, progress, last metrics, band verdict)."""
+"""`eos-probe inspect`: a summary of a run file (config, progress, last metrics, stability verdict)."""
 from __future__ import annotations
 
 import json
@@ -57,13 +57,13 @@ def summary(run) -> dict[str, Any]:
         out["band"] = {"error": str(e)}
     if len(run.probe):
         v = run.verdicts()
-        done = v[v["verdict"] != ""]
+        done = v[v["state"] != ""]
         if len(done):
             row = done.iloc[-1]
-            out["verdict"] = {"step": int(row["step"]), "verdict": row["verdict"],
-                              "necessary_margin": float(row["necessary_margin"]),
-                              "sufficient_margin": float(row["sufficient_margin"]),
-                              "counts": {k: int(n) for k, n in done["verdict"].value_counts().items()}}
+            out["verdict"] = {"step": int(row["step"]),
+                              **{k: (row[k] if isinstance(row[k], str) else float(row[k]))
+                                 for k in v.columns if k != "step"},
+                              "counts": {k: int(n) for k, n in done["verdict"].value_counts(sort=False).items()}}
     return out
 
 
@@ -115,17 +115,22 @@ def render(s: dict[str, Any]) -> str:
     if "error" in b:
         lines.append(f"band        unavailable: {b['error']}")
     elif b:
-        c = "" if b.get("c") is None else f", c = {b['c']:.4g}"
-        lines.append(f"band        {b['quantity']} < T = {b['threshold']:.5g}{c}  ({b['kind']})")
+        if b.get("c") is None:
+            lines.append(f"band        {b['quantity']} < T = {b['threshold']:.5g}  ({b['kind']})")
+        else:
+            lines.append(f"band        {b['quantity']} < T = {b['threshold']:.5g} necessary, {b['quantity']} + "
+                         f"c*{b['lambda_max_quantity']} < T sufficient, c = {b['c']:.4g}  ({b['kind']}; for H "
+                         "without negative eigenvalues)")
         lines.append(f"convention  {b['convention']}")
         for w in b.get("warnings", []):
             lines.append(f"warning     {w}")
     if "verdict" in s:
         v = s["verdict"]
         counts = ", ".join(f"{k} {n}" for k, n in v["counts"].items())
-        margins = (f"margins to T: necessary {_fmt(v['necessary_margin'])}, sufficient {_fmt(v['sufficient_margin'])}"
-                   if not math.isnan(v["necessary_margin"]) else f"margin {_fmt(v['sufficient_margin'])}")
-        lines.append(f"verdict     {v['verdict']} at step {v['step']} ({margins}); over all probes: {counts}")
+        lines.append(f"verdict     {v['verdict']} at step {v['step']}: {v['evidence']}")
+        if v.get("note"):
+            lines.append(f"            {v['note']}")
+        lines.append(f"            over all probes: {counts}")
     return "\n".join(lines)
 
 
@@ -133,7 +138,10 @@ def render(s: dict[str, Any]) -> str:
 @click.argument("run", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def command(run: str, as_json: bool) -> None:
-    """Summarise RUN.h5: config, steps done, last metrics, band verdict, divergence reason."""
+    """Summarise RUN.h5: config, steps done, last metrics, stability verdict, divergence reason.
+
+    The verdict rests on S(η) ± s.e. where the probe measured it (ms_margin), else on the Tr/λ_max bounds,
+    and says which (docs/theory.md §2, "One verdict per probe")."""
     from ..run import Run
 
     s = summary(Run.from_file(run))

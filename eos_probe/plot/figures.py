@@ -43,7 +43,20 @@ def _notes(runs: Sequence[Run]) -> list[str]:
         out = [f"Band convention: {next(iter(groups))}."]
     else:
         out = [f"{', '.join(who)}: {conv}." for conv, who in groups.items()]
-    return out + [f"Note: {pretty(w)}." for w in warns]
+    return out + [f"Note: {pretty(w)}." for w in warns] + _verdict_notes(runs)
+
+
+def _verdict_notes(runs: Sequence[Run]) -> list[str]:
+    """What the verdicts shown do not say (the notes of `Run.verdicts`), once each."""
+    seen: dict[tuple[str, str], None] = {}
+    for r in _by_lr(runs):
+        if not len(r.probe):
+            continue
+        v = r.verdicts()
+        for label, note in zip(v["verdict"], v["note"]):
+            if label and note:
+                seen.setdefault((label, note), None)
+    return [f"Verdict {pretty(label)}: {pretty(note)}." for label, note in seen]
 
 
 def _footnote(fig, notes: list[str], width: int = 150) -> None:
@@ -52,7 +65,7 @@ def _footnote(fig, notes: list[str], width: int = 150) -> None:
     if not notes:
         return
     text = "\n".join(textwrap.fill(n, width, subsequent_indent="    ") for n in notes)
-    fig.text(0.0, 0.0, text, ha="left", va="top", fontsize=6.5, color="0.25", transform=fig.transFigure)
+    fig.text(0.0, 0.0, text, ha="left", va="top", fontsize=8, color="0.25", transform=fig.transFigure)
 
 
 def _default_out(runs: Sequence[Run], kind: str, fmt: str = ".png") -> Path:
@@ -149,6 +162,8 @@ def build_figure(runs: Sequence[Run | str | Path], kind: str, *, normalize: bool
             raise
         if kind == "bands":
             _footnote(fig, _notes(runs), width=110)
+        elif kind == "margin":
+            _footnote(fig, _verdict_notes(runs), width=110)
         return _titled(fig, title)
 
 
@@ -206,7 +221,7 @@ def _all_figure(runs: Sequence[Run], normalize: bool):
     handles = []
     for r in _by_lr(runs):
         label = _band_label(r, r.band()) if r in probed else r.label()
-        handles.append(Line2D([], [], color=colors[_key(r)], marker="o", ms=3, label=label))
+        handles.append(Line2D([], [], color=colors[_key(r)], label=label))
     fig.legend(handles=handles, loc="outside upper center", ncols=min(len(handles), 3))
     if any(k == "bands" for k, _ in panels):
         _footnote(fig, _notes(probed), width=190)

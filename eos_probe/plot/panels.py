@@ -11,12 +11,14 @@ import numpy as np
 
 from ..curvature.quadrature import gaussian_density
 from ..errors import UserError
+from ..events import catapults
 from ..presets import preset
 from ..run import Run
 from ..theory import band_for
 from .style import (COMMUTATOR_REFERENCE, _band_label, _by_lr, _clip_y, _diverged_note, _edges, _finite_pos,
-                    _integer_steps, _key, _legend, _log_if_wide, _log_ticks, _lower, _mark_divergence, _require,
-                    _shade, _steps, _tex_quantity, _threshold_text, run_colors)
+                    _integer_steps, _key, _last_verdict, _legend, _log_if_wide, _log_ticks, _lower, _mark_divergence,
+                    _negative_note, _require, _shade, _steps, _tex_quantity, _threshold_text, _verdict_handles,
+                    _verdict_marks, run_colors)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -26,7 +28,10 @@ from .style import (COMMUTATOR_REFERENCE, _band_label, _by_lr, _clip_y, _diverge
 def draw_bands(ax, runs: Sequence[Run], normalize: bool = False, *, colors: dict[str, str] | None = None,
                legend: str = "outside") -> None:
     """Tr(H_t) (solid, ±1 s.e. shaded) and Tr(H_t) + c·λ_max(H_t) (dash-dot) per run, with the run's
-    threshold T as a dashed line in the same colour; Adam runs use P⁻¹H. `normalize` divides by T."""
+    threshold T as a dashed line in the same colour; Adam runs use P⁻¹H. `normalize` divides by T.
+
+    Every probe carries a marker in the shape of its verdict (`Run.verdicts`); a trace that is negative
+    somewhere (an indefinite H) is drawn on a linear or symmetric log axis, with a note in the panel."""
     from matplotlib.lines import Line2D
 
     runs = _by_lr(runs)
@@ -40,6 +45,10 @@ def draw_bands(ax, runs: Sequence[Run], normalize: bool = False, *, colors: dict
     quantities = set()
     classical_only = True
     zo_drawn = False
+    marks: list[tuple[Run, np.ndarray, str]] = []
+    shades: list[tuple] = []  # drawn once the y scale is known: a symlog axis shows the true lower edge
+    traces: list[np.ndarray] = []
+    monitors: list[np.ndarray] = []
     for r in runs:
         b = r.band()
         col = colors[_key(r)]
@@ -47,30 +56,60 @@ def draw_bands(ax, runs: Sequence[Run], normalize: bool = False, *, colors: dict
         s = cur["step"].to_numpy()
         scale = 1.0 / b.threshold if normalize else 1.0
         if b.kind == "classical":
-            y, e = cur["lambda_max"].to_numpy() * scale, cur["lambda_max_err"].to_numpy() * scale
-            ax.plot(s, y, color=col, marker="o", ms=2.5)
+            y = cur["lambda_max"].to_numpy() * scale
+            ax.plot(s, y, color=col)
             plotted.append(y)
+            marks.append((r, y, col))
         else:
             classical_only = False
             tr, tre = cur["trace"].to_numpy() * scale, cur["trace_err"].to_numpy() * scale
             upper = tr + b.c * cur["lambda_max"].to_numpy() * scale
-            ax.plot(s, tr, color=col, marker="o", ms=2.5)
-            _shade(ax, s, tr, tre, col)
+            ax.plot(s, tr, color=col)
+            shades.append((s, tr, tre, col))
             ax.plot(s, upper, color=col, ls="-.", lw=1.1, alpha=0.9)
             plotted += [tr, upper, _lower(tr, tre)]
-            if _draw_zo_trace(ax, r, scale, col):
+            traces.append(tr)
+            marks.append((r, tr, col))
+            zt = _draw_zo_trace(ax, r, scale, col)
+            if zt is not None:
                 zo_drawn = True
+                monitors.append(zt)
+                plotted.append(zt)
         quantities.add(b.quantity)
         T = 1.0 if normalize else b.threshold
         thresholds.append(T)
         ax.axhline(T, color=col, ls="--", lw=1.0)
-        handles.append(Line2D([], [], color=col, marker="o", ms=3, label=_band_label(r, b)))
+        handles.append(Line2D([], [], color=col, label=_band_label(r, b)))
         _mark_divergence(ax, r, col)
     q = " / ".join(sorted(_tex_quantity(x) for x in quantities))
+    style = _bands_style(runs, q, classical_only, zo_drawn, normalize)
+    ax.set_xlabel("step (updates)")
+    ax.set_ylabel(f"{q} / T" if normalize else (q if len(quantities) == 1 else "curvature"))
+    # linear axes show the approach to T best; an η sweep spans several T's, and curvature far below T
+    # would sit flat on the axis: log axes then (symmetric log where a trace is negative: never dropped)
+    log = (_log_if_wide(ax, [np.array(thresholds)], ratio=3.0, data=plotted)
+           or _log_if_wide(ax, plotted + [np.array(thresholds)], ratio=30.0, data=plotted))
+    _clip_y(ax, plotted, thresholds, log)
+    for sh in shades:
+        _shade(ax, *sh, log=log)
+    _negative_note(ax, [("Tr" if not normalize else "Tr/T", _cat(traces), "probe"),
+                        ("zo_trace", _cat(monitors), "logged step")], log)
+    for r, y, col in marks:
+        _verdict_marks(ax, r, y, col)
+    _integer_steps(ax)
+    _legend(ax, legend, handles, style)
+    ax.set_title("measured curvature vs mean-square stability band" if not classical_only
+                 else "measured curvature vs classical stability threshold")
+
+
+def _bands_style(runs: Sequence[Run], q: str, classical_only: bool, zo_drawn: bool, normalize: bool) -> list:
+    """The legend's style entries of `draw_bands` (line kinds, then the verdict markers)."""
+    from matplotlib.lines import Line2D
+
     lam = " / ".join(sorted({_tex_quantity(b.lambda_max_quantity) for b in (r.band() for r in runs)
                              if b.kind != "classical"})) or r"$\lambda_{\max}$"
     cs = {round(r.band().c, 6) for r in runs if r.band().kind != "classical"}
-    style = [Line2D([], [], color="0.3", marker="o", ms=3, label=q + (" (±1 s.e.)" if not classical_only else ""))]
+    style = [Line2D([], [], color="0.3", label=q + (" (±1 s.e.)" if not classical_only else ""))]
     if not classical_only:
         c_text = f"c={next(iter(cs)):.3g}" if len(cs) == 1 else "c per run"
         style.append(Line2D([], [], color="0.3", ls="-.", label=f"{q} + c·{lam}  ({c_text})"))
@@ -80,36 +119,31 @@ def draw_bands(ax, runs: Sequence[Run], normalize: bool = False, *, colors: dict
     style.append(Line2D([], [], color="0.3", ls="--", label="threshold T" + (" (= 1)" if normalize else "")))
     if any(r.status == "diverged" for r in runs):
         style.append(Line2D([], [], color="0.3", ls=":", lw=0.9, label="run diverged"))
-    ax.set_xlabel("step (updates)")
-    ax.set_ylabel(f"{q} / T" if normalize else (q if len(quantities) == 1 else "curvature"))
-    # linear axes show the approach to T best; an η sweep spans several T's, and curvature far below T
-    # would sit flat on the axis: log axes then
-    log = _log_if_wide(ax, [np.array(thresholds)], ratio=3.0) or _log_if_wide(ax, plotted + [np.array(thresholds)],
-                                                                             ratio=30.0)
-    _clip_y(ax, plotted, thresholds, log)
-    _integer_steps(ax)
-    _legend(ax, legend, handles, style)
-    ax.set_title("measured curvature vs mean-square stability band" if not classical_only
-                 else "measured curvature vs classical stability threshold")
+    return style + _verdict_handles(runs)
 
 
-def _draw_zo_trace(ax, run: Run, scale: float, color: str) -> bool:
-    """The free Tr(H) monitor of a ZO run (/train/zo_trace) as a thin line beside the probe's trace.
+def _cat(arrays: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate([np.asarray(a, float).ravel() for a in arrays]) if arrays else np.zeros(0)
+
+
+def _draw_zo_trace(ax, run: Run, scale: float, color: str) -> np.ndarray | None:
+    """The free Tr(H) monitor of a ZO run (/train/zo_trace) as a thin line beside the probe's trace; returns
+    the values drawn (None when nothing was).
 
     Not drawn for Adam runs: their band is about P⁻¹H, while the ZO directions measure the plain H."""
     if run.preconditioned or "zo_trace" not in run.train:
-        return False
+        return None
     zt = run.train["zo_trace"].to_numpy() * scale
     ok = np.isfinite(zt)
     if not ok.any():
-        return False
+        return None
     steps = run.train["step"].to_numpy()[ok]
     ax.plot(steps, zt[ok], color=color, lw=0.7, alpha=0.6)
     if "zo_trace_err" in run.train:  # its ±1 s.e. band: the monitor is an estimate, not a measurement
         err = run.train["zo_trace_err"].to_numpy()[ok] * scale
         fin = np.isfinite(err)
         ax.fill_between(steps[fin], (zt[ok] - err)[fin], (zt[ok] + err)[fin], color=color, alpha=0.12, lw=0)
-    return True
+    return zt[ok]
 
 
 def draw_lambda(ax, runs: Sequence[Run], *, colors: dict[str, str] | None = None, legend: str = "outside") -> None:
@@ -120,7 +154,7 @@ def draw_lambda(ax, runs: Sequence[Run], *, colors: dict[str, str] | None = None
     _require(runs, "lambda", lambda r: r.curvature()["lambda_max"].notna().any(),
              "precond_lambda_max" if any(r.preconditioned for r in runs) else "lambda_max")
     colors = colors or run_colors(runs)
-    handles, plotted, thresholds, quantities = [], [], [], set()
+    handles, plotted, thresholds, quantities, marks = [], [], [], set(), []
     any_zo = False
     for r in runs:
         col = colors[_key(r)]
@@ -128,9 +162,11 @@ def draw_lambda(ax, runs: Sequence[Run], *, colors: dict[str, str] | None = None
         fo = band_for({**r.config, "optimizer": preset(r.optimizer).fo_twin}, r.attrs.get("n_params"))
         s = cur["step"].to_numpy()
         y, e = cur["lambda_max"].to_numpy(), cur["lambda_max_err"].to_numpy()
-        ax.plot(s, y, color=col, marker="o", ms=2.5)
+        ax.plot(s, y, color=col, marker="o" if r.band().kind != "classical" else None, ms=2.5)
         _shade(ax, s, y, e, col)
         ax.axhline(fo.threshold, color=col, ls="--", lw=1.0)
+        if r.band().kind == "classical":  # λ_max/T is a first-order run's verdict: mark it here
+            marks.append((r, y, col))
         plotted += [y, _lower(y, e)]
         thresholds.append(fo.threshold)
         quantities.add(fo.quantity)
@@ -142,11 +178,14 @@ def draw_lambda(ax, runs: Sequence[Run], *, colors: dict[str, str] | None = None
             thresholds.append(zo.lambda_max_limit)
             label += f"; ZO per-mode limit {zo.lambda_max_limit:.4g}"
             any_zo = True
-        handles.append(Line2D([], [], color=col, marker="o", ms=3, label=label + ")" + _diverged_note(r)))
+        verdict = _last_verdict(r) if zo.kind == "classical" else ""
+        handles.append(Line2D([], [], color=col, label=label + ")" + verdict + _diverged_note(r)))
         _mark_divergence(ax, r, col)
     q = " / ".join(sorted(_tex_quantity(x) for x in quantities))
     log = _log_if_wide(ax, plotted + [np.array(thresholds)], ratio=8.0)
     _clip_y(ax, plotted, thresholds, log)
+    for r, y, col in marks:
+        _verdict_marks(ax, r, y, col)
     ax.set_xlabel("step (updates)")
     ax.set_ylabel(q)
     _integer_steps(ax)
@@ -154,6 +193,7 @@ def draw_lambda(ax, runs: Sequence[Run], *, colors: dict[str, str] | None = None
               Line2D([], [], color="0.3", ls="--", label="first-order threshold")]
     if any_zo:
         styles.append(Line2D([], [], color="0.3", ls=":", lw=1.2, label="ZO per-mode limit (mean square)"))
+    styles += _verdict_handles([r for r, _, _ in marks])
     _legend(ax, legend, handles, styles)
     ax.set_title("sharpness vs the classical edge of stability" if not any_zo
                  else "sharpness vs the first-order edge and the ZO per-mode limit")
@@ -175,6 +215,10 @@ def draw_loss(ax, runs: Sequence[Run], *, colors: dict[str, str] | None = None, 
         ax.plot(s[ok], loss[ok], color=col, label=r.label() + _diverged_note(r), lw=1.2)
         if r.status == "diverged" and ok.any():
             ax.plot(s[ok][-1], loss[ok][-1], marker="x", color=col, ms=6, mew=1.5)
+        for c in catapults(r):  # a catapult's peak gets an open circle (eos_probe.events)
+            if c["catapult"]:
+                i = int(np.searchsorted(s, c["peak"]))
+                ax.plot(s[i], loss[i], marker="o", mfc="none", mec=col, ms=7, mew=1.2, gid=f"catapult|{c['peak']}")
         conventions.add(r.config.get("loss", "mse"))
     if not any_rows:
         raise UserError(f"{runs[0].path}: no training rows logged yet; nothing to plot")
@@ -202,31 +246,84 @@ def draw_loss(ax, runs: Sequence[Run], *, colors: dict[str, str] | None = None, 
 
 
 def draw_margin(ax, runs: Sequence[Run], *, colors: dict[str, str] | None = None, legend: str = "outside") -> None:
-    """The exact mean-square sum S(η) (probe `ms_margin`, docs/theory.md §2) against the step: stable iff S < 1."""
+    """The exact mean-square sum S(η) (probe `ms_margin`, docs/theory.md §2) against the step: stable iff S < 1.
+
+    Every probe carries a marker in the shape of its verdict (`Run.verdicts`; S = ∞ at the top of the axis);
+    the negative-curvature mass S_neg (`ms_margin_neg`, not part of S) is drawn dotted where it was logged."""
     from matplotlib.lines import Line2D
 
     runs = _by_lr(runs)
     _require(runs, "margin", lambda r: "ms_margin" in r.probe, "ms_margin")
     colors = colors or run_colors(runs)
-    handles, plotted = [], []
+    handles, plotted, marks, infinite, shades = [], [], [], [], []
+    neg_drawn = False
     for r in runs:
         col = colors[_key(r)]
         s = _steps(r)
         y, e = r.probe["ms_margin"].to_numpy(), r.probe["ms_margin_err"].to_numpy()
-        ax.plot(s, y, color=col, marker="o", ms=2.5)
-        _shade(ax, s, y, e, col)
+        ax.plot(s, y, color=col)
+        shades.append((s, y, e, col))
         plotted += [y, _lower(y, e)]
-        handles.append(Line2D([], [], color=col, marker="o", ms=3, label=r.label() + _diverged_note(r)))
+        marks.append((r, y, col))
+        infinite.append(y)
+        if "ms_margin_neg" in r.probe:
+            neg = r.probe["ms_margin_neg"].to_numpy()
+            if (np.isfinite(neg) & (neg > 0)).any():
+                ax.plot(s, neg, color=col, ls=":", lw=1.0, gid=f"S_neg|{_key(r)}")
+                plotted.append(neg)
+                neg_drawn = True
+        handles.append(Line2D([], [], color=col,
+                              label=r.label() + _last_verdict(r) + _diverged_note(r)))
         _mark_divergence(ax, r, col)
     ax.axhline(1.0, color="0.2", ls="--", lw=1.0)
     log = _log_if_wide(ax, plotted + [np.array([1.0])], ratio=30.0)
     _clip_y(ax, plotted, [1.0], log)
+    for sh in shades:
+        _shade(ax, *sh, log=log)
+    tracked = any(_draw_bracket(ax, r, colors[_key(r)]) for r in runs)
+    k = int(np.sum(np.isposinf(_cat(infinite))))
+    if k:
+        ax.text(0.01, 0.98, f"S = inf at {k} probe{'s' if k > 1 else ''}: marked at the top", transform=ax.transAxes,
+                fontsize=8, color="0.25", ha="left", va="top", gid="inf-note", in_layout=False)
+    for r, y, col in marks:
+        _verdict_marks(ax, r, y, col)
     _integer_steps(ax)
     ax.set_xlabel("step (updates)")
     ax.set_ylabel(r"$S(\eta)=\mathrm{Tr}\,f(H)$")
-    _legend(ax, legend, handles, [Line2D([], [], color="0.3", marker="o", ms=3, label="S(η) (±1 s.e.)"),
-                                  Line2D([], [], color="0.2", ls="--", label="S = 1: mean-square edge")])
+    style = [Line2D([], [], color="0.3", label="S(η) (±1 s.e.)")]
+    if neg_drawn:
+        style.append(Line2D([], [], color="0.3", ls=":", lw=1.0, label="S_neg = Σ|λ<0|/T (not in S)"))
+    style.append(Line2D([], [], color="0.2", ls="--", label="S = 1: mean-square edge"))
+    if tracked:
+        style.append(bracket_handle())
+    _legend(ax, legend, handles, style + _verdict_handles(runs))
     ax.set_title("exact mean-square stability sum (stable iff S < 1)")
+
+
+def bracket_handle():
+    """The legend entry of the tracking bracket."""
+    from matplotlib.patches import Patch
+
+    return Patch(facecolor="0.5", alpha=0.25, hatch="///", edgecolor="0.5", lw=0,
+                 label="tracked bracket [S_lo, S_hi] (λ_max, trace bounds)")
+
+
+def _draw_bracket(ax, run: Run, color: str) -> bool:
+    """The tracking bracket [S_lo, S_hi] between certified probes (budget schedules, /track) as a hatched band;
+    an unbounded S_hi reaches the top of the axis. True if anything was drawn."""
+    tr = run.track
+    if tr is None or not len(tr) or "s_lo" not in tr:
+        return False
+    lo, hi = tr["s_lo"].to_numpy(), tr["s_hi"].to_numpy()
+    ok = np.isfinite(lo)
+    if not ok.any():
+        return False
+    top = ax.get_ylim()[1]
+    st = tr["step"].to_numpy()[ok]
+    ax.fill_between(st, lo[ok], np.minimum(np.where(np.isfinite(hi[ok]), hi[ok], top), top), step="mid",
+                    facecolor=color, alpha=0.18, hatch="///", edgecolor=color, lw=0, gid=f"bracket|{_key(run)}")
+    ax.set_ylim(top=top)
+    return True
 
 
 def density_grid(nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray, sigma: float) -> np.ndarray:

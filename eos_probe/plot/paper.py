@@ -13,8 +13,9 @@ import numpy as np
 
 from ..errors import UserError
 from ..run import Run
-from .panels import draw_bands, draw_commutator, draw_loss, draw_margin
-from .style import PALETTE, STYLE, _by_lr, _key, _plt, _tex_quantity
+from ..events import catapults
+from .panels import bracket_handle, draw_bands, draw_commutator, draw_loss, draw_margin
+from .style import PALETTE, STYLE, _by_lr, _key, _plt, _tex_quantity, _verdict_handles
 
 #: every font at 8 pt: legible at single-column width (3.3 in) without scaling
 PAPER_STYLE = {**STYLE, "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "legend.fontsize": 8,
@@ -91,7 +92,7 @@ def paper_figure(runs: Sequence[Run], width: float = 3.3):
             for i, ax in enumerate(axes):
                 ax.text(0.01, 0.97, "abcdef"[i], transform=ax.transAxes, fontweight="bold", va="top", ha="left")
             labels = short_labels(runs)
-            handles = [Line2D([], [], color=colors[_key(r)], marker="o", ms=3, label=labels[_key(r)]) for r in runs]
+            handles = [Line2D([], [], color=colors[_key(r)], label=labels[_key(r)]) for r in runs]
             styles = _style_handles(probed, "margin" in panels)
             # below the step axis: above the panels it would collide with a suptitle under constrained layout
             fig.legend(handles=handles + styles, loc="outside lower center", ncols=2, handlelength=1.8,
@@ -126,7 +127,7 @@ def _style_handles(runs: Sequence[Run], margin: bool) -> list:
     grey = "0.3"
     out = []
     if all(r.band().kind == "classical" for r in runs):
-        out += [Line2D([], [], color=grey, marker="o", ms=3, label=r"$\lambda_{\max}$"),
+        out += [Line2D([], [], color=grey, label=r"$\lambda_{\max}$"),
                 Line2D([], [], color=grey, ls="--", label="2/η (dashed)")]
     else:
         c = sorted({round(r.band().c, 3) for r in runs if r.band().kind != "classical"})
@@ -134,15 +135,22 @@ def _style_handles(runs: Sequence[Run], margin: bool) -> list:
         q = " / ".join(sorted({_tex_quantity(r.band().quantity) for r in runs if r.band().kind != "classical"}))
         lam = " / ".join(sorted({_tex_quantity(r.band().lambda_max_quantity) for r in runs
                                  if r.band().kind != "classical"}))
-        out += [Line2D([], [], color=grey, marker="o", ms=3, label=f"{q} (±1 s.e.)"),
+        out += [Line2D([], [], color=grey, label=f"{q} (±1 s.e.)"),
                 Line2D([], [], color=grey, ls="-.", label=f"{q} + {ctext}·{lam}"),
                 Line2D([], [], color=grey, ls="--", label="threshold T")]
         if any("zo_trace" in r.train and not r.preconditioned for r in runs):
             out.append(Line2D([], [], color=grey, lw=0.7, alpha=0.6, label="ZO-step trace monitor"))
     if margin:
         out.append(Line2D([], [], color="0.5", lw=5, alpha=0.3, label=f"S ∈ [{EDGE_BAND[0]:g}, {EDGE_BAND[1]:g}]"))
+        if any("ms_margin_neg" in r.probe and (r.probe["ms_margin_neg"] > 0).any() for r in runs):
+            out.append(Line2D([], [], color=grey, ls=":", lw=1.0, label="S_neg (negative mass)"))
+        if any(r.track is not None and len(r.track) for r in runs):
+            out.append(bracket_handle())
+    out += _verdict_handles(runs)
     if any(r.status == "diverged" for r in runs):
         out.append(Line2D([], [], color=grey, ls=":", lw=0.9, label="diverged"))
+    if any(c["catapult"] for r in runs for c in catapults(r)):
+        out.append(Line2D([], [], ls="", marker="o", mfc="none", mec=grey, ms=7, label="catapult (loss spike, then flatter)"))
     return out
 
 

@@ -87,7 +87,64 @@ def _band_label(run: Run, band) -> str:
     if run.optimizer.startswith("zo-"):
         parts.append(f"q={band.queries}")
     label = ", ".join(parts) + f"  (T={_threshold_text(band)})"
-    return label + _diverged_note(run)
+    return label + _last_verdict(run) + _diverged_note(run)
+
+
+#: the marker of each verdict state at every probe (filled or open): the figures state the verdict of
+#: `Run.verdicts` (eos_probe.theory.states.classify) probe by probe
+VERDICT_MARKERS = {"stable": ("o", True), "edge": ("D", True), "unstable": ("X", True), "indefinite": ("o", False),
+                   "band": ("s", False)}
+
+
+def _last_verdict(run: Run) -> str:
+    """'; step 50: at the edge' for a legend label: the run's verdict at its last probe with one."""
+    v = run.verdicts() if len(run.probe) else None
+    if v is None:
+        return ""
+    done = v[v["state"] != ""]
+    if not len(done):
+        return ""
+    row = done.iloc[-1]
+    return f"; step {int(row['step'])}: {row['verdict']}"
+
+
+def _verdict_marks(ax, run: Run, y: np.ndarray, color: str) -> None:
+    """One marker per probe at (step, y) in the shape of its verdict state (VERDICT_MARKERS).
+
+    y has one value per probe row; +inf (S = ∞) is drawn at the top of the axis, so call this after the
+    limits are set. Each state is one line with gid 'verdict|<run path>|<state>'."""
+    v = run.verdicts()
+    steps = v["step"].to_numpy()
+    y = np.asarray(y, float)
+    top = ax.get_ylim()[1]
+    y = np.where(np.isposinf(y), top, y)
+    for state, (marker, filled) in VERDICT_MARKERS.items():
+        sel = (v["state"] == state).to_numpy() & np.isfinite(y)
+        if sel.any():
+            ax.plot(steps[sel], y[sel], ls="none", marker=marker, ms=4.5 if marker != "X" else 5.5,
+                    mfc=color if filled else "white", mec=color, mew=1.0, zorder=3, clip_on=False,
+                    gid=f"verdict|{_key(run)}|{state}")
+
+
+def _verdict_handles(runs: Sequence[Run]) -> list:
+    """Legend keys for the verdict markers that occur in `runs` (one per verdict wording)."""
+    from matplotlib.lines import Line2D
+
+    seen: dict[str, str] = {}
+    for r in runs:
+        if not len(r.probe):
+            continue
+        v = r.verdicts()
+        for state, label in zip(v["state"], v["verdict"]):
+            if state:
+                seen.setdefault(label, state)
+    order = list(VERDICT_MARKERS)
+    out = []
+    for label, state in sorted(seen.items(), key=lambda kv: (order.index(kv[1]), kv[0])):
+        marker, filled = VERDICT_MARKERS[state]
+        out.append(Line2D([], [], ls="none", marker=marker, ms=4.5, mfc="0.3" if filled else "white", mec="0.3",
+                          label=f"verdict: {label}"))
+    return out
 
 
 def _diverged_note(run: Run) -> str:
@@ -125,12 +182,50 @@ def _finite_pos(a: np.ndarray) -> np.ndarray:
     return a[np.isfinite(a) & (a > 0)]
 
 
-def _log_if_wide(ax, values: Iterable[float], ratio: float = 8.0) -> bool:
+def _log_if_wide(ax, values: Iterable[float], ratio: float = 8.0, data: Iterable[np.ndarray] | None = None) -> bool | str:
+    """A log y axis when the positive `values` span more than `ratio`; a symmetric log axis instead when any
+    finite value of `data` (default: `values`) is ≤ 0, so that a negative or sign-changing series is drawn
+    rather than dropped. Returns False (linear), True (log) or "symlog"."""
+    values = list(values)
     v = np.concatenate([_finite_pos(np.atleast_1d(x)) for x in values]) if values else np.zeros(0)
-    if v.size and v.max() / v.min() > ratio:
-        ax.set_yscale("log")
-        return True
-    return False
+    if not (v.size and v.max() / v.min() > ratio):
+        return False
+    signed = _finite(values if data is None else list(data))
+    if (signed <= 0).any():
+        nonzero = np.abs(signed[signed != 0])
+        big = max(float(np.abs(signed).max(initial=0.0)), float(v.max()))
+        small = float(nonzero.min()) if nonzero.size else big * 1e-3
+        # linear within ±linthresh: a decade below the smallest magnitude drawn, so every value lies in the
+        # logarithmic part on its own side of zero
+        linthresh = 10.0 ** np.floor(np.log10(max(small, big * 1e-6)))
+        ax.set_yscale("symlog", linthresh=linthresh, linscale=0.5)
+        return "symlog"
+    ax.set_yscale("log")
+    return True
+
+
+def _finite(arrays: Iterable[np.ndarray]) -> np.ndarray:
+    arrays = [np.asarray(a, float).ravel() for a in arrays]
+    a = np.concatenate(arrays) if arrays else np.zeros(0)
+    return a[np.isfinite(a)]
+
+
+def _negative_note(ax, items: list[tuple[str, np.ndarray, str]], scale: bool | str) -> bool:
+    """Say in the panel which series are negative somewhere, and how they are drawn: `items` are
+    (name, values, what one value is, e.g. "probe"). Returns whether a note was written."""
+    how = "symmetric log axis" if scale == "symlog" else "drawn below 0"
+    parts = []
+    for name, y, unit in items:
+        y = np.asarray(y, float)
+        k = int(np.sum(np.isfinite(y) & (y < 0)))
+        if k:
+            parts.append(f"{name} < 0 at {k} {unit}{'s' if k > 1 else ''}")
+    if not parts:
+        return False
+    # outside the layout: a narrow (paper) panel must not shrink to make room for it
+    ax.text(0.01, 0.02, f"{'; '.join(parts)}\n(indefinite H): {how}", transform=ax.transAxes, fontsize=8,
+            color="0.25", ha="left", va="bottom", gid="negative-note", in_layout=False)
+    return True
 
 
 def _legend(ax, mode: str, runs_handles: list, style_handles: list) -> None:
@@ -149,18 +244,23 @@ def _legend(ax, mode: str, runs_handles: list, style_handles: list) -> None:
         ax.legend(handles=runs_handles + style_handles, loc="best", handlelength=2.4)
 
 
-def _clip_y(ax, plotted: list[np.ndarray], thresholds: list[float], log: bool) -> None:
-    """Keep the thresholds and the data in view, but not a divergence blow-up far above every T."""
-    data = np.concatenate([_finite_pos(p) for p in plotted]) if plotted else np.zeros(0)
+def _clip_y(ax, plotted: list[np.ndarray], thresholds: list[float], log: bool | str) -> None:
+    """Keep the thresholds and the data in view (negative values too), but not a divergence blow-up far
+    beyond every T. `log`: what `_log_if_wide` returned."""
+    pos = np.concatenate([_finite_pos(p) for p in plotted]) if plotted else np.zeros(0)
+    data = _finite(plotted)
     top = max(thresholds) if thresholds else 1.0
-    hi = max(top, float(data.max()) if data.size else top)
+    hi = max(top, float(pos.max()) if pos.size else top)
     hi = min(hi, 5.0 * top)
-    if log:
-        lo = min(min(thresholds), float(data.min()) if data.size else top)
+    neg = max(float(data.min()) if data.size else 0.0, -5.0 * top)
+    if log == "symlog":  # room below the lowest value for the panel's note on negative values
+        ax.set_ylim(min(neg, 0.0) * 4.0, hi * 1.5)
+    elif log:
+        lo = min(min(thresholds), float(pos.min()) if pos.size else top)
         ax.set_ylim(lo / 1.5, hi * 1.5)
         _log_ticks(ax)
     else:
-        ax.set_ylim(0.0, hi * 1.08)
+        ax.set_ylim(min(neg, 0.0) * 1.08 if neg < 0 else 0.0, hi * 1.08)
 
 
 def _mark_divergence(ax, run: Run, color: str) -> None:
@@ -183,15 +283,19 @@ def _lower(y: np.ndarray, e: np.ndarray) -> np.ndarray:
     return np.where(lo > y / 20, lo, np.nan)
 
 
-def _shade(ax, s, y, e, color: str, log: bool = False) -> None:
+def _shade(ax, s, y, e, color: str, log: bool | str | None = None) -> None:
     """±error band; where the lower edge is not positive on a log axis it runs to the axis bottom instead
-    of being cut off at an arbitrary decade."""
+    of being cut off at an arbitrary decade.
+
+    `log`: the y scale, as `_log_if_wide` returned it, when the shading is drawn after the scale was chosen
+    (on a linear or symlog axis the true lower edge shows, below 0 too); None when the axis may still become
+    logarithmic, in which case a positive series gets the log-axis treatment."""
     y, e = np.asarray(y, float), np.nan_to_num(np.asarray(e, float), nan=0.0)
     lo = y - e
-    # the axis may become logarithmic after drawing (`_log_if_wide`); a positive value far below the data
-    # looks the same as a negative one on a linear axis that starts at 0, and reaches the bottom of a log axis
+    # a positive value far below the data looks the same as a negative one on a linear axis that starts
+    # at 0, and reaches the bottom of a log axis
     pos = y[np.isfinite(y) & (y > 0)]
-    if pos.size:
+    if pos.size and (log is True or (log is None and not (y[np.isfinite(y)] <= 0).any())):
         lo = np.where((lo > 0) | ~(y > 0), lo, pos.min() * 1e-3)
     ax.fill_between(s, lo, y + e, color=color, alpha=0.18, lw=0)
 

@@ -161,8 +161,8 @@ class BudgetSchedule:
         trigger that the balance cannot pay a certified probe for."""
         if self.cost is None:
             return False
-        if self.pending is not None:
-            return self.balance() >= -self.cost
+        if self.pending is not None:  # a trigger a certified probe cannot answer yet: tracking, on its account
+            return self.balance() >= -self.cost and self.track_balance() >= -TRACK_ALLOWANCE * (self.track_cost or 0.0)
         if step % self.log_every:
             return False
         last = self.last_track_step if self.last_track_step is not None else self.first_step or 0

@@ -26,9 +26,11 @@ from .stability import (
     spectral_radius,
     verdict,
 )
+from .states import StabilityVerdict, classify, classify_row, is_indefinite
 
 __all__ = [
     "DIRECTIONS", "OPTIMIZERS", "ApproximationWarning", "Band", "Setting", "Verdict", "band", "band_for",
     "critical_lr", "critical_lr_bounds", "exact_critical_lr", "moment_operator", "ms_spectral_radius", "ms_sum",
-    "ms_term_function", "ms_terms", "resolve", "spectral_radius", "verdict",
+    "ms_term_function", "ms_terms", "resolve", "spectral_radius", "verdict", "StabilityVerdict", "classify",
+    "classify_row", "is_indefinite",
 ]

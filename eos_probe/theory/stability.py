@@ -286,9 +286,10 @@ def _check_curvature(trace: float, lambda_max: float) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class Verdict:
-    """Where (Tr, λ_max) sits relative to a :class:`Band`.
+    """Where (Tr, λ_max) sits relative to a :class:`Band`: the bounds alone, for a positive semi-definite H.
 
-    ``verdict`` is ``"stable"`` when the sufficient bound holds, ``"unstable"`` when the necessary bound
+    The verdict to show for a measurement, with S(η) where it was measured and an ``indefinite`` state, is
+    :func:`eos_probe.theory.states.classify`. ``verdict`` is ``"stable"`` when the sufficient bound holds, ``"unstable"`` when the necessary bound
     (``Tr < T``, or per mode ``λ_max < lambda_max_limit``) fails, else ``"band"`` (undecided by Tr and
     λ_max alone: the exact S(η) needs the spectrum). Margins are ``T − Tr`` (necessary),
     ``T − (Tr + cλ_max)`` (sufficient) and ``lambda_max_limit − λ_max``; positive means the bound holds.
@@ -300,8 +301,16 @@ class Verdict:
     lambda_max_margin: float
     band: Band
 
+    @property
+    def label(self) -> str:
+        """The words to show, saying what the verdict rests on: "stable (sufficient bound)", "band: necessary
+        bound only", "unstable (necessary bound violated)" (first order: "stable" / "unstable", exact)."""
+        from .states import LABELS
+
+        return LABELS[self.verdict, "lambda_max" if self.band.kind == "classical" else "bounds"]
+
     def as_dict(self) -> dict:
-        return {"verdict": self.verdict, "necessary_margin": self.necessary_margin,
+        return {"verdict": self.verdict, "label": self.label, "necessary_margin": self.necessary_margin,
                 "sufficient_margin": self.sufficient_margin, "lambda_max_margin": self.lambda_max_margin,
                 "band": self.band.as_dict()}
 

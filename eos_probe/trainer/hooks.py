@@ -64,8 +64,13 @@ class StepContext:
         self.pre_probe = {}
 
     def live(self) -> list[tuple[int, RunFile]]:
-        """(row, file) of each live copy, in stack order."""
-        return [(i, self.files[j]) for i, j in enumerate(self.stack.alive)]
+        """(row, file) of each live copy, in stack order (rebuilt only when the stack changed)."""
+        alive = self.stack.alive
+        if self._live is None or self._live[0] != alive:
+            self._live = (list(alive), [(i, self.files[j]) for i, j in enumerate(alive)])
+        return self._live[1]
+
+    _live: tuple[list[int], list[tuple[int, RunFile]]] | None = None
 
 
 class Hook:
