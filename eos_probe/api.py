@@ -154,9 +154,9 @@ def ms_margin(op: CurvatureOperator, *, optimizer: str, lr: float, queries: int 
     from .curvature import lambda_max as _lmax
     from .curvature import top_k as _top_k
     from .curvature import trace as _trace
-    from .curvature.deflated import rest_quadrature, split_trace_fn
+    from .curvature.deflated import negative_mass, rest_quadrature, split_trace_fn
     from .presets import preset
-    from .probe.shared import ritz_block
+    from .probe.shared import control_pairs, ritz_block
     from .theory import band_for, ms_term_function
     from .theory.states import classify
 
@@ -189,18 +189,19 @@ def ms_margin(op: CurvatureOperator, *, optimizer: str, lr: float, queries: int 
     # (Gauss–Newton + residual where the loss allows it) as a control variate for the linear part of f
     top = _top_k(op, min(n_top, op.dim), generator=gen)
     theta, V, err = ritz_block(top)
-    rest = rest_quadrature(op, V, n_probes, n_steps, generator=gen)
+    rest = rest_quadrature(op, V, n_probes, n_steps, generator=gen, control=control_pairs(top))
     tr = _trace(op, method=_default_trace_method(op), n_matvec=n_matvec, rtol=None, generator=gen)
     f = ms_term_function(config, op.dim)
-    est = split_trace_fn(f, theta, err, rest, linear=(1.0 / T, float(tr.value), float(tr.error)))
-    # the negative-curvature mass from the same quadrature, as the probe logs it (ms_margin_neg)
-    neg = split_trace_fn(lambda lam: np.maximum(-np.asarray(lam, dtype=float), 0.0) / T, theta,
-                         np.zeros_like(theta), rest)
-    one = classify(band, s=float(est.value), s_err=float(est.error), s_neg=float(neg.value),
-                   s_neg_err=float(neg.error), trace=float(tr.value), trace_err=float(tr.error),
+    n_neg, n_neg_err = negative_mass(top, op.dim)
+    est = split_trace_fn(f, theta, err, rest, linear=(1.0 / T, float(tr.value), float(tr.error)),
+                         negative=(n_neg, n_neg_err))
+    # the negative-curvature mass as the probe logs it (ms_margin_neg = N / T)
+    neg_value, neg_err = n_neg / T, n_neg_err / T
+    one = classify(band, s=float(est.value), s_err=float(est.error), s_neg=neg_value,
+                   s_neg_err=neg_err, trace=float(tr.value), trace_err=float(tr.error),
                    lambda_max=float(np.atleast_1d(top.value)[0]),
                    lambda_max_err=float(np.atleast_1d(top.error)[0]))
     return Estimate(value=float(est.value), error=float(est.error), n_hvp=op.n_hvp - n0,
                     converged=bool(top.converged and tr.converged),
                     extra={"threshold": T, "band": band, "trace": tr, "top_k": top, "rest": rest,
-                           "negative": (float(neg.value), float(neg.error)), "verdict": one})
+                           "negative": (neg_value, neg_err), "verdict": one})

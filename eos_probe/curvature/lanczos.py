@@ -75,11 +75,14 @@ class _Basis:
         return w
 
 
-def _start_vector(op: CurvatureOperator, v0, gen: torch.Generator) -> tuple[Tensor, bool]:
+def _start_vector(op: CurvatureOperator, v0, gen: torch.Generator) -> tuple[Tensor, bool, float, Tensor | None]:
+    """(q, warm, random_share, warm_part): the unit start vector q = (ŵ + WARM_NOISE·r)/‖…‖ (r a uniformly
+    random unit vector, ŵ the unit warm vector), whether it is warm, the squared length of its random part
+    (1 for a cold start) and its warm part ŵ/‖…‖ (None for a cold start)."""
     r = gaussian(1, op.dim, gen, op.dtype, op.device)[0]
     r = r / r.norm()
     if v0 is None:
-        return r, False
+        return r, False, 1.0, None
     if isinstance(v0, Estimate):
         v0 = v0.extra.get("vectors", v0.extra.get("vector"))
         if v0 is None:
@@ -91,9 +94,11 @@ def _start_vector(op: CurvatureOperator, v0, gen: torch.Generator) -> tuple[Tens
         raise UserError(f"warm-start vector has shape {tuple(v.shape)}, expected ({op.dim},)")
     nv = v.norm()
     if not torch.isfinite(nv) or nv == 0:
-        return r, False
-    v = v / nv + WARM_NOISE * r
-    return v / v.norm(), True
+        return r, False, 1.0, None
+    w = v / nv
+    v = w + WARM_NOISE * r
+    nv = float(v.norm())
+    return v / nv, True, (WARM_NOISE / nv) ** 2, w / nv
 
 
 def _ritz_errors(theta: np.ndarray, res: np.ndarray) -> np.ndarray:
@@ -156,7 +161,7 @@ def _lanczos_top(op: CurvatureOperator, k: int, tol: float, v0, max_iter: int,
     _check_top_args(op, k, tol, bound)
     gen = default_generator(generator)
     max_iter = int(min(max(max_iter, k), op.dim))
-    q, warm = _start_vector(op, v0, gen)
+    q, warm, random_share, warm_part = _start_vector(op, v0, gen)
     basis = _Basis(op.dim, op.dtype, op.device)
     alphas: list[float] = []
     betas: list[float] = []
@@ -212,11 +217,31 @@ def _lanczos_top(op: CurvatureOperator, k: int, tol: float, v0, max_iter: int,
     coeff = torch.as_tensor(np.ascontiguousarray(S[:, :m].T), dtype=op.dtype, device=op.device)
     Y = coeff @ basis.Q[: S.shape[0]]
     Y = Y / Y.norm(dim=1, keepdim=True)
+    tail = _tail_pairs(theta, res, m)
+    coeff = torch.as_tensor(np.ascontiguousarray(S[:, tail].T), dtype=op.dtype, device=op.device)
+    Yt = coeff @ basis.Q[: S.shape[0]]
     extra = {"vectors": Y, "ritz_residual": res[:m].copy(), "gap_error": gap_err[:m].copy(),
              "bound": bound, "n_iter": len(alphas),
-             "ritz_values": theta.copy(), "warm_start": warm, "restarts": restarts}
+             "ritz_values": theta.copy(), "warm_start": warm, "restarts": restarts,
+             "alphas": np.array(alphas), "betas": np.array(betas[: len(alphas) - 1]), "beta_last": float(b),
+             "random_share": random_share, "tail_values": theta[tail].copy(),
+             "warm_coefficients": None if warm_part is None else
+             (basis.Q[: len(alphas)] @ warm_part).double().cpu().numpy(),
+             "tail_vectors": Yt / Yt.norm(dim=1, keepdim=True).clamp_min(1e-300)}
     return Estimate(value=theta[:m].copy(), error=err[:m].copy(), n_hvp=op.n_hvp - n0,
                     converged=converged, extra=extra)
+
+
+#: Ritz pairs beyond the top k kept as control variates of the deflated probes (``deflated.rest_quadrature``)
+N_TAIL = 16
+
+
+def _tail_pairs(theta: np.ndarray, res: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the Ritz pairs after the top k worth a control variate: the N_TAIL largest |θ| among those
+    whose residual is below |θ| (a pair with a larger residual is no approximate eigenpair)."""
+    idx = np.arange(k, theta.shape[0])
+    idx = idx[res[idx] < np.abs(theta[idx])]
+    return idx[np.argsort(-np.abs(theta[idx]), kind="stable")[:N_TAIL]]
 
 
 def _check_top_args(op: CurvatureOperator, k: int, tol: float, bound: str) -> None:
@@ -269,6 +294,10 @@ def top_k(op: CurvatureOperator, k: int, tol: float = 1e-3, v0=None, max_iter: i
     """The k algebraically largest eigenvalues (descending) with error bounds; ``extra["vectors"]`` (k, d).
 
     ``v0``: warm start — a flat vector, a (k', d) stack of previous eigenvectors, or a previous Estimate.
+    ``extra`` also keeps what the deflated probes reuse at no cost: the tridiagonal ("alphas", "betas",
+    "beta_last"), the start vector's random share and warm part in the Lanczos basis ("random_share",
+    "warm_coefficients"; ``deflated.negative_mass``), and up to N_TAIL further Ritz pairs ("tail_values",
+    "tail_vectors"; control variates in ``deflated.rest_quadrature``).
 
     Theory: [docs/theory.md#metric-top_k][metric-top_k].
     """
@@ -289,11 +318,14 @@ def lambda_max(op: CurvatureOperator, tol: float = 1e-3, v0=None, max_iter: int 
 
 
 def lanczos_tridiagonal(op: CurvatureOperator, V0: Tensor, n_steps: int,
-                        reorthogonalize: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
+                        reorthogonalize: bool = True,
+                        first_beta: list[float] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Run n_steps of Lanczos from each row of V0 in lockstep (one batched product per step).
 
     Returns, per start vector, the (alphas, betas) of its tridiagonal; a run whose Krylov space closes
     early (breakdown) stops there, so its tridiagonal is shorter. Used by stochastic Lanczos quadrature.
+    ``first_beta``: a list that receives each run's β₁ = ‖Aq₁ − α₁q₁‖, also when n_steps = 1 (then the
+    tridiagonal has no β): with α₁ it gives ‖Aq₁‖² = α₁² + β₁².
     """
     p, d = V0.shape
     n_steps = int(min(n_steps, d))
@@ -318,6 +350,8 @@ def lanczos_tridiagonal(op: CurvatureOperator, V0: Tensor, n_steps: int,
                 W = W - torch.einsum("pjd,pj->pd", Qa, torch.einsum("pjd,pd->pj", Qa, W))
         b = W.norm(dim=1)
         a_np, b_np = a.double().cpu().numpy(), b.double().cpu().numpy()
+        if j == 0 and first_beta is not None:
+            first_beta.extend(float(x) for x in b_np)
         bp_np = b_prev.double().cpu().numpy()
         still = []
         for r, i in enumerate(active):
