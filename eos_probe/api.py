@@ -21,13 +21,13 @@ from torch import Tensor, nn
 
 from . import curvature as cv
 from .curvature import Density, Estimate, HessianOperator, PreconditionedOperator
-from .curvature.deflated import rest_quadrature, split_trace_fn
+from .curvature.deflated import negative_mass, rest_quadrature, split_trace_fn
 from .curvature.operators import CurvatureOperator
 from .errors import UserError
 from .losses import check_model
 from .objective import Objective
 from .presets import check_lr, default, preset
-from .probe.shared import ritz_block
+from .probe.shared import control_pairs, ritz_block
 from .theory import band_for, ms_term_function
 from .theory.stability import Band
 from .theory.states import classify
@@ -149,10 +149,10 @@ def ms_margin(op: CurvatureOperator, *, optimizer: str, lr: float, queries: int 
     op = _check_op(op)
     if preconditioner is not None:
         op = PreconditionedOperator(op, preconditioner)
-    config = {"optimizer": optimizer, "lr": lr, "queries": queries, "momentum": momentum,
+    config = {"optimizer": optimizer, "lr": float(lr), "queries": int(queries), "momentum": momentum,
               "momentum_style": momentum_style, "directions": directions}
     p = preset(optimizer)
-    check_lr(lr)
+    check_lr(config["lr"])
     p.resolve({k: v for k, v in config.items() if k not in ("optimizer", "lr")})
     if p.preconditioned and not isinstance(op, PreconditionedOperator):
         raise UserError(f"{optimizer} reads the spectrum of P⁻¹H: pass preconditioner=p (Adam's sqrt(v)+eps)")
@@ -177,17 +177,18 @@ def _ms_sum(op: CurvatureOperator, band: Band, f: Callable, gen: torch.Generator
     T = band.threshold
     top = cv.top_k(op, min(n_top, op.dim), generator=gen)
     theta, V, err = ritz_block(top)
-    rest = rest_quadrature(op, V, n_probes, n_steps, generator=gen)
+    rest = rest_quadrature(op, V, n_probes, n_steps, generator=gen, control=control_pairs(top))
     tr = cv.trace(op, method=_default_trace_method(op), n_matvec=n_matvec, rtol=None, generator=gen)
-    est = split_trace_fn(f, theta, err, rest, linear=(1.0 / T, float(tr.value), float(tr.error)))
-    # the negative-curvature mass from the same quadrature, as the probe logs it (ms_margin_neg)
-    neg = split_trace_fn(lambda lam: np.maximum(-np.asarray(lam, dtype=float), 0.0) / T, theta,
-                         np.zeros_like(theta), rest)
-    one = classify(band, s=float(est.value), s_err=float(est.error), s_neg=float(neg.value),
-                   s_neg_err=float(neg.error), trace=float(tr.value), trace_err=float(tr.error),
+    n_neg, n_neg_err = negative_mass(top, op.dim)
+    est = split_trace_fn(f, theta, err, rest, linear=(1.0 / T, float(tr.value), float(tr.error)),
+                         negative=(n_neg, n_neg_err))
+    # the negative-curvature mass as the probe logs it (ms_margin_neg = N / T)
+    neg_value, neg_err = n_neg / T, n_neg_err / T
+    one = classify(band, s=float(est.value), s_err=float(est.error), s_neg=neg_value,
+                   s_neg_err=neg_err, trace=float(tr.value), trace_err=float(tr.error),
                    lambda_max=float(np.atleast_1d(top.value)[0]),
                    lambda_max_err=float(np.atleast_1d(top.error)[0]))
     return Estimate(value=float(est.value), error=float(est.error), n_hvp=0,
                     converged=bool(top.converged and tr.converged),
                     extra={"threshold": T, "band": band, "trace": tr, "top_k": top, "rest": rest,
-                           "negative": (float(neg.value), float(neg.error)), "verdict": one})
+                           "negative": (neg_value, neg_err), "verdict": one})

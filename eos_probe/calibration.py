@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .curvature.dense import dense_hessian_chunked
+
 #: the calibration model: 874 parameters, 40 fashion4 images, float64
 MODEL = dict(model="cnn", model_args={"widths": [2, 2], "hidden": 8}, n_per_class=10, device="cpu",
              dtype="float64", checkpoint_every=10**9)
@@ -46,21 +48,10 @@ class Point:
     adam_optimizer: Any = None
 
 
-def dense_hessian_chunked(objective, theta: torch.Tensor, chunk: int = 64) -> np.ndarray:
-    """The dense Hessian by ``torch.func`` (reverse over reverse), ``chunk`` columns at a time: the same
-    truth as ``curvature.dense_hessian`` with bounded memory (its vmapped forward-over-reverse holds d
-    copies of the activations: 17 GB for this model)."""
-    from torch.func import grad, jacrev
-
-    H = jacrev(grad(objective._loss_single), chunk_size=chunk)(theta.detach())
-    H = H.detach().numpy()
-    return 0.5 * (H + H.T)
-
-
 def make_point(gd_steps: int = 100, lr: float = 0.3, adam_steps: int = 20) -> Point:
     """Train the calibration model a little with full-batch GD (a θ with a developed outlier spectrum)."""
     from .config import TrainConfig
-    from .train import build
+    from .build import build
 
     setup = build(TrainConfig(**MODEL, optimizer="gd", lr=lr, steps=gd_steps, probe=[]))
     obj, opt, theta = setup.objective, setup.optimizer, setup.theta.clone()

@@ -19,7 +19,7 @@ MAX_FUNCTION_LINES = 60
 #: modules other work is reshaping now, with the reason they may exceed the size limits until it lands
 SIZE_EXEMPT = {
     "probe/metrics/forgetting.py": "the typed probe contract (another change) splits the metric modules",
-    "sweep/edge.py": "the edge experiment is being extended by another change",
+    "curvature/deflated.py": "its error bars are being reworked by another change (negative_mass is 67 lines)",
 }
 
 #: import edges a cycle may use, each with why it is not a layering mistake (none today)
@@ -36,7 +36,7 @@ LAYERS = (
     ("probe",),
     ("store", "checkpoint", "run", "events"),
     ("trainer",),
-    ("build", "train", "api", "calibration", "bench", "bench_loop", "bench_probe", "sweep"),
+    ("build", "train", "api", "calibration", "calibration_edge", "bench", "bench_loop", "bench_probe", "sweep"),
     ("commands", "cli", "plot", "gallery", "__init__"),
 )
 #: upward imports, each with why it is one

@@ -14,7 +14,8 @@ import torch
 import eos_probe
 from eos_probe.config import TrainConfig
 from eos_probe.curvature import HessianOperator, dense_hessian, spectral_density, top_k
-from eos_probe.curvature.deflated import rest_quadrature, split_trace
+from eos_probe.curvature.deflated import negative_mass, rest_quadrature, split_trace
+from eos_probe.probe.shared import control_pairs
 from eos_probe.errors import UserError
 from eos_probe.optim.sources import PURPOSE_PROBE, stream_seed
 from eos_probe.probe import METRICS, Probe, build_probe, default_metrics, parse_spec
@@ -70,25 +71,39 @@ def test_probe_values_equal_direct_engine_calls(zo_run) -> None:
     np.testing.assert_array_equal(run.probe_array("top_k")[0], lz.value)
     assert row["top_k_nhvp"] == 0  # shared products are charged once, to the first metric using them
     # one deflated probe set (6 probes: trace, ms_margin and dir_curvature ask for 6; 4 steps for ms_margin)
-    rest = rest_quadrature(H, lz.extra["vectors"], 6, 4, generator=_gen(cfg.seed, 0, "rest/H"))
+    rest = rest_quadrature(H, lz.extra["vectors"], 6, 4, generator=_gen(cfg.seed, 0, "rest/H"),
+                           control=control_pairs(lz))
     tr = split_trace(lz.value, rest)
     assert row["trace"] == tr.value and row["trace_err"] == tr.error and row["trace_nhvp"] == rest.n_hvp == 24
     dens = spectral_density(H, n_probes=4, n_steps=30, generator=_gen(cfg.seed, 0, "density/H"))
     np.testing.assert_array_equal(run.spectra("density")["nodes"][0], dens.nodes)
     np.testing.assert_array_equal(run.spectra("density")["weights"][0], dens.weights)
-    # S = Σ_top f(θ_i) + SLQ of f on the deflated rest, f(λ) = ηλ/(2 − 2ηλ) (q = 1, β = 0), 0 for λ ≤ 0
+    # the Ritz control variates: the Lanczos run's further pairs, (yᵀz)² − ‖P⊥y‖² per probe
+    theta_c, Y = control_pairs(lz)
+    assert 0 < theta_c.size <= 16 and np.all(np.abs(theta_c) <= lz.value[-1] + 1e-9)
+    # S = Σ_top f(θ_i) + SLQ of f_c on the deflated rest (f continued by f'(0)λ below 0, minus the control
+    # variates) + f'(0)·N, N = Σ|λ_neg| from the Lanczos run's Gauss rule; f(λ) = ηλ/(2 − 2ηλ), 0 for λ ≤ 0
     def f(lam):
         lam = np.maximum(lam, 0.0)
         return (cfg.lr * lam) / (2 - 2 * cfg.lr * lam)
 
-    samples = rest.norms * (rest.weights * f(rest.nodes)).sum(1)
-    assert row["ms_margin"] == pytest.approx(f(lz.value).sum() + samples.mean(), rel=1e-12)
-    n = samples.size
-    se = samples.std(ddof=1) / math.sqrt(n) * math.sqrt((n - 1) / (n - 3))  # t-corrected standard error
-    half = rest.norms * (rest.half_weights * f(rest.half_nodes)).sum(1)  # nested 2-step rule
+    slope0 = cfg.lr / 2
+
+    def fc(lam):
+        return np.where(lam > 0, f(lam), slope0 * lam)
+
+    n_neg, n_err = negative_mass(lz, H.dim)
+    assert row["ms_margin_neg"] == pytest.approx(n_neg * cfg.lr / 2, rel=1e-12)
+    assert row["ms_margin_neg_err"] == pytest.approx(n_err * cfg.lr / 2, rel=1e-12)
+    samples = rest.norms * (rest.weights * fc(rest.nodes)).sum(1) - rest.cv @ fc(theta_c)
+    assert row["ms_margin"] == pytest.approx(f(lz.value).sum() + samples.mean() + slope0 * n_neg, rel=1e-9)
+    # rest error: Gaussian-probe variance 2(Tr f_c(A)² − Σ f_c(θ_c)²)/p, not the spread of the 6 samples
+    sq = rest.norms * (rest.weights * fc(rest.nodes) ** 2).sum(1) - rest.cv @ fc(theta_c) ** 2
+    se = math.sqrt(2 * max(sq.mean() - np.sum(fc(theta_c) ** 2), 0.0) / samples.size)
+    half = rest.norms * (rest.half_weights * fc(rest.half_nodes)).sum(1) - rest.cv @ fc(theta_c)  # 2-step rule
     quad = abs(samples.mean() - half.mean())  # quadrature error estimate
-    assert row["ms_margin_err"] >= math.hypot(se, quad) and row["ms_margin_err"] == pytest.approx(
-        math.hypot(se, quad), rel=1e-3)
+    expect = math.sqrt(se**2 + quad**2 + (slope0 * n_err) ** 2)
+    assert row["ms_margin_err"] >= expect and row["ms_margin_err"] == pytest.approx(expect, rel=1e-3)
     assert row["ms_margin_nhvp"] == 0 and row["nhvp"] == lz.n_hvp + rest.n_hvp + dens.n_hvp
     assert math.isnan(row["dir_curvature"])  # no update direction before the first step
     assert row["dir_curvature_mean"] == tr.value / setup.objective.dim

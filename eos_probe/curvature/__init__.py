@@ -5,7 +5,7 @@ form, or a dense matrix) and returns an :class:`Estimate` (value, error, Hessian
 converged flag, extras for warm starts). Randomness comes only from the ``generator`` passed in.
 """
 from .commutator import commutator_ratio, directional_curvature
-from .dense import dense_hessian
+from .dense import dense_hessian, dense_hessian_chunked
 from .estimate import Density, Estimate
 from .ggn import ggn_quadratic, ggn_trace
 from .lanczos import lambda_max, top_k
@@ -17,5 +17,5 @@ __all__ = [
     "CurvatureOperator", "HessianOperator", "PreconditionedOperator", "DenseOperator",
     "Estimate", "Density",
     "lambda_max", "top_k", "trace", "spectral_density", "trace_fn",
-    "commutator_ratio", "directional_curvature", "dense_hessian", "ggn_trace", "ggn_quadratic",
+    "commutator_ratio", "directional_curvature", "dense_hessian", "dense_hessian_chunked", "ggn_trace", "ggn_quadratic",
 ]

@@ -32,10 +32,11 @@ from torch import Tensor
 
 from ..errors import InvalidValueError
 from ._probes import default_generator, gaussian
+from .basis import KrylovBasis
 from .estimate import Estimate
 from .operators import CurvatureOperator
 
-__all__ = ["lambda_max", "top_k", "lanczos_tridiagonal", "warm_lambda_max"]
+__all__ = ["lambda_max", "top_k", "lanczos_tridiagonal"]
 
 #: weight of the random component mixed into a warm start, relative to the stale vector (both unit length).
 #: A stale top eigenvector that has become the second one carries little of the new top direction; the
@@ -50,36 +51,14 @@ MIN_KRYLOV = 12
 BOUNDS = ("residual", "gap")
 
 
-class _Basis:
-    """Orthonormal Lanczos vectors stored row-wise in a tensor that grows in chunks."""
-
-    def __init__(self, d: int, dtype: torch.dtype, device: torch.device, chunk: int = 32) -> None:
-        self.buf = torch.empty((chunk, d), dtype=dtype, device=device)
-        self.n = 0
-
-    def append(self, q: Tensor) -> None:
-        if self.n == self.buf.shape[0]:
-            self.buf = torch.cat([self.buf, torch.empty_like(self.buf[: max(32, self.n // 2)])])
-        self.buf[self.n] = q
-        self.n += 1
-
-    @property
-    def Q(self) -> Tensor:
-        return self.buf[: self.n]
-
-    def orthogonalize(self, w: Tensor) -> Tensor:
-        """w minus its projection on the basis, classical Gram–Schmidt applied twice ("twice is enough")."""
-        Q = self.Q
-        for _ in range(2):
-            w = w - Q.T @ (Q @ w)
-        return w
-
-
-def _start_vector(op: CurvatureOperator, v0, gen: torch.Generator) -> tuple[Tensor, bool]:
+def _start_vector(op: CurvatureOperator, v0, gen: torch.Generator) -> tuple[Tensor, bool, float, Tensor | None]:
+    """(q, warm, random_share, warm_part): the unit start vector q = (ŵ + WARM_NOISE·r)/‖…‖ (r a uniformly
+    random unit vector, ŵ the unit warm vector), whether it is warm, the squared length of its random part
+    (1 for a cold start) and its warm part ŵ/‖…‖ (None for a cold start)."""
     r = gaussian(1, op.dim, gen, op.dtype, op.device)[0]
     r = r / r.norm()
     if v0 is None:
-        return r, False
+        return r, False, 1.0, None
     if isinstance(v0, Estimate):
         v0 = v0.extra.get("vectors", v0.extra.get("vector"))
         if v0 is None:
@@ -91,9 +70,11 @@ def _start_vector(op: CurvatureOperator, v0, gen: torch.Generator) -> tuple[Tens
         raise InvalidValueError(f"warm-start vector has shape {tuple(v.shape)}, expected ({op.dim},)")
     nv = v.norm()
     if not torch.isfinite(nv) or nv == 0:
-        return r, False
-    v = v / nv + WARM_NOISE * r
-    return v / v.norm(), True
+        return r, False, 1.0, None
+    w = v / nv
+    v = w + WARM_NOISE * r
+    nv = float(v.norm())
+    return v / nv, True, (WARM_NOISE / nv) ** 2, w / nv
 
 
 def _ritz_errors(theta: np.ndarray, res: np.ndarray) -> np.ndarray:
@@ -156,8 +137,8 @@ def _lanczos_top(op: CurvatureOperator, k: int, tol: float, v0, max_iter: int,
     _check_top_args(op, k, tol, bound)
     gen = default_generator(generator)
     max_iter = int(min(max(max_iter, k), op.dim))
-    q, warm = _start_vector(op, v0, gen)
-    basis = _Basis(op.dim, op.dtype, op.device)
+    q, warm, random_share, warm_part = _start_vector(op, v0, gen)
+    basis = KrylovBasis(op.dim, op.dtype, op.device)
     alphas: list[float] = []
     betas: list[float] = []
     n0, norm_est, restarts, block_start, converged = op.n_hvp, 0.0, 0, 0, False
@@ -202,14 +183,26 @@ def _lanczos_top(op: CurvatureOperator, k: int, tol: float, v0, max_iter: int,
         betas.append(b)
         q = w / b
     m = min(k, theta.shape[0])
-    coeff = torch.as_tensor(np.ascontiguousarray(S[:, :m].T), dtype=op.dtype, device=op.device)
-    Y = coeff @ basis.Q[: S.shape[0]]
-    Y = Y / Y.norm(dim=1, keepdim=True)
-    extra = {"vectors": Y, "ritz_residual": res[:m].copy(), "gap_error": gap_err[:m].copy(),
-             "bound": bound, "n_iter": len(alphas),
-             "ritz_values": theta.copy(), "warm_start": warm, "restarts": restarts}
+    extra = {"ritz_residual": res[:m].copy(), "gap_error": gap_err[:m].copy(), "bound": bound,
+             "n_iter": len(alphas), "ritz_values": theta.copy(), "warm_start": warm, "restarts": restarts,
+             "alphas": np.array(alphas), "betas": np.array(betas[: len(alphas) - 1]), "beta_last": float(b),
+             "random_share": random_share, **_ritz_vectors(op, basis, S, theta, res, m, warm_part, len(alphas))}
     return Estimate(value=theta[:m].copy(), error=err[:m].copy(), n_hvp=op.n_hvp - n0,
                     converged=converged, extra=extra)
+
+
+def _ritz_vectors(op: CurvatureOperator, basis: KrylovBasis, S: np.ndarray, theta: np.ndarray, res: np.ndarray,
+                  m: int, warm_part: Tensor | None, n: int) -> dict:
+    """The top m Ritz vectors, the tail pairs kept as control variates, and the warm start's coordinates in the
+    Krylov basis (the `extra` entries the deflated estimators read)."""
+    coeff = torch.as_tensor(np.ascontiguousarray(S[:, :m].T), dtype=op.dtype, device=op.device)
+    Y = coeff @ basis.Q[: S.shape[0]]
+    tail = _tail_pairs(theta, res, m)
+    coeff = torch.as_tensor(np.ascontiguousarray(S[:, tail].T), dtype=op.dtype, device=op.device)
+    Yt = coeff @ basis.Q[: S.shape[0]]
+    return {"vectors": Y / Y.norm(dim=1, keepdim=True), "tail_values": theta[tail].copy(),
+            "warm_coefficients": None if warm_part is None else (basis.Q[:n] @ warm_part).double().cpu().numpy(),
+            "tail_vectors": Yt / Yt.norm(dim=1, keepdim=True).clamp_min(1e-300)}
 
 
 def _top_certified(theta: np.ndarray, res: np.ndarray, err: np.ndarray, k: int, tol: float, norm_est: float,
@@ -221,6 +214,18 @@ def _top_certified(theta: np.ndarray, res: np.ndarray, err: np.ndarray, k: int, 
     scale = np.maximum(np.abs(theta[:m]), floor)
     return bool(np.all(err[:m] <= tol * scale)) and m == k and steps >= min_steps \
         and _separated(theta, res, k, tol, floor) and steps >= _steps_for_gap(theta, k, dim)
+
+
+#: Ritz pairs beyond the top k kept as control variates of the deflated probes (``deflated.rest_quadrature``)
+N_TAIL = 16
+
+
+def _tail_pairs(theta: np.ndarray, res: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the Ritz pairs after the top k worth a control variate: the N_TAIL largest |θ| among those
+    whose residual is below |θ| (a pair with a larger residual is no approximate eigenpair)."""
+    idx = np.arange(k, theta.shape[0])
+    idx = idx[res[idx] < np.abs(theta[idx])]
+    return idx[np.argsort(-np.abs(theta[idx]), kind="stable")[:N_TAIL]]
 
 
 def _check_top_args(op: CurvatureOperator, k: int, tol: float, bound: str) -> None:
@@ -273,6 +278,10 @@ def top_k(op: CurvatureOperator, k: int, tol: float = 1e-3, v0=None, max_iter: i
     """The k algebraically largest eigenvalues (descending) with error bounds; ``extra["vectors"]`` (k, d).
 
     ``v0``: warm start — a flat vector, a (k', d) stack of previous eigenvectors, or a previous Estimate.
+    ``extra`` also keeps what the deflated probes reuse at no cost: the tridiagonal ("alphas", "betas",
+    "beta_last"), the start vector's random share and warm part in the Lanczos basis ("random_share",
+    "warm_coefficients"; ``deflated.negative_mass``), and up to N_TAIL further Ritz pairs ("tail_values",
+    "tail_vectors"; control variates in ``deflated.rest_quadrature``).
 
     Theory: [docs/theory.md#metric-top_k][metric-top_k].
     """
@@ -293,11 +302,14 @@ def lambda_max(op: CurvatureOperator, tol: float = 1e-3, v0=None, max_iter: int 
 
 
 def lanczos_tridiagonal(op: CurvatureOperator, V0: Tensor, n_steps: int,
-                        reorthogonalize: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
+                        reorthogonalize: bool = True,
+                        first_beta: list[float] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Run n_steps of Lanczos from each row of V0 in lockstep (one batched product per step).
 
     Returns, per start vector, the (alphas, betas) of its tridiagonal; a run whose Krylov space closes
     early (breakdown) stops there, so its tridiagonal is shorter. Used by stochastic Lanczos quadrature.
+    ``first_beta``: a list that receives each run's β₁ = ‖Aq₁ − α₁q₁‖, also when n_steps = 1 (then the
+    tridiagonal has no β): with α₁ it gives ‖Aq₁‖² = α₁² + β₁².
     """
     p, d = V0.shape
     n_steps = int(min(n_steps, d))
@@ -322,6 +334,8 @@ def lanczos_tridiagonal(op: CurvatureOperator, V0: Tensor, n_steps: int,
                 W = W - torch.einsum("pjd,pj->pd", Qa, torch.einsum("pjd,pd->pj", Qa, W))
         b = W.norm(dim=1)
         a_np, b_np = a.double().cpu().numpy(), b.double().cpu().numpy()
+        if j == 0 and first_beta is not None:
+            first_beta.extend(float(x) for x in b_np)
         bp_np = b_prev.double().cpu().numpy()
         still = []
         for r, i in enumerate(active):
@@ -341,51 +355,3 @@ def lanczos_tridiagonal(op: CurvatureOperator, V0: Tensor, n_steps: int,
         if not active:
             break
     return [(np.array(alphas[i]), np.array(betas[i][: len(alphas[i]) - 1])) for i in range(p)]
-
-
-def warm_lambda_max(op: CurvatureOperator, v0: Tensor, n_steps: int = 4, generator: torch.Generator | None = None,
-                    noise: float = 0.1) -> Estimate:
-    """A cheap tracking estimate of λ_max: `n_steps` Lanczos products from a warm start (not a certified probe).
-
-    The top Ritz value θ₁ of any Krylov space is a lower bound of λ_max (Rayleigh–Ritz); its residual r bounds
-    the distance to *an* eigenvalue, which is λ_max when the warm start still points at the top eigenvector
-    (nothing checks that here: no gap test, no minimum Krylov dimension — that is what the certified probe
-    is for). ``value`` = θ₁, ``error`` = r, ``extra["lower"]`` = θ₁, ``extra["upper"]`` = θ₁ + r,
-    ``extra["vector"]`` the Ritz vector (the next warm start).
-
-    Args:
-        op: the symmetric operator.
-        v0: the warm start (e.g. the last probe's top eigenvector), flat.
-        n_steps: products to spend (≥ 1).
-        generator: draws the small random part mixed into v0 (relative weight `noise`).
-    """
-    n_steps = int(max(1, min(n_steps, op.dim)))
-    q = v0.reshape(-1).to(device=op.device, dtype=op.dtype)
-    q = q / q.norm()
-    if noise > 0:
-        z = gaussian(1, op.dim, generator, op.dtype, op.device)[0]
-        q = q + noise * z / z.norm()
-        q = q / q.norm()
-    basis = _Basis(op.dim, op.dtype, op.device)
-    alphas, betas, beta = [], [], 0.0
-    q_prev = torch.zeros_like(q)
-    start = op.n_hvp
-    for j in range(n_steps):
-        basis.append(q)
-        w = op.matvec(q)
-        a = float((w * q).sum())
-        w = basis.orthogonalize(basis.orthogonalize(w - a * q - beta * q_prev))
-        alphas.append(a)
-        beta = float(w.norm())
-        if j + 1 == n_steps or beta <= 1e-12 * max(abs(a), 1e-300):
-            break
-        betas.append(beta)
-        q_prev, q = q, w / beta
-    theta, s = eigh_tridiagonal(np.array(alphas), np.array(betas)) if len(alphas) > 1 else \
-        (np.array(alphas), np.ones((1, 1)))
-    top = int(np.argmax(theta))
-    resid = abs(beta * s[-1, top])
-    vec = basis.Q[: len(alphas)].T @ torch.as_tensor(s[:, top], dtype=op.dtype, device=op.device)
-    val = float(theta[top])
-    return Estimate(value=val, error=resid, n_hvp=op.n_hvp - start, converged=False,
-                    extra={"lower": val, "upper": val + resid, "vector": vec})

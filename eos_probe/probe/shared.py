@@ -102,9 +102,25 @@ def shared_rest(ctx, which: str):
         est, _ = shared_lanczos(ctx, which)
         V = ritz_block(est)[1]
         o = rest_options(ctx.probe.metrics, which)
-        return rest_quadrature(ctx.operator(which), V, o["n_probes"], o["n_steps"], generator=ctx.generator(key))
+        return rest_quadrature(ctx.operator(which), V, o["n_probes"], o["n_steps"], generator=ctx.generator(key),
+                               control=control_pairs(est))
 
     return ctx.shared(key, make)
+
+
+def control_pairs(est):
+    """(θ, Y) of the Lanczos run's Ritz pairs not taken exactly, the control variates of the deflated probes:
+    the tail pairs after the top k, and the top k too when the run did not converge (then nothing is
+    deflated, and they are the largest terms of every probe)."""
+    import numpy as np
+
+    tail_v, tail_y = est.extra.get("tail_values"), est.extra.get("tail_vectors")
+    if tail_v is None:
+        return None
+    if est.converged:
+        return np.asarray(tail_v, dtype=float), tail_y
+    top = np.atleast_1d(np.asarray(est.value, dtype=float))
+    return np.concatenate([top, tail_v]), torch.cat([torch.as_tensor(est.extra["vectors"]).to(tail_y), tail_y])
 
 
 def ritz_block(est):

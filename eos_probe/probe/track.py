@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..curvature.lanczos import warm_lambda_max
+from ..curvature.warm import warm_lambda_max
 from ..theory import ms_term_function
 from ..theory.bracket import s_bracket
 from .schedule import TRACK_HVPS

@@ -26,6 +26,9 @@ from .moments import exact_critical_lr, moment_operator, ms_spectral_radius, spe
 from .setting import resolve
 from .stability import critical_lr
 
+#: second moments simulate_growth can follow: E‖θ‖², E[θᵀHθ], E[θᵀH₊θ]
+MOMENTS = ("norm", "loss", "positive")
+
 #: largest d for which the dense moment operator ((2d)² × (2d)²) gives the prediction
 DENSE_MAX_DIM = 12
 
@@ -93,6 +96,40 @@ def _stationary_start(theta, state: dict, eigs: np.ndarray, Q, P, lrs: list[floa
             m[rows] = z[:, d:]
 
 
+def _edge_profile_start(theta, state: dict, eigs: np.ndarray, lrs: list[float], s, gen) -> None:
+    """Overwrite (θ, m) with draws from each mode's stationary covariance per unit shared noise, (I − K_i)⁻¹e_ξ
+    of the per-mode second-moment map: the Perron vector of the mean-square operator at S = 1. Near the edge
+    E[θᵀHθ]_t then follows ρ^t from the first step; an isotropic start carries the slow decay of the small
+    eigenvalues (rate ≈ 2ηλ) for thousands of steps when η* is small, and biases a short fit low. Modes with
+    λ ≤ 0, or no valid covariance, keep unit variance."""
+    import torch
+
+    from .moments import _mode_blocks
+
+    d, S = eigs.size, theta.shape[0] // len(lrs)
+    m = state.get("rule", {}).get("m") if isinstance(state.get("rule"), dict) else None
+    for k, lr in enumerate(lrs):
+        K, e, _ = _mode_blocks(eigs, lr, s)
+        cov = np.tile(np.eye(2) * [1.0, 0.0], (d, 1, 1))
+        ok = eigs > 1e-9 * float(np.max(np.abs(eigs)))  # near-zero modes: (I − K) is singular in floats
+        with np.errstate(all="ignore"):
+            sol = np.linalg.solve(np.eye(4)[None] - K[ok], np.broadcast_to(e, (int(ok.sum()), 4))[..., None])[..., 0]
+        c = sol.reshape(-1, 2, 2)
+        c = 0.5 * (c + c.transpose(0, 2, 1))
+        valid = np.all(np.isfinite(c), axis=(1, 2)) & (np.linalg.eigvalsh(np.nan_to_num(c))[:, 0] >= 0) & (c[:, 0, 0] > 0)
+        idx = np.nonzero(ok)[0][valid]
+        cov[idx] = c[valid] * (float(valid.sum()) / float(c[valid, 0, 0].sum()))  # mean x-variance 1, as the rest
+        w, V = np.linalg.eigh(cov)
+        root = V * np.sqrt(np.clip(w, 0, None))[:, None, :]  # (d, 2, 2): cov = root rootᵀ
+        z = torch.randn(S, d, 2, generator=gen, dtype=torch.float64)
+        xm = torch.einsum("dij,sdj->sdi", torch.as_tensor(root), z)
+        xm *= math.sqrt(d / float(cov[:, 0, 0].sum()))  # E‖θ₀‖² = d, like the isotropic start
+        rows = slice(k * S, (k + 1) * S)
+        theta[rows] = xm[..., 0]
+        if m is not None:
+            m[rows] = xm[..., 1]
+
+
 def _rescale(state: dict, shape, rows: slice, factor: float) -> None:
     """Multiply every θ-shaped tensor of an optimizer state (moments) by `factor` on `rows` — valid
     because the update is linear in (θ, m) on a quadratic with a frozen preconditioner."""
@@ -108,7 +145,8 @@ def simulate_growth(eigenvalues: Sequence[float] | np.ndarray, lrs: Sequence[flo
                     directions: str = DEFAULT_DIRECTIONS, preconditioner: Sequence[float] | np.ndarray | None = None,
                     basis: np.ndarray | None = None, seeds: int = 2000, steps: int = 400,
                     fit_from: float = 0.5, groups: int = 8, seed: int = 0, mu: float = 1e-3,
-                    start: str = "isotropic", threads: int | None = 1, moment: str = "norm") -> list[GrowthRun]:
+                    start: str = "isotropic", threads: int | None = 1, moment: str = "norm",
+                    estimator: str = "mean") -> list[GrowthRun]:
     """Run the project's optimizer on ``L = ½θᵀHθ`` from ``seeds`` Gaussian starts per step size and
     measure the growth rate of ``E‖θ_t‖²`` (one :class:`GrowthRun` per entry of ``lrs``).
 
@@ -117,7 +155,9 @@ def simulate_growth(eigenvalues: Sequence[float] | np.ndarray, lrs: Sequence[flo
     ``start``: ``"isotropic"`` draws θ₀ ~ N(0, I) with zero momentum; ``"stationary"`` draws (θ₀, m₀) from
     the Perron eigen-covariance of the dense moment operator (d ≤ 12), so that
     ``E‖θ_t‖² = ρ^t E‖θ₀‖²`` holds from the first step and a short run (``fit_from=0``) suffices — fewer
-    steps also mean less of the heavy-tail bias described in the module docstring.
+    steps also mean less of the heavy-tail bias described in the module docstring. ``"edge-profile"`` (diagonal
+    spectra of any size) draws each mode from its stationary covariance per unit shared noise — the Perron vector
+    at S = 1 — so that near η* the measured rate has no slow transient of the small eigenvalues.
     ``threads`` pins torch's intra-op threads during the run (tiny tensors: extra threads only contend);
     None leaves the setting alone. Everything runs in float64 on the CPU.
 
@@ -125,13 +165,24 @@ def simulate_growth(eigenvalues: Sequence[float] | np.ndarray, lrs: Sequence[flo
     stability boundary for λ > 0, but near-zero eigenvalues (modes with ρ ≈ 1 at every η, whose slow
     transients bias a finite-horizon ``E‖θ‖²`` rate) drop out.
 
+    ``estimator="resampled"`` replaces the plain mean over seeds by a sequential Monte Carlo estimate of the
+    same expectation: after every step each seed group's mean moment is recorded, its seeds are resampled in
+    proportion to their moment and rescaled to unit moment (valid: the map is linear in (θ, m)). The product
+    of the recorded means is unbiased for E[moment_t]; unlike the plain mean it does not collapse onto the
+    typical seed when the multiplicative noise is strong (a few large outliers with ηλ near the limit), where
+    the plain mean measures the almost-sure (Lyapunov) rate instead of the mean-square one. ``moment="positive"`` measures
+    ``E[θᵀH₊θ]`` (weights max(λ, 0)): the positive-curvature second moment of an indefinite H, whose
+    negative modes then enter only through the noise they feed into the positive block.
+
     Theory: [docs/theory.md#ms-sum][ms-sum].
     """
     eigs = np.asarray(eigenvalues, dtype=float).ravel()
     s, lrs, P, Q = _check_growth_inputs(eigs, lrs, optimizer, queries, momentum, momentum_style, directions,
                                         preconditioner, basis, seeds, groups, moment, start, steps, fit_from)
+    if estimator not in ("mean", "resampled"):
+        raise InvalidValueError(f"estimator must be 'mean' or 'resampled', got {estimator!r}")
     logs = _simulate_log_moments(eigs, lrs, s, P, Q, seeds=seeds, steps=steps, groups=groups, seed=seed, mu=mu,
-                                 start=start, threads=threads, moment=moment)
+                                 start=start, threads=threads, moment=moment, estimator=estimator)
     fit_start = int(fit_from * steps)
     tt = np.arange(fit_start, steps + 1)
     runs = []
@@ -157,10 +208,12 @@ def _check_growth_inputs(eigs, lrs, optimizer, queries, momentum, momentum_style
         raise InvalidValueError("lrs must be a non-empty list of positive finite step sizes")
     if seeds < 2 * groups or seeds % groups:
         raise InvalidValueError(f"seeds ({seeds}) must be a multiple of groups ({groups}) and at least 2·groups")
-    if moment not in ("norm", "loss"):
-        raise InvalidValueError(f"moment must be 'norm' or 'loss', got {moment!r}")
-    if start not in ("isotropic", "stationary"):
-        raise InvalidValueError(f"start must be 'isotropic' or 'stationary', got {start!r}")
+    if moment not in MOMENTS:
+        raise InvalidValueError(f"moment must be one of {', '.join(MOMENTS)}, got {moment!r}")
+    if start not in ("isotropic", "stationary", "edge-profile"):
+        raise InvalidValueError(f"start must be 'isotropic', 'stationary' or 'edge-profile', got {start!r}")
+    if start == "edge-profile" and (basis is not None or preconditioner is not None):
+        raise InvalidValueError("start='edge-profile' is for a diagonal spectrum (no basis, no preconditioner)")
     if start == "stationary" and d > DENSE_MAX_DIM:
         raise InvalidValueError(f"start='stationary' needs the dense moment operator; keep d ≤ {DENSE_MAX_DIM}")
     if steps < 10 or not (0.0 <= fit_from < 0.9):
@@ -179,7 +232,7 @@ def _check_growth_inputs(eigs, lrs, optimizer, queries, momentum, momentum_style
 
 
 def _simulate_log_moments(eigs, lrs, s, P, Q, *, seeds, steps, groups, seed, mu, start, threads,
-                          moment) -> np.ndarray:
+                          moment, estimator="mean") -> np.ndarray:
     """log of the second moment per step, step size and seed group: shape (steps + 1, K, groups)."""
     import torch
 
@@ -199,7 +252,8 @@ def _simulate_log_moments(eigs, lrs, s, P, Q, *, seeds, steps, groups, seed, mu,
         torch.set_num_threads(threads)
     try:
         objective = QuadraticObjective(eigs, Q, dtype=torch.float64)
-        w_moment = torch.as_tensor(eigs if moment == "loss" else np.ones(d), dtype=torch.float64)
+        weights = {"loss": eigs, "positive": np.maximum(eigs, 0.0), "norm": np.ones(d)}[moment]
+        w_moment = torch.as_tensor(weights, dtype=torch.float64)
         lr_rows = torch.as_tensor(np.repeat(lrs, S), dtype=torch.float64)[:, None]
         opt = make_optimizer(s.optimizer, lr=lr_rows, **kw)
         gen = torch.Generator().manual_seed(int(seed) + 7919)
@@ -207,12 +261,18 @@ def _simulate_log_moments(eigs, lrs, s, P, Q, *, seeds, steps, groups, seed, mu,
         state = opt.init(theta)
         if start == "stationary":
             _stationary_start(theta, state, eigs, Q, P, lrs, s, gen)
+        elif start == "edge-profile":
+            _edge_profile_start(theta, state, eigs, lrs, s, gen)
         logs = np.empty((steps + 1, K, groups))
         offset = np.zeros(K)  # log of the factors divided out so far, per step size
+        cum = np.zeros((K, groups))  # resampled estimator: cumulative log growth per group
         for t in range(steps + 1):
             if t:
                 opt.step(objective, theta, state, t - 1)
-            _record(logs, t, theta, state, Q, w_moment, offset, K, groups, S, d)
+            if estimator == "resampled":
+                _record_resampled(logs, t, theta, state, Q, w_moment, cum, (K, groups, S // groups), gen)
+            else:
+                _record(logs, t, theta, state, Q, w_moment, offset, K, groups, S, d)
     finally:
         if threads is not None:
             torch.set_num_threads(old_threads)
@@ -239,6 +299,35 @@ def _record(logs, t, theta, state, Q, w_moment, offset, K, groups, S, d) -> None
             theta[rows] *= factor
             _rescale(state, theta.shape, rows, factor)
             offset[k] -= 2 * math.log(factor)
+
+
+def _record_resampled(logs, t, theta, state, Q, w_moment, cum, shape, gen) -> None:
+    """Sequential Monte Carlo step: record log(mean moment) per group (cumulative in `cum`, shape (K, groups)),
+    then resample each group's seeds in proportion to their moment and rescale every seed to unit moment."""
+    import torch
+
+    K, G, n = shape
+    proj = theta if Q is None else theta @ torch.as_tensor(Q)
+    x = (proj * proj * w_moment).sum(-1).view(K * G, n)
+    mean = x.mean(-1)
+    cum[:] = (0.0 if t == 0 else cum) + np.log(mean.numpy()).reshape(cum.shape)
+    logs[t] = cum
+    ok = torch.isfinite(x).all(-1) & (x > 0).all(-1)
+    w = torch.where(ok[:, None], x, torch.ones_like(x))
+    pick = torch.multinomial(w, n, replacement=True, generator=gen)  # (K·G, n) indices inside each group
+    index = (pick + torch.arange(K * G)[:, None] * n).reshape(-1)
+    scale = 1.0 / torch.sqrt(w.reshape(-1)[index])
+    theta.copy_(theta[index] * scale[:, None])
+    _gather(state, theta.shape, index, scale)
+
+
+def _gather(state: dict, shape, index, scale) -> None:
+    """Apply the resampling (row `index`, per-row `scale`) to every θ-shaped tensor of an optimizer state."""
+    for value in state.values():
+        if isinstance(value, dict):
+            _gather(value, shape, index, scale)
+        elif hasattr(value, "shape") and tuple(value.shape) == tuple(shape):
+            value.copy_(value[index] * scale[:, None])
 
 
 @dataclass(frozen=True)

@@ -119,8 +119,8 @@ def is_indefinite(*, s: float = math.nan, s_neg: float = math.nan, s_neg_err: fl
                   trace: float = math.nan, trace_err: float = math.nan, lambda_max: float = math.nan) -> bool:
     """Whether the negative-curvature mass is comparable to the positive part, from what the probe logs.
 
-    With ``ms_margin_neg`` logged (S_neg = Σ_{λ<0}|λ|/T, from the same quadrature as S): S_neg is more than
-    2 s.e. above 0 and S_neg ≥ ½·S. Since S ≥ Σ_{λ>0}λ/T, S_neg/S is a lower bound on Tr₋/Tr₊: the test
+    With ``ms_margin_neg`` logged (S_neg = Σ_{λ<0}|λ|/T, from the shared Lanczos run's Gauss rule): S_neg is
+    more than 2 s.e. above 0 and S_neg ≥ ½·S. Since S ≥ Σ_{λ>0}λ/T, S_neg/S is a lower bound on Tr₋/Tr₊: the test
     errs towards not calling a Hessian indefinite. Without it: Tr + 2 s.e. < λ_max, which only negative
     eigenvalues outweighing every positive one but the top can cause.
 

@@ -99,8 +99,10 @@ class Trace(TraceUser, Metric):
     ms_margin and dir_curvature on the same operator (``ProbeContext.trace``)."""
 
     name = "trace"
-    description = ("Hessian trace; err = standard error (t-corrected). krylov: top Ritz values of the shared "
-                   "Lanczos run + Hutchinson on the deflated rest (n_matvec probes, shared with ms_margin); "
+    description = ("Hessian trace; err = standard error (krylov: from the Gaussian-probe variance of the "
+                   "control-varied deflated rest; otherwise t-corrected). krylov: top Ritz values of the shared "
+                   "Lanczos run + Hutchinson on the deflated rest (n_matvec probes, shared with ms_margin, the "
+                   "run's further Ritz pairs as control variates); "
                    "ggn+residual: exact Gauss-Newton trace from per-sample Jacobians + Hutchinson on H - G; "
                    "hutch++ / hutchinson: Rademacher probes")
     defaults = {"method": "krylov", "n_matvec": 6, "rtol": None}

@@ -24,7 +24,8 @@ class PrecondTrace(Trace):
 
     name = "precond_trace"
     description = ("trace of P^-1 H on P^-1/2 H P^-1/2 (krylov: top Ritz values + Hutchinson on the deflated "
-                   "rest; or hutch++ / hutchinson); err = standard error (t-corrected)")
+                   "rest; or hutch++ / hutchinson); err = standard error (krylov: Gaussian-probe variance; "
+                   "otherwise t-corrected)")
     defaults = {"method": "krylov", "n_matvec": 6, "rtol": None}
     adam_only = True
     operator = "P"

@@ -5,8 +5,6 @@ import math
 import warnings
 from typing import Any, Callable
 
-import numpy as np
-
 from ...errors import UserError
 from ..context import ProbeContext
 from ..registry import Column, Metric, positive_int
@@ -40,7 +38,8 @@ class MSMargin(Metric):
     name = "ms_margin"
     description = ("exact mean-square stability sum S(lr) = sum over positive eigenvalues of f(lambda), docs/theory.md "
                    "section 2 (stable iff S < 1): top Ritz pairs of the shared Lanczos run exactly + stochastic "
-                   "Lanczos quadrature of the deflated rest; err = standard error (t-corrected)")
+                   "Lanczos quadrature of the deflated rest (f continued linearly below 0, f'(0)*negative mass added "
+                   "back); err = standard error (Gaussian-probe variance) + quadrature and negative-mass terms")
     defaults = {"n_top": 3, "n_probes": 6, "n_steps": 4, "trace_method": "krylov", "n_matvec": 6, "rtol": None}
 
     def check(self) -> None:
@@ -68,11 +67,12 @@ class MSMargin(Metric):
     def columns(self) -> list[Column]:
         return super().columns() + [
             Column(f"{self.name}_neg", attrs={"description": "negative-curvature mass sum over negative eigenvalues "
-                                                             "of |lambda| / T, excluded from S (escape directions)"}),
+                                                             "of |lambda| / T, excluded from S (escape directions), "
+                                                             "from the Gauss rule of the shared Lanczos run"}),
             Column(f"{self.name}_neg_err", attrs={"description": f"standard error of {self.name}_neg"})]
 
     def compute(self, ctx: ProbeContext) -> dict[str, Any]:
-        from ...curvature.deflated import split_trace_fn
+        from ...curvature.deflated import negative_mass, split_trace_fn
 
         band = self.run["band"]
         which = self.operator
@@ -93,8 +93,7 @@ class MSMargin(Metric):
             spent += tr.n_hvp if new_tr else 0
             linear = (1.0 / T, float(tr.value), float(tr.error))
         f = ms_term_function(self.run["config"], self.run["dim"])
-        est = split_trace_fn(f, theta, err, rest, linear=linear)
-        neg = split_trace_fn(lambda lam: np.maximum(-np.asarray(lam, dtype=float), 0.0) / T, theta,
-                             np.zeros_like(theta), rest)
+        n_neg, n_neg_err = negative_mass(lz, rest.dim)
+        est = split_trace_fn(f, theta, err, rest, linear=linear, negative=(n_neg, n_neg_err))
         return {self.name: float(est.value), f"{self.name}_err": float(est.error), f"{self.name}_nhvp": spent,
-                f"{self.name}_neg": float(neg.value), f"{self.name}_neg_err": float(neg.error)}
+                f"{self.name}_neg": n_neg / T, f"{self.name}_neg_err": n_neg_err / T}
