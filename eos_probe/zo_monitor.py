@@ -51,7 +51,7 @@ ICI_WIDTH = 2.0
 NOISE_SPAN = 64
 #: significance (in standard errors of a variance estimate) above which residual variance beyond the noise
 #: counts as wander of the true trace and widens the error bar
-EXCESS = 2.0
+EXCESS = 1.0
 #: χ² of a window's four residual quarter-means above which the line does not fit it (99.9 % of χ²₂)
 LACK_OF_FIT = 13.8
 
