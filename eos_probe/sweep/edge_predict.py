@@ -90,9 +90,15 @@ def _dense(objective, theta, chunk: int) -> Spectrum:
 
 
 def _stat(samples: np.ndarray) -> tuple[float, float]:
-    from ..curvature.deflated import _mean_se
+    """Mean and t-corrected standard error of the probes' samples (inf for one sample)."""
+    from ..curvature.trace import t_factor
 
-    return _mean_se(np.asarray(samples, dtype=float))
+    x = np.asarray(samples, dtype=float)
+    n = x.shape[0]
+    if n < 2:
+        return float(x.mean()), math.inf
+    se = float(x.std(ddof=1)) / math.sqrt(n)
+    return float(x.mean()), se * t_factor(n - 1) if se > 0 else 0.0
 
 
 def iterative_spectrum(op, k: int = 20, n_probes: int = 10, n_steps: int = 60, seed: int = 0) -> Spectrum:
