@@ -63,7 +63,7 @@ def _reuse(path: Path, cfg):
         return None
     run = load(path)
     want = cfg.to_dict()
-    same = all(run.config.get(k) == v for k, v in want.items() if k != "out" and v is not None)
+    same = all(run.config.get(k) == v for k, v in want.items() if k != "out" and v not in (None, {}, []))
     return run if same and run.status in ("finished", "diverged") else None
 
 

@@ -23,7 +23,9 @@ probe's debt is half repaid), else by a tracking step.
 
 Between certified probes a **tracking step** (a warm-started λ_max of a few products and the monitor's trace,
 `Probe.track`) logs the bracket [S_lo, S_hi] of `eos_probe.theory.bracket`: every `TRACK_MIN` steps near the
-edge and every `TRACK_QUIET` elsewhere, as far as its own account — `TRACK_SHARE` of the budget — allows. The schedule depends on wall time, so which steps are probed varies between two
+edge and every `TRACK_QUIET` elsewhere, as far as its own account allows (`TRACK_SHARE` of the budget, three times
+that near the edge, where a crossing of S = 1 is only seen by tracking at this pace); a spike or a bracket wholly
+past 1 (`URGENT`) tracks every step on the whole budget until answered, since a blow-up may be starting. The schedule depends on wall time, so which steps are probed varies between two
 runs of one seed (the trajectory never does: probes do not touch θ).
 """
 from __future__ import annotations
@@ -35,8 +37,10 @@ from typing import Any, Callable
 
 from ..config import DEFAULT_PROBE_BUDGET
 
-#: share of the budget that tracking steps may spend
-TRACK_SHARE = 0.25
+#: share of the budget that tracking steps may spend, away from the edge and near it
+TRACK_SHARE, TRACK_SHARE_EDGE = 0.25, 0.75
+#: triggers that may run tracking on the whole budget, every step, until answered: a blow-up may be starting
+URGENT = ("spike", "bracket")
 #: tracking cadence in steps: near the edge, and elsewhere (both as far as the tracking account allows)
 TRACK_MIN, TRACK_QUIET = 10, 100
 #: tracking steps the tracking account may run ahead of its earnings
@@ -113,6 +117,7 @@ class BudgetSchedule:
         self.t0: float | None = None
         self.spent = 0.0  # probe + tracking seconds
         self.track_spent = 0.0
+        self.track_earned, self._accrued_to = 0.0, 0.0
         self.cost: float | None = None  # seconds of one certified probe (running mean of the last ones)
         self.track_cost: float | None = None
         self.first_step: int | None = None
@@ -134,10 +139,13 @@ class BudgetSchedule:
         return self.ratio * (self._now() - self.spent) - self.spent
 
     def track_balance(self) -> float:
-        """The tracking account: `TRACK_SHARE` of what the budget earned, less tracking's own spending, plus
-        an allowance of `TRACK_ALLOWANCE` tracking steps."""
-        allowance = TRACK_ALLOWANCE * (self.track_cost or 0.0)
-        return TRACK_SHARE * self.ratio * (self._now() - self.spent) - self.track_spent + allowance
+        """The tracking account: what it earned (`TRACK_SHARE` of the budget's rate, `TRACK_SHARE_EDGE` near the
+        edge, accrued as training goes), less tracking's own spending, plus `TRACK_ALLOWANCE` tracking steps."""
+        train = self._now() - self.spent
+        share = TRACK_SHARE_EDGE if self.near_edge() else TRACK_SHARE
+        self.track_earned += share * self.ratio * max(0.0, train - self._accrued_to)
+        self._accrued_to = max(self._accrued_to, train)
+        return self.track_earned - self.track_spent + TRACK_ALLOWANCE * (self.track_cost or 0.0)
 
     # ---------------------------------------------------------------- decisions
     def due(self, step: int, final: bool) -> str | None:
@@ -161,8 +169,10 @@ class BudgetSchedule:
         trigger that the balance cannot pay a certified probe for."""
         if self.cost is None:
             return False
+        if self.pending in URGENT:  # a spike or a bracket past 1: track every step, on the whole budget
+            return self.balance() >= -self.cost
         if self.pending is not None:  # a trigger a certified probe cannot answer yet: tracking, on its account
-            return self.balance() >= -self.cost and self.track_balance() >= -TRACK_ALLOWANCE * (self.track_cost or 0.0)
+            return self.track_balance() >= -TRACK_ALLOWANCE * (self.track_cost or 0.0)
         if step % self.log_every:
             return False
         last = self.last_track_step if self.last_track_step is not None else self.first_step or 0
@@ -226,7 +236,7 @@ class BudgetSchedule:
 
     def description(self) -> dict[str, Any]:
         return {"probe_schedule": "budget", "probe_budget": self.budget, "track_hvps": TRACK_HVPS,
-                "track_share": TRACK_SHARE, "track_every": [TRACK_MIN, TRACK_QUIET]}
+                "track_share": [TRACK_SHARE, TRACK_SHARE_EDGE], "track_every": [TRACK_MIN, TRACK_QUIET]}
 
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs to go on deciding: the costs and the last values (the accounts restart with
