@@ -33,6 +33,7 @@ def _short(recipe, steps: int = 20):
     r = copy.copy(recipe)
     r.spec = copy.deepcopy(recipe.spec)
     r.spec.base.update(steps=steps, probe_every=steps)
+    r.spec.base.pop("probe_budget", None)  # a budget belongs to probe_every 'auto', which the short run replaces
     return r
 
 

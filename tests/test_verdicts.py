@@ -307,6 +307,19 @@ def test_a_negative_trace_is_drawn_on_a_symlog_axis_with_a_note(tmp_path) -> Non
             assert _marked(ax, run) == {0: "indefinite", 10: "edge", 20: "stable", 30: "edge"}
         finally:
             plt.close(fig)
+    # a positive probe trace keeps its log axis when only the free monitor dips below 0 (its noise)
+    cfg = TrainConfig(optimizer="zo-gd", lr=0.016)  # T = 125; Tr from 4 to 80: a log-wide panel
+    _write(tmp_path / "mon.h5", cfg, {"lambda_max": [1.0, 2.0, 20.0, 30.0], "lambda_max_err": [1e-4] * 4,
+                                      "trace": [4.0, 5.0, 60.0, 80.0], "trace_err": [0.1, 0.1, 2.0, 2.0]},
+           zo_trace=[4.5, -0.3, 55.0, 82.0])
+    fig = build_figure([eos_probe.load(tmp_path / "mon.h5")], "paper")
+    try:
+        ax = fig.axes[0]
+        assert ax.get_yscale() == "log"
+        notes = [t.get_text() for t in ax.texts if t.get_gid() == "negative-note"]
+        assert len(notes) == 1 and "zo_trace ≤ 0 at 1 logged step" in notes[0] and "not drawn" in notes[0]
+    finally:
+        plt.close(fig)
     # a sign-changing trace on a linear axis keeps its negative part in view
     cfg = TrainConfig(optimizer="zo-gd", lr=0.05)  # T = 40
     _write(tmp_path / "lin.h5", cfg, {"lambda_max": [2.0, 2.0], "lambda_max_err": [0.0, 0.0],

@@ -50,9 +50,12 @@ def draw_bands(ax, runs: Sequence[Run], normalize: bool = False, *, colors: dict
     ax.set_ylabel(f"{q} / T" if normalize else (q if len(quantities) == 1 else "curvature"))
     # linear axes show the approach to T best; an η sweep spans several T's, and curvature far below T
     # would sit flat on the axis: log axes then (symmetric log where a trace is negative: never dropped)
-    log = (_log_if_wide(ax, [np.array(thresholds)], ratio=3.0, data=plotted)
-           or _log_if_wide(ax, plotted + [np.array(thresholds)], ratio=30.0, data=plotted))
-    _clip_y(ax, plotted, thresholds, log)
+    # the scale follows the probe's curves: the free monitor's noise (a value ≤ 0 where its window is short)
+    # must not turn a positive, certified trace's panel into a symmetric log axis
+    probed = [p for p in plotted if not any(p is m for m in monitors)]
+    log = (_log_if_wide(ax, [np.array(thresholds)], ratio=3.0, data=probed)
+           or _log_if_wide(ax, probed + [np.array(thresholds)], ratio=30.0, data=probed))
+    _clip_y(ax, probed if log is True else plotted, thresholds, log)
     for sh in shades:
         _shade(ax, *sh, log=log)
     _negative_note(ax, [("Tr" if not normalize else "Tr/T", _cat(traces), "probe"),

@@ -212,19 +212,24 @@ def _finite(arrays: Iterable[np.ndarray]) -> np.ndarray:
 
 def _negative_note(ax, items: list[tuple[str, np.ndarray, str]], scale: bool | str) -> bool:
     """Say in the panel which series are negative somewhere, and how they are drawn: `items` are
-    (name, values, what one value is, e.g. "probe"). Returns whether a note was written."""
-    how = "symmetric log axis" if scale == "symlog" else "drawn below 0"
+    (name, values, what one value is, e.g. "probe"). On a log axis (`scale` True, chosen from the probe's
+    positive curves) only a noisy estimate such as the free monitor can be ≤ 0: those values are not drawn,
+    and the note says so. Returns whether a note was written."""
+    log = scale is True
     parts = []
     for name, y, unit in items:
         y = np.asarray(y, float)
-        k = int(np.sum(np.isfinite(y) & (y < 0)))
+        k = int(np.sum(np.isfinite(y) & ((y <= 0) if log else (y < 0))))
         if k:
-            parts.append(f"{name} < 0 at {k} {unit}{'s' if k > 1 else ''}")
+            parts.append(f"{name} {'≤' if log else '<'} 0 at {k} {unit}{'s' if k > 1 else ''}")
     if not parts:
         return False
+    how = ("\n(estimate noise): not drawn on a log axis" if log else
+           "\n(indefinite H): " + ("symmetric log axis" if scale == "symlog" else "drawn below 0"))
     # outside the layout: a narrow (paper) panel must not shrink to make room for it
-    ax.text(0.01, 0.02, f"{'; '.join(parts)}\n(indefinite H): {how}", transform=ax.transAxes, fontsize=8,
-            color="0.25", ha="left", va="bottom", gid="negative-note", in_layout=False)
+    # (log axis: bottom right, where a sharpening trace leaves room; a symlog axis has room below its data)
+    ax.text(0.99 if log else 0.01, 0.02, f"{'; '.join(parts)}{how}", transform=ax.transAxes, fontsize=8,
+            color="0.25", ha="right" if log else "left", va="bottom", gid="negative-note", in_layout=False)
     return True
 
 
