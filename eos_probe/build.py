@@ -6,6 +6,7 @@ the edge experiment and the calibration build with it too.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
@@ -24,9 +25,6 @@ from .checkpoint import load_init
 from .tasks import TaskSchedule, dataset_classes
 from .trainer.tasks import TaskData
 
-#: parameters × training examples below which one CPU thread beats several (tiny kernels: more threads only
-#: synchronise; measured in benchmarks/bench_threads.py)
-SMALL_WORK = 5e7
 
 
 @dataclass
@@ -67,10 +65,55 @@ def exact_float32() -> None:
     torch.set_float32_matmul_precision("highest")
 
 
-def default_threads(n_params: int, n_examples: int, cores: int | None = None) -> int:
-    """CPU threads for a run: 1 for small models (n_params × n_examples < `SMALL_WORK`), else all cores."""
-    cores = cores or len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return 1 if n_params * n_examples < SMALL_WORK else max(1, cores)
+def default_threads(cores: int | None = None, busy: float | None = None) -> int:
+    """CPU threads for a run: the cores not busy with other work when it starts, at least one.
+
+    Measured (benchmarks/threads.py, 2 cores): on an idle machine two threads beat one at every size, from 1.02×
+    (a 6e4 parameters×examples MLP) to 1.9×; beside one busy process two threads ran 2.7–4.4× *slower* than one
+    at every size (they wait on each other). Size does not decide it, load does. `busy` defaults to
+    :func:`busy_cores`. The count is recorded in the run file (`threads`) and a resume reuses it: bits depend on it.
+    """
+    cores = cores or usable_cores()
+    busy = busy_cores() if busy is None else busy
+    return max(1, min(cores, cores - int(busy + 0.5)))
+
+
+def usable_cores() -> int:
+    """The CPUs this process may run on (its affinity set where the platform has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+_BUSY: tuple[float, float] | None = None  # (time.monotonic() of the sample, busy cores): one sample per 30 s
+
+
+def busy_cores(interval: float = 0.1) -> float:
+    """How many of this process's CPUs other work keeps busy now: 1 − idle share of each over `interval` s of
+    /proc/stat, summed (this process sleeps meanwhile, so it is not counted). 0 where /proc/stat is missing."""
+    global _BUSY
+    now = time.monotonic()
+    if _BUSY is not None and now - _BUSY[0] < 30.0:
+        return _BUSY[1]
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+
+    def snap() -> dict[int, tuple[int, int]]:
+        out = {}
+        with open("/proc/stat") as f:
+            for line in f:
+                name, *vals = line.split()
+                if name.startswith("cpu") and name[3:].isdigit() and (cpus is None or int(name[3:]) in cpus):
+                    v = [int(x) for x in vals[:8]]
+                    out[int(name[3:])] = (sum(v), v[3] + v[4])  # total, idle + iowait (jiffies)
+        return out
+
+    try:
+        a = snap()
+        time.sleep(interval)
+        b = snap()
+    except (OSError, ValueError):
+        return 0.0
+    busy = sum(1.0 - (b[c][1] - a[c][1]) / (b[c][0] - a[c][0]) for c in a if c in b and b[c][0] > a[c][0])
+    _BUSY = (now, busy)
+    return busy
 
 
 def optimizer_for(cfg: TrainConfig, model: torch.nn.Module, progress: Callable[[int], float]) -> Optimizer:

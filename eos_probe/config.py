@@ -64,7 +64,7 @@ class TrainConfig:
     keep_checkpoints_every: int | None = None  # also keep RUN.h5.step<N>.ckpt every N steps (eos-probe edge)
     probe_every: str | int = "auto"  # "auto": on the wall-time budget `probe_budget` (eos_probe.probe.schedule); N: every N steps
     probe_budget: float | None = None  # auto: the probe's share of the wall time (default DEFAULT_PROBE_BUDGET)
-    threads: int | None = None  # intra-op CPU threads (default: from the model's size, `default_threads`)
+    threads: int | None = None  # intra-op CPU threads (default: the free cores at the start, `default_threads`)
     probe: list[str] | None = None  # default per optimizer (see eos_probe.probe)
     divergence_factor: float = 1e3
     out: str | None = None

@@ -142,6 +142,7 @@ def _resume_point(path: Path, steps: int | None, restart: bool) -> tuple[TrainCo
             stored = json.loads(f.attrs["config"])
             recorded = {k: json.loads(f.attrs[k]) for k in ("model_source", "dataset") if k in f.attrs}
             run_id = f.attrs.get("run_id")
+            threads = f.attrs.get("threads")  # the run's thread count: a resume keeps it (bits depend on it)
             logged = max((f[g]["step"].shape[0] for g in ("train", "probe") if g in f and "step" in f[g]),
                          default=0)
     except (OSError, RuntimeError, KeyError, ValueError) as e:
@@ -161,6 +162,8 @@ def _resume_point(path: Path, steps: int | None, restart: bool) -> tuple[TrainCo
         if steps < done:
             raise UserError(f"--steps {steps} is fewer than the {done} steps {path} has already done")
         stored["steps"] = steps
+    if stored.get("threads") is None and threads is not None:
+        stored["threads"] = int(threads)
     cfg = validate(TrainConfig(**stored))
     _check_plugins_unchanged(cfg, recorded)
     return cfg, ckpt
@@ -275,7 +278,7 @@ def _train_guarded(cfgs: list[TrainConfig], paths: list[Path], *, overwrite: boo
     setup = assemble(cfgs[0])
     obj = setup.objective
     if setup.device.type == "cpu":
-        torch.set_num_threads(cfgs[0].threads or default_threads(obj.dim, len(setup.dataset.y_train)))
+        torch.set_num_threads(cfgs[0].threads or default_threads())
     optimizers = [setup.optimizer] if len(cfgs) == 1 else \
         [optimizer_for(c, setup.model, setup.schedule.progress) for c in cfgs]
     files = [RunFile(replace(setup.config, lr=c.lr, momentum=c.momentum, out=c.out), p, o)

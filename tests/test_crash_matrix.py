@@ -28,7 +28,7 @@ from eos_probe.train import train
 
 # 466 parameters: a step takes milliseconds, a probe (Lanczos + Hutchinson + SLQ) a good share of the run
 ARGS = ["--model", "cnn", "--model-arg", "widths=[2,2]", "--model-arg", "hidden=4", "--n-per-class", "5",
-        "--dtype", "float64", "--optimizer", "zo-gd", "--lr", "0.02", "--steps", "24", "--log-every", "1",
+        "--threads", "1", "--dtype", "float64", "--optimizer", "zo-gd", "--lr", "0.02", "--steps", "24", "--log-every", "1",
         "--probe-every", "6", "--probe", "lambda_max,trace:method=hutchinson:n_matvec=8,density:n_probes=1:n_steps=8",
         "--device", "cpu", "--seed", "5", "--quiet"]
 # one intra-op thread everywhere (killed runs in subprocesses, resumes in this process): same reductions

@@ -154,3 +154,21 @@ def test_bad_toml_and_existing_output(tmp_path, capsys) -> None:
     code, _, err = run_cli(["train", "--out", str(existing), "--steps", "2"], capsys)
     assert code == 2 and "--overwrite" in err
     assert existing.read_bytes() == b"precious"
+
+
+def test_threads_follow_the_free_cores_and_a_resume_keeps_the_runs_count(tmp_path, monkeypatch) -> None:
+    from eos_probe import build, train as train_mod
+
+    assert build.default_threads(cores=2, busy=0.1) == 2  # idle: every core (1.0-1.9x faster, benchmarks/threads.py)
+    assert build.default_threads(cores=2, busy=1.0) == 1  # one busy process: two threads would wait on each other
+    assert build.default_threads(cores=2, busy=3.0) == 1
+    assert build.default_threads(cores=8, busy=2.4) == 6
+    assert 0.0 <= build.busy_cores() <= build.usable_cores() + 0.5
+    cfg = TrainConfig(model="mlp", model_args={"hidden": [8]}, n_per_class=4, optimizer="zo-gd", lr=1e-3, steps=3,
+                      probe=[], out=str(tmp_path / "r.h5"))
+    monkeypatch.setattr(train_mod, "default_threads", lambda: 1)
+    train(cfg, progress=False)
+    monkeypatch.setattr(train_mod, "default_threads", lambda: 2)  # the machine is idle now
+    train(None, resume=tmp_path / "r.h5", steps=6, progress=False)
+    with h5py.File(tmp_path / "r.h5", "r") as f:
+        assert int(f.attrs["threads"]) == 1

@@ -79,8 +79,8 @@ def _float_list(ctx, param, value):
               "curvature and loss events, tracked in between; or N: every N steps (deterministic).")
 @click.option("--probe-budget", type=float, callback=finite, help=f"With --probe-every auto: the probe's share of the wall "
               f"time (default {DEFAULT_PROBE_BUDGET:g}).")
-@click.option("--threads", type=int, help="CPU threads of the run (default: 1 for small models, where more only "
-              "synchronise, else all cores; see eos_probe.build.default_threads).")
+@click.option("--threads", type=int, help="CPU threads of the run (default: the cores not busy with other work at "
+              "the start, at least 1; a resume keeps the run's count; see eos_probe.build.default_threads).")
 @click.option("--probe", "probe_metrics", cls=GeneratedHelp, help_from=metrics_help)
 @click.option("--zo-trace-window", type=int, help=f"ZO runs: the largest window (logged samples) of /train/zo_trace, the free Tr(H) monitor; it adapts below that (default {config_default('zo_trace_window')}).")
 @click.option("--probe-memory", help=f"Peak-memory budget of one probe, e.g. 2GB or 512MB (default {DEFAULT_PROBE_MEMORY / 2**30:g}GB); HVPs and Jacobians are chunked to fit.")
