@@ -65,29 +65,41 @@ def _plain_zo(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, criteri
     return time.perf_counter() - t0
 
 
-def loop_overhead(cfg: TrainConfig, *, steps: int = 1000, rounds: int = 3) -> dict[str, Any]:
+def loop_overhead(cfg: TrainConfig, *, steps: int | None = None, rounds: int = 3,
+                  seconds: float = 2.0) -> dict[str, Any]:
     """Per-step wall time of `eos_probe.train.train` (no probe) against the plain loops, GD and ZO-GD.
 
+    `steps` per timed run defaults to what the plain loop does in about `seconds` (20 to 1,000): a tiny model
+    gets 1,000, the default CNN a few dozen, so the item takes seconds on any model rather than an hour.
     Returns, per optimizer, the trainer's and the plain loop's ms/step (medians over `rounds`) and their ratio
     (median of the per-round ratios)."""
-    out: dict[str, Any] = {"loop_steps": steps}
+    out: dict[str, Any] = {}
     for opt in ("gd", "zo-gd"):
-        c = replace(cfg, optimizer=opt, lr=1e-3 if opt == "zo-gd" else 1e-2, steps=steps, probe=[],
-                    probe_every=steps, log_every=None)
+        c = replace(cfg, optimizer=opt, lr=1e-3 if opt == "zo-gd" else 1e-2, steps=steps or 1000, probe=[],
+                    log_every=None)
         setup = build(c)
         module, obj = setup.model, setup.objective
         criterion = _criterion(obj)
         x, y = obj.x, obj.y
         log_every = log_interval(c, preset(opt).zeroth_order)
+        if steps is None:  # size the runs from a few warm plain steps
+            plain_step = _plain_gd if opt == "gd" else (
+                lambda m, x_, y_, cr, lr, n: _plain_zo(m, x_, y_, cr, lr, n, c.mu, log_every))
+            plain_step(module, x, y, criterion, c.lr, 2)
+            per = plain_step(module, x, y, criterion, c.lr, 3) / 3
+            c = replace(c, steps=int(min(1000, max(20, seconds / max(per, 1e-9)))))
+        c = replace(c, probe_every=c.steps)
+        out["loop_steps" if opt == "gd" else "loop_steps_zo_gd"] = c.steps
+        n = c.steps
         mine, plain = [], []
         with tempfile.TemporaryDirectory() as d:
             for r in range(rounds + 1):  # one warm-up round
                 res = train(replace(c, out=str(Path(d) / f"r{r}.h5")), overwrite=True, progress=False)
-                p = (_plain_gd(module, x, y, criterion, c.lr, steps) if opt == "gd" else
-                     _plain_zo(module, x, y, criterion, c.lr, steps, c.mu, log_every))
+                p = (_plain_gd(module, x, y, criterion, c.lr, n) if opt == "gd" else
+                     _plain_zo(module, x, y, criterion, c.lr, n, c.mu, log_every))
                 if r:
-                    mine.append(res.seconds / steps)
-                    plain.append(p / steps)
+                    mine.append(res.seconds / n)
+                    plain.append(p / n)
         key = opt.replace("-", "_")
         out[f"loop_{key}_ms"] = 1e3 * statistics.median(mine)
         out[f"plain_{key}_ms"] = 1e3 * statistics.median(plain)

@@ -60,7 +60,7 @@ def _first_per_class_loop(labels, classes, n):
 
 
 def test_registry_names():
-    assert set(DATASETS) == {"fashion4", "fashion-mnist", "cifar10", "sort"}
+    assert set(DATASETS) == {"fashion4", "fashion4-halves", "fashion-mnist", "cifar10", "sort"}
 
 
 def test_fashion4_shapes_labels_meta():

@@ -5,6 +5,7 @@ reported standard error), measured losses are the losses of the seeded steps, an
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -112,6 +113,16 @@ def test_forgetting_predictions_equal_the_formulas_on_the_dense_hessian_and_meas
     _within(row["forgetting_zo"], exact_zo, row["forgetting_zo_err"])
     _within(row["forgetting_rise"], exact_rise, row["forgetting_rise_err"])
     assert row["forgetting"] == row["forgetting_fo"] - row["forgetting_zo"]
+    # the first-order part of the gap and the control-variate ZO mean: each draw's −lr ∇L_r·v swapped for its
+    # mean; same expectation (the dense prediction), and the curvature part measured against its prediction
+    lin = -lr * gr @ g * (1 - 1 / math.sqrt(th.inflation(q, d)))
+    assert row["forgetting_pred_linear"] == pytest.approx(lin, rel=1e-10)
+    cv = zo + lr * (V.numpy() @ gr) - lr * (gr @ g) / math.sqrt(th.inflation(q, d))
+    assert row["forgetting_zo_cv"] == pytest.approx(cv.mean(), rel=1e-9)
+    assert row["forgetting_zo_cv_err"] == pytest.approx(cv.std(ddof=1) / math.sqrt(M), rel=1e-9)
+    _within(row["forgetting_zo_cv"], exact_zo, row["forgetting_zo_cv_err"])
+    assert row["forgetting_zo_cv_err"] < 0.5 * row["forgetting_zo_err"]  # the noise it exists to remove
+    assert row["forgetting_curv"] == pytest.approx(row["forgetting_fo"] - row["forgetting_zo_cv"] - lin, rel=1e-9)
     assert row["forgetting_e_r"] == pytest.approx(rho - lam, abs=4 * row["forgetting_pred_gap_err"] /
                                                   (0.5 * lr**2 * th.shaping_tau(q, d) * (g @ g)))
     assert row["forgetting_nhvp"] == 1 + 300 + len(blocks) == ctx.hessian_products()
@@ -218,6 +229,8 @@ def test_gap_agreement_counts_signs_where_the_prediction_is_decided() -> None:
     meas = np.array([0.9, 0.5, -0.1, 2.1, -2.5])
     s = gap_agreement(pred, np.full(5, 0.1), meas, np.full(5, 0.1), e_r=pred)
     assert s["n"] == 5 and s["n_decided"] == 4 and s["agree"] == 0.75  # 0.1 is within 2 se: undecided
+    # per sign of e_r: 2.0 agrees (1.0 decided and agrees), -1.0 disagrees, -3.0 agrees
+    assert (s["n_decided_pos"], s["agree_pos"], s["n_decided_neg"], s["agree_neg"]) == (2, 1.0, 2, 0.5)
     assert s["slope"] == pytest.approx(np.polyfit(pred, meas, 1)[0]) and -1 < s["pearson_r"] < 1
 
 
@@ -249,3 +262,37 @@ def test_forgetting_plot_scatters_the_gap_and_draws_the_accuracy_table(tmp_path)
     empty = SimpleNamespace(name="x", path=path, probe=pd.DataFrame({"forgetting": [np.nan]}))
     with pytest.raises(UserError, match="no forgetting"):
         forgetting_figure([empty])
+
+
+def test_fashion4_halves_splits_the_inputs_between_the_tasks() -> None:
+    from eos_probe.data import load_dataset
+    from eos_probe.errors import UserError
+
+    base, d = load_dataset("fashion4", n_per_class=20), load_dataset("fashion4-halves", n_per_class=20)
+    left = d.y_train < 2
+    assert torch.equal(d.y_train, base.y_train)
+    assert torch.equal(d.x_train[left][..., :14], base.x_train[left][..., :14])
+    assert torch.equal(d.x_train[~left][..., 14:], 3.0 * base.x_train[~left][..., 14:])
+    assert not d.x_train[left][..., 14:].any() and not d.x_train[~left][..., :14].any()
+    assert not d.x_test[d.y_test < 2][..., 14:].any()
+    with pytest.raises(UserError, match="right_scale"):
+        load_dataset("fashion4-halves", right_scale=-1)
+
+
+def test_the_halves_recipe_logs_the_curvature_part_of_the_gap(tmp_path) -> None:
+    """recipes/forgetting-halves*.toml, shortened: stage 1, then one point of the sweep with its columns."""
+    from eos_probe.config import load_toml
+    from eos_probe.sweep.spec import load_sweep_config
+
+    root = Path(__file__).resolve().parents[1] / "recipes"
+    s1 = TrainConfig(**{**load_toml(root / "forgetting-halves-stage1.toml"), "task_steps": [30, 0],
+                        "out": str(tmp_path / "s1.h5")})
+    train(s1, progress=False)
+    spec = load_sweep_config(root / "forgetting-halves.toml")
+    assert set(spec.axes) == {"lr", "queries", "seed"} and len(spec.axes["seed"]) == 6
+    cfg = TrainConfig(**{**spec.base, "lr": spec.axes["lr"][0], "queries": 4, "task_steps": [0, 10],
+                         "init_from": str(tmp_path / "s1.h5"), "out": str(tmp_path / "s2.h5")})
+    train(cfg, progress=False)
+    p = eos_probe.load(tmp_path / "s2.h5").probe
+    assert len(p) == 3 and p[["forgetting_curv", "forgetting_zo_cv", "forgetting_pred_linear"]].notna().all().all()
+    assert (p["forgetting_zo_cv_err"] < p["forgetting_err"]).all()

@@ -55,6 +55,11 @@ DATASETS: dict[str, DatasetSpec] = {
         "eos-probe (default for image models; docs/theory.md §6 recipe offline)", "image", fashion.load_fashion4,
         ("classes", "n_per_class"), "is shipped with eos-probe (use 'fashion-mnist' to read IDX files from a "
         "directory)", lambda: [str(p) for p in fashion.embedded_candidates()]),
+    "fashion4-halves": DatasetSpec(
+        "fashion4 with task-disjoint inputs: classes 0,1 keep the left half of each image, 2,3 the right half "
+        "(x right_scale, default 3); for forgetting tests where the new task moves weights the old one cannot feel",
+        "image", fashion.load_fashion4_halves, ("classes", "n_per_class"), "is built from the shipped fashion4",
+        lambda: [str(p) for p in fashion.embedded_candidates()]),
     "fashion-mnist": DatasetSpec(
         "Fashion-MNIST subset read from the full IDX files (data_dir, $EOS_PROBE_FASHION_DIR, the Debian package "
         "dataset-fashion-mnist, or `eos-probe data download fashion-mnist`)", "image", fashion.load_fashion_mnist,

@@ -306,3 +306,36 @@ def load_fashion4(
                    {"source": SOURCE, "licence": LICENCE, "file": f"data/{EMBEDDED_NAME}", "sha256": EMBEDDED_SHA256,
                     "embedded_rule": EMBEDDED_RULE},
                    {"train_index": "indices into train-images-idx3-ubyte are stored in the file (train_index)"})
+
+
+#: classes whose images keep the left half in ``fashion4-halves`` (the others keep the right half)
+HALVES_LEFT = (0, 1)
+
+
+def load_fashion4_halves(*, classes: Sequence[int] | None = None, n_per_class: int | None = None,
+                         right_scale: float = 3.0, **kw: Any) -> Dataset:
+    """``fashion4`` with task-disjoint inputs (docs/continual.md, curvature excess of both signs): classes 0
+    and 1 keep the left half of each image (columns 0-13), classes 2 and 3 the right half (14-27) times
+    ``right_scale``; the other half is 0, the standardised mean. Task "0,1" then cannot feel the first-layer
+    weights that task "2,3" moves, so the new task's gradient can lie where the old loss is flat (e_r < 0).
+    The scale makes those weights' share of the gradient large enough: measured on the MLP of
+    recipes/forgetting-halves.toml, e_r < 0 at no probe with scale 1 and at most probes with 3."""
+    scale = float(right_scale)
+    if not np.isfinite(scale) or scale <= 0:
+        raise UserError(f"fashion4-halves: right_scale must be a positive number, got {right_scale!r}")
+    d = load_fashion4(classes=classes, n_per_class=n_per_class, **kw)
+    w = d.x_train.shape[-1]
+
+    def split(x, y):
+        x = x.clone()
+        left = np.isin(y.numpy(), HALVES_LEFT)
+        x[left, ..., w // 2:] = 0.0
+        x[~left, ..., : w // 2] = 0.0
+        x[~left] *= scale
+        return x
+
+    d.x_train, d.x_test = split(d.x_train, d.y_train), split(d.x_test, d.y_test)
+    d.name = "fashion4-halves"
+    d.meta = {**d.meta, "dataset": "fashion4-halves", "halves": f"classes {list(HALVES_LEFT)}: left half; others: "
+              f"right half x {scale:g}; the other half 0", "right_scale": scale}
+    return d

@@ -182,9 +182,15 @@ class Forgetting(Metric):
                  "pred_zo": "predicted E F_ZO (norm-matched, linear term -lr/sqrt(kappa) grad L_r.g)",
                  "pred_rise": "predicted E F_RISE (blockwise, cross-block terms included)",
                  "pred_gap": "predicted F_FO - E F_ZO", "pred_gap_err": "uncertainty of pred_gap (trace se)",
+                 "pred_linear": "the gap's first-order part -lr grad L_r.g (1 - 1/sqrt(kappa)), exact: the gap "
+                                "minus it is the curvature part whose sign e_r decides",
                  "fo": "measured L_r(theta - lr g) - L_r(theta)", "zo": "measured mean over M ZO steps",
                  "zo_err": "standard error of zo", "rise": "measured mean over M RISE steps",
-                 "rise_err": "standard error of rise", "e_r": "curvature excess rho_r(g) - lambda_bar_r"}
+                 "rise_err": "standard error of rise", "e_r": "curvature excess rho_r(g) - lambda_bar_r",
+                 "zo_cv": "zo with each draw's exact first-order term -lr grad L_r.v replaced by its mean "
+                          "(a control variate: same expectation, the linear term's noise removed)",
+                 "zo_cv_err": "standard error of zo_cv",
+                 "curv": "measured curvature part of the gap: fo - zo_cv - pred_linear (err: zo_cv_err)"}
         return super().columns() + [Column(f"{self.name}_{k}", attrs={"description": v}) for k, v in extra.items()]
 
     def _rise_prediction(self, ctx: ProbeContext, blocks, zhz: Tensor, q: int, lr: float) -> tuple[float, int]:
@@ -217,7 +223,14 @@ class Forgetting(Metric):
         losses = ret.loss(steps).to(torch.float64).cpu().numpy() - base
         zo, zo_se = _mean_se(losses[1:M + 1])
         rise, rise_se = _mean_se(losses[M + 1:])
-        return {"fo": float(losses[0]), "zo": zo, "zo_err": zo_se, "rise": rise, "rise_err": rise_se}
+        # exact control variate: each draw's first-order term −lr ∇L_r·v is known; replacing it by its mean
+        # −lr ∇L_r·g/√κ keeps the expectation and removes the noise that hides the curvature part
+        gr = retention_grad(ctx)
+        k = th.inflation(q, g.numel(), law)
+        lin = (lr * (V @ gr)).to(torch.float64).cpu().numpy() - lr * float(gr @ g) / math.sqrt(k)
+        zo_cv, zo_cv_se = _mean_se(losses[1:M + 1] + lin)
+        return {"fo": float(losses[0]), "zo": zo, "zo_err": zo_se, "rise": rise, "rise_err": rise_se,
+                "zo_cv": zo_cv, "zo_cv_err": zo_cv_se}
 
     def compute(self, ctx: ProbeContext) -> dict[str, Any]:
         if _retention(ctx) is None:
@@ -235,10 +248,12 @@ class Forgetting(Metric):
         blocks = rise_blocks(sizes, self.blocks_spec)
         pred["pred_rise"], n_rise = self._rise_prediction(ctx, blocks, zhz, q, lr)
         pred["pred_gap"] = pred["pred_fo"] - pred["pred_zo"]
+        pred["pred_linear"] = -lr * grg * (1.0 - 1.0 / math.sqrt(th.inflation(q, d, law)))
         # d(pred_zo)/d(Tr) = (lr²/2)(c/q)‖g‖²/κ: the gap's uncertainty is the trace's
         k = th.inflation(q, d, law)
         pred["pred_gap_err"] = 0.5 * lr * lr * (th._fourth(d, law) / q) * c["gg"] / k * tr_se
         meas = self._measure(ctx, blocks, q, law, lr)
+        meas["curv"] = meas["fo"] - meas["zo_cv"] - pred["pred_linear"]
         row = {f"{self.name}_{k}": v for k, v in {**pred, **meas}.items()}
         row.update({self.name: meas["fo"] - meas["zo"], f"{self.name}_err": meas["zo_err"],
                     f"{self.name}_nhvp": spent + n_rise, f"{self.name}_e_r": c["e"]})
