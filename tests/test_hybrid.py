@@ -236,3 +236,34 @@ def test_a_sweep_of_a_hybrid_is_refused_in_one_line(tmp_path, capsys) -> None:
     code, err = _cli(["train", "--config", str(cfg), "--lr", "0.1,0.2", "--probe", "none", "--quiet",
                       "--out", str(tmp_path / "r.h5")], capsys)
     assert code == 2 and "trains one copy at a time" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_the_pretrained_body_recipes_name_their_groups_and_the_head_only_baseline_moves_only_the_head(tmp_path) -> None:
+    """recipes/zo-fc-pretrain.toml trains body and head (adapters frozen at zero); recipes/zo-fc-head.toml
+    trains the head alone by two-point ZO. The pre-training data (full Fashion-MNIST) is not needed here."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from eos_probe.build import build
+    from eos_probe.checkpoint import load_checkpoint
+    from eos_probe.config import load_toml
+
+    root = Path(__file__).resolve().parents[1] / "recipes"
+    pre = load_toml(root / "zo-fc-pretrain.toml")
+    assert set(pre["groups"]) == {"body", "head"} and pre["data"] == "fashion-mnist"
+    assert not set(pre["classes"]) & {0, 1, 2, 3}  # data the continual sequence never sees
+    TrainConfig(**pre)
+    head = load_toml(root / "zo-fc-head.toml")
+    assert set(head["groups"]) == {"head"} and head["groups"]["head"]["source"] == "two_point"
+    out = tmp_path / "head.h5"
+    cfg = TrainConfig(**{**head, "task_steps": [3, 3], "probe": [], "out": str(out)})
+    train(cfg, progress=False)
+    theta = load_checkpoint(checkpoint_path(out))["theta"].numpy()
+    setup = build(TrainConfig(**{**head, "probe": []}))
+    names = setup.objective.space.names
+    sizes = [int(np.prod(s)) for s in setup.objective.space.shapes]
+    start = setup.objective.initial_theta().numpy()
+    moved = {n for n, a, b in zip(names, np.cumsum([0] + sizes[:-1]), np.cumsum(sizes))
+             if not np.array_equal(theta[a:b], start[a:b])}
+    assert moved and all(n.startswith("head") for n in moved), moved
