@@ -277,8 +277,8 @@ def _run_line(n: dict[str, Any]) -> str:
         parts[0] += f", {n['steps']:,} steps"
     g = n.get("grid", {})
     k = g.get("probes", 0)
-    grid = ("1 probe" if k == 1 else f"{k} probes, every {g['median_gap']:g} steps" if g.get("max_gap") ==
-            g.get("median_gap") else f"{k} probes, gaps up to {g.get('max_gap', 0):,} steps") + \
+    grid = ("no probe" if k == 0 else "1 probe" if k == 1 else f"{k} probes, every {g['median_gap']:g} steps"
+            if g.get("max_gap") == g.get("median_gap") else f"{k} probes, gaps up to {g.get('max_gap', 0):,} steps") + \
         (f", {g['tracks']} tracking steps" if g.get("tracks") else "")
     if "edge" in n:
         e = n["edge"]

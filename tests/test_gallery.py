@@ -119,6 +119,10 @@ def test_summary_lines_say_what_the_probe_grid_could_see():
     assert "never" not in line
     ok = _run_line(run_numbers(_FakeRun([0.5] + [1.0] * 12)))
     assert "at every probe from step 100 to 1,200 (1,100 steps, at the edge; 13 probes, every 100 steps)" in ok
+    # a first-order run has a classical band and no probe grid in its numbers: the gallery's index crashed on it
+    gd = {"label": "gd, η=0.3", "status": "finished", "steps": 1500, "band": "classical",
+          "lambda_over_T_late": [1.01, 1.51], "threshold": 6.67}
+    assert "**gd, η=0.3**: finished, 1,500 steps; second half: λ_max/T 1.01–1.51" in _run_line(gd)
 
 
 def test_figure_table_must_be_a_table(tmp_path):
