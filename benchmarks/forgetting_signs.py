@@ -95,8 +95,8 @@ def main() -> None:
             n = s[f"{prefix}n_decided_{tag}"]
             return f"{s[f'{prefix}agree_{tag}']:.1%} of {n}" if n else "none decided"
 
-        print(f"| {name} ({len(g)}) | {side('curv_', 'pos')} | {side('curv_', 'neg')} | {s.get('curv_slope', np.nan):.3f} | "
-              f"{side('', 'pos')} | {side('', 'neg')} | {s['pearson_r']:.3f} / {s['slope']:.3f} |")
+        print(f"| {name} ({len(g)}) | {side('curv_', 'pos')} | {side('curv_', 'neg')} | "
+              f"{s.get('curv_slope', np.nan):.3f} | {side('', 'pos')} | {side('', 'neg')} | {s['pearson_r']:.3f} / {s['slope']:.3f} |")
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ accuracy and forgetting F as the run file's /tasks summary has them, plasticity 
 after its own training, mean over tasks: the table's diagonal), the
 retention loss's Tr(H_r) at the end (`flatness` probe, Hutchinson, 32 probes) and the peak resident memory of a
 training process without the probe (20 steps per task; measured per child with os.wait4; the process's fixed
-part is in it, so differences are what a method adds). Methods: FO (recipes/zo-fc-fo.toml), naive ZO (zo-fc-zo), ZO-FC (zo-fc) and ZO on the head only
-(zo-fc-head).
+part is in it, so differences are what a method adds). Methods: FO (recipes/zo-fc-fo.toml), naive ZO
+(zo-fc-zo), ZO-FC (zo-fc) and ZO on the head only (zo-fc-head).
 """
 from __future__ import annotations
 
@@ -78,10 +78,14 @@ def main() -> None:
         print(f"{name}: done", file=sys.stderr, flush=True)
     if args.figure:
         figure(rows, args.figure)
-    print("| method | average acc. | last acc. | forgetting F | plasticity | Tr(H_r) at the end | peak RSS of training (MiB) |")
+    print("| method | average acc. | last acc. | forgetting F | plasticity | Tr(H_r) at the end "
+          "| peak RSS of training (MiB) |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, v in rows.items():
-        cell = lambda k, f="{:.3f}": f"{f.format(np.mean(v[k]))} ± {f.format(np.std(v[k], ddof=1) if len(v[k]) > 1 else 0.0)}"  # noqa: E731
+        def cell(k: str, f: str = "{:.3f}", v=v) -> str:
+            sd = np.std(v[k], ddof=1) if len(v[k]) > 1 else 0.0
+            return f"{f.format(np.mean(v[k]))} ± {f.format(sd)}"
+
         print(f"| {name} | {cell('avg')} | {cell('last')} | {cell('F')} | {cell('plast')} | {cell('trH', '{:.3g}')} | "
               f"{np.mean(v['rss']):.0f} |")
     print(f"\n{len(args.seeds.split(','))} seeds; per-run files in {out}", file=sys.stderr)

@@ -75,8 +75,9 @@ def loop_overhead(cfg: TrainConfig, *, steps: int | None = None, rounds: int = 3
     (median of the per-round ratios)."""
     out: dict[str, Any] = {}
     for opt in ("gd", "zo-gd"):
+        # the trainer runs on the plain loop's thread count (its own default follows the machine's load)
         c = replace(cfg, optimizer=opt, lr=1e-3 if opt == "zo-gd" else 1e-2, steps=steps or 1000, probe=[],
-                    log_every=None)
+                    log_every=None, threads=torch.get_num_threads())
         setup = build(c)
         module, obj = setup.model, setup.objective
         criterion = _criterion(obj)

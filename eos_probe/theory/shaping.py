@@ -143,6 +143,17 @@ def forgetting_zo(lr: float, gr_dot_g: float, gHg: float, gg: float, trace: floa
     return -lr * gr_dot_g / math.sqrt(k) + 0.5 * lr * lr * quad
 
 
+def forgetting_gap_linear(lr: float, gr_dot_g: float, q: int, d: int, directions: str = "gaussian") -> float:
+    """The first-order part of F_FO − E F_ZO (norm-matched): −η ∇L_rᵀg (1 − 1/√κ). Exact given both gradients;
+    the rest of the gap is the curvature part whose sign e_r decides (`forgetting_gap`).
+
+    Theory: [docs/theory.md#rise][rise].
+    """
+    import math
+
+    return -lr * gr_dot_g * (1.0 - 1.0 / math.sqrt(inflation(q, d, directions)))
+
+
 def forgetting_gap(lr: float, gg: float, rho: float, lam_bar: float, q: int, d: int) -> float:
     """Second-order F_FO − E F_ZO = (η²/2)·τ·‖g‖²·e_r(g), e_r = ρ_r(g) − λ̄_r (Gaussian, norm-matched).
 

@@ -248,7 +248,7 @@ class Forgetting(Metric):
         blocks = rise_blocks(sizes, self.blocks_spec)
         pred["pred_rise"], n_rise = self._rise_prediction(ctx, blocks, zhz, q, lr)
         pred["pred_gap"] = pred["pred_fo"] - pred["pred_zo"]
-        pred["pred_linear"] = -lr * grg * (1.0 - 1.0 / math.sqrt(th.inflation(q, d, law)))
+        pred["pred_linear"] = th.forgetting_gap_linear(lr, grg, q, d, law)
         # d(pred_zo)/d(Tr) = (lr²/2)(c/q)‖g‖²/κ: the gap's uncertainty is the trace's
         k = th.inflation(q, d, law)
         pred["pred_gap_err"] = 0.5 * lr * lr * (th._fourth(d, law) / q) * c["gg"] / k * tr_se
