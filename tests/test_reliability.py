@@ -19,7 +19,9 @@ from eos_probe.checkpoint import checkpoint_path
 
 ARGS = ["--model", "cnn", "--model-arg", "widths=[4,8]", "--model-arg", "hidden=16", "--n-per-class", "20",
         "--optimizer", "zo-gdm", "--lr", "0.002", "--steps", "60", "--checkpoint-every", "7", "--log-every", "1",
-        "--probe-every", "20", "--seed", "3", "--quiet"]
+        "--probe-every", "20", "--seed", "3", "--threads", "1", "--quiet"]
+# --threads pinned: the probe's bits depend on the thread count, and the default (the free cores at the start)
+# can differ between the reference run and the crashed one, which starts while this test polls its file
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
