@@ -141,16 +141,16 @@ def run_numbers(run) -> dict[str, Any]:
 
 
 def _wall_seconds(runs: list) -> float:
-    """A recipe's training wall time from its run files: packed copies share one clock, so count each once."""
-    seen, total = set(), 0.0
+    """A recipe's training wall time from its run files: the last `/train/wall_time` (it runs on across resumes;
+    the `train_seconds` attribute is the last session's only); packed copies share one clock, so a pack counts
+    once, as its longest copy (a copy that diverged early stopped its clock early)."""
+    packs: dict[tuple, float] = {}
     for r in runs:
         sw = r.attrs.get("sweep") or {}
         key = tuple(sw.get("copies") or [str(r.path)])
-        if key in seen:
-            continue
-        seen.add(key)
-        total += float(r.attrs.get("train_seconds", 0.0) or 0.0)
-    return total
+        wall = r.train["wall_time"].to_numpy() if "wall_time" in r.train else []
+        packs[key] = max(packs.get(key, 0.0), float(wall[-1]) if len(wall) else 0.0)
+    return sum(packs.values())
 
 
 @dataclass

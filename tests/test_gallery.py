@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from eos_probe.errors import UserError
-from eos_probe.gallery import _longest_run, draw_recipe, load_recipes, make_gallery, run_numbers, write_index
+from eos_probe.gallery import _longest_run, _wall_seconds, draw_recipe, load_recipes, make_gallery, run_numbers, write_index
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes" / "paper"
@@ -91,6 +91,22 @@ class _FakeRun:
 
     def label(self):
         return "fake"
+
+
+def test_wall_seconds_counts_a_pack_once_by_its_longest_copy_and_a_resumed_run_in_full():
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    def run(path, wall, copies=None, train_seconds=1.0):
+        attrs = {"train_seconds": train_seconds, **({"sweep": {"copies": copies}} if copies else {})}
+        return SimpleNamespace(path=path, attrs=attrs, train=pd.DataFrame({"wall_time": wall}))
+
+    pack = ["a.h5", "b.h5"]
+    diverged_first = run("a.h5", [0.0, 5.0], pack)  # stopped its clock at its divergence
+    finished = run("b.h5", [0.0, 5.0, 60.0], pack)
+    resumed = run("c.h5", [0.0, 100.0, 130.0], train_seconds=30.0)  # attribute: the resumed session only
+    assert _wall_seconds([diverged_first, finished, resumed]) == 60.0 + 130.0
 
 
 def test_run_numbers_edge_stretch_and_divergence():

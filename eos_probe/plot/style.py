@@ -216,20 +216,33 @@ def _negative_note(ax, items: list[tuple[str, np.ndarray, str]], scale: bool | s
     positive curves) only a noisy estimate such as the free monitor can be ≤ 0: those values are not drawn,
     and the note says so. Returns whether a note was written."""
     log = scale is True
-    parts = []
-    for name, y, unit in items:
+    parts, negative_probe = [], False
+    for i, (name, y, unit) in enumerate(items):
         y = np.asarray(y, float)
         k = int(np.sum(np.isfinite(y) & ((y <= 0) if log else (y < 0))))
         if k:
             parts.append(f"{name} {'≤' if log else '<'} 0 at {k} {unit}{'s' if k > 1 else ''}")
+            negative_probe |= i == 0
     if not parts:
         return False
-    how = ("\n(estimate noise): not drawn on a log axis" if log else
-           "\n(indefinite H): " + ("symmetric log axis" if scale == "symlog" else "drawn below 0"))
-    # outside the layout: a narrow (paper) panel must not shrink to make room for it
-    # (log axis: bottom right, where a sharpening trace leaves room; a symlog axis has room below its data)
-    ax.text(0.99 if log else 0.01, 0.02, f"{'; '.join(parts)}{how}", transform=ax.transAxes, fontsize=8,
-            color="0.25", ha="right" if log else "left", va="bottom", gid="negative-note", in_layout=False)
+    # the first item is the probe's certified value: below 0 it means an indefinite H; the others are noisy
+    # estimates, whose values below 0 are noise
+    cause = "indefinite H" if negative_probe else "estimate noise"
+    how = (f"\n({cause}): not drawn on a log axis" if log else
+           f"\n({cause}): " + ("symmetric log axis" if scale == "symlog" else "drawn below 0"))
+    # outside the layout: a narrow (paper) panel must not shrink to make room for it. Log axis: bottom right,
+    # where a sharpening trace leaves room; linear: the top when the data sit in the lower half (they start
+    # near 0; right of the panel letter), else the bottom; a light box keeps it legible where a curve still passes under it
+    top = False
+    if not log:
+        lo, hi = ax.get_ylim()
+        data = np.concatenate([np.asarray(y, float).ravel() for _, y, _ in items] or [np.zeros(0)])
+        data = data[np.isfinite(data)]
+        top = bool(data.size) and hi > lo and float(np.median(data)) < (lo + hi) / 2
+    ax.text(0.99 if log or top else 0.01, 0.97 if top else 0.02, f"{'; '.join(parts)}{how}", transform=ax.transAxes,
+            fontsize=8, color="0.25", ha="right" if log or top else "left", va="top" if top else "bottom",
+            gid="negative-note", in_layout=False,
+            bbox={"boxstyle": "square,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})
     return True
 
 
