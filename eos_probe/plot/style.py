@@ -212,7 +212,8 @@ def _finite(arrays: Iterable[np.ndarray]) -> np.ndarray:
 
 def _negative_note(ax, items: list[tuple[str, np.ndarray, str]], scale: bool | str) -> bool:
     """Say in the panel which series are negative somewhere, and how they are drawn: `items` are
-    (name, values, what one value is, e.g. "probe"). On a log axis (`scale` True, chosen from the probe's
+    (name, values, what one value is, e.g. "probe"), the probe's own value first (below 0 it means an
+    indefinite H; the others are noisy estimates). On a log axis (`scale` True, chosen from the probe's
     positive curves) only a noisy estimate such as the free monitor can be ≤ 0: those values are not drawn,
     and the note says so. Returns whether a note was written."""
     log = scale is True
@@ -231,8 +232,8 @@ def _negative_note(ax, items: list[tuple[str, np.ndarray, str]], scale: bool | s
     how = (f"\n({cause}): not drawn on a log axis" if log else
            f"\n({cause}): " + ("symmetric log axis" if scale == "symlog" else "drawn below 0"))
     # outside the layout: a narrow (paper) panel must not shrink to make room for it. Log axis: bottom right,
-    # where a sharpening trace leaves room; linear: the top when the data sit in the lower half (they start
-    # near 0; right of the panel letter), else the bottom; a light box keeps it legible where a curve still passes under it
+    # where a sharpening trace leaves room; linear: top right (clear of the panel letter) when the data sit in
+    # the lower half (they start near 0), else bottom left; a light box keeps it legible over a passing curve
     top = False
     if not log:
         lo, hi = ax.get_ylim()

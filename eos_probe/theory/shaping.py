@@ -144,8 +144,8 @@ def forgetting_zo(lr: float, gr_dot_g: float, gHg: float, gg: float, trace: floa
 
 
 def forgetting_gap_linear(lr: float, gr_dot_g: float, q: int, d: int, directions: str = "gaussian") -> float:
-    """The first-order part of F_FO − E F_ZO (norm-matched): −η ∇L_rᵀg (1 − 1/√κ). Exact given both gradients;
-    the rest of the gap is the curvature part whose sign e_r decides (`forgetting_gap`).
+    """The first-order part of F_FO − E F_ZO (norm-matched): −η ∇L_rᵀg (1 − 1/√κ). Exact given both
+    gradients; the rest of the gap is the curvature part whose sign e_r decides (`forgetting_gap`).
 
     Theory: [docs/theory.md#rise][rise].
     """
